@@ -1,0 +1,19 @@
+.PHONY: run test check openapi bench format
+
+run:     ## start the server on http://127.0.0.1:8080 (embedded PostgreSQL unless DATABASE_URL is set)
+	bash scripts/run
+
+test:    ## lint, types, OpenAPI drift, and the whole test suite
+	bash scripts/test
+
+check:   ## lint, types, OpenAPI drift only
+	bash scripts/check
+
+openapi: ## regenerate openapi.yaml from the app
+	bash scripts/bootstrap && .venv/bin/virtualq openapi --output openapi.yaml
+
+format:  ## apply ruff's formatting and safe fixes
+	bash scripts/bootstrap && .venv/bin/ruff format src tests bench && .venv/bin/ruff check --fix src tests bench
+
+bench:   ## run the benchmark suite against a fresh server (see bench/README.md)
+	bash scripts/bootstrap && .venv/bin/python bench/run.py

@@ -1,0 +1,3 @@
+from virtualq.cli import main
+
+raise SystemExit(main())

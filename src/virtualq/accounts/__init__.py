@@ -1,0 +1,1 @@
+"""Accounts: the billing entity that owns tenants and customers."""

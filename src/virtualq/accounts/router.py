@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+
+from virtualq.accounts import service
+from virtualq.accounts.schemas import Account, AccountCreate, AccountUpdate
+from virtualq.auth.principal import AdminOnly
+from virtualq.db import ReadConn, WriteConn
+from virtualq.kit.pagination import PageQuery, page_envelope
+from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
+from virtualq.kit.schemas import Page
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Account, responses=WRITE_ERRORS)
+async def create_account(body: AccountCreate, principal: AdminOnly, conn: WriteConn) -> Any:
+    """Create an account (platform admins)."""
+    return await service.create_account(conn, principal, body)
+
+
+@router.get("", response_model=Page[Account], responses=READ_ERRORS)
+async def list_accounts(
+    principal: AdminOnly, conn: ReadConn, page: PageQuery, filters: CommonFilterQuery
+) -> Any:
+    """Accounts visible to the key: all for platform admins, its own for account admins."""
+    rows, total = await service.list_accounts(conn, principal, filters, page)
+    return page_envelope(rows, total, page)
+
+
+@router.get("/{account_id}", response_model=Account, responses=READ_ERRORS)
+async def get_account(account_id: uuid.UUID, principal: AdminOnly, conn: ReadConn) -> Any:
+    return await service.get_account(conn, principal, account_id)
+
+
+@router.patch("/{account_id}", response_model=Account, responses=WRITE_ERRORS)
+@router.put("/{account_id}", response_model=Account, responses=WRITE_ERRORS)
+async def update_account(
+    account_id: uuid.UUID, body: AccountUpdate, principal: AdminOnly, conn: WriteConn
+) -> Any:
+    """Partial update; PUT is accepted with the same meaning."""
+    return await service.update_account(conn, principal, account_id, body)
+
+
+@router.delete("/{account_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
+async def deactivate_account(account_id: uuid.UUID, principal: AdminOnly, conn: WriteConn) -> Response:
+    """Deactivate (soft delete) an account (platform admins)."""
+    await service.deactivate_account(conn, principal, account_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

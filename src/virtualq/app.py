@@ -1,0 +1,129 @@
+"""The application factory. Nothing connects at import time; the lifespan opens and closes resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.middleware.cors import CORSMiddleware
+
+from virtualq import __version__, migrate
+from virtualq.accounts.router import router as accounts_router
+from virtualq.auth.router import router as api_keys_router
+from virtualq.config import Settings
+from virtualq.customers.router import router as customers_router
+from virtualq.db import create_pool
+from virtualq.employees.router import router as employees_router
+from virtualq.health.router import router as health_router
+from virtualq.kit.exception_handlers import install_exception_handlers
+from virtualq.kit.metrics import Metrics, PoolCollector
+from virtualq.kit.middleware import RequestContextMiddleware
+from virtualq.logging import get_logger
+from virtualq.tenants.router import router as tenants_router
+
+log = get_logger("virtualq.app")
+
+DESCRIPTION = """\
+VirtualQ replaces physical lines with virtual ones.
+
+Authenticate with `Authorization: Bearer <key>` (or `X-API-Key: <key>`). Tenant-scoped endpoints act on the
+tenant named by the `X-Tenant-ID` header or the `tenant_id` parameter (a tenant-bound key defaults to its
+own).
+Every error is `{"error", "message", "details", "request_id"}`.
+"""
+
+
+def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
+    """`dsn` overrides settings.database_url (the CLI passes the embedded server's)."""
+    database_dsn = dsn or settings.database_url
+    if database_dsn is None:
+        raise ValueError("create_app needs a database: set DATABASE_URL or pass dsn")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(settings, database_dsn)
+        app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
+        log.info("started", env=settings.env, redis=settings.redis_url is not None)
+        try:
+            yield
+        finally:
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+            await app.state.pool.close()
+            app.state.pool = None
+            log.info("stopped")
+
+    app = FastAPI(
+        title="VirtualQ API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.pool = None
+    app.state.redis = None
+    app.state.head_revision = migrate.head_revision()
+    app.state.metrics = metrics = Metrics()
+    metrics.registry.register(PoolCollector(lambda: app.state.pool))
+
+    install_exception_handlers(app)
+    for router in (
+        health_router,
+        accounts_router,
+        tenants_router,
+        customers_router,
+        employees_router,
+        api_keys_router,
+    ):
+        app.include_router(router)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "X-Tenant-ID",
+                "X-Request-ID",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-Match",
+            ],
+            expose_headers=["X-Request-ID", "ETag"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["bearerAuth"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key: `Authorization: Bearer vq_...`.",
+    }
+    components["securitySchemes"]["apiKeyHeader"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, operations in schema.get("paths", {}).items():
+        if path in ("/healthz", "/readyz", "/metrics"):
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+            # Our validation failures are 400 with the error envelope, never FastAPI's 422.
+            operation.get("responses", {}).pop("422", None)
+    schemas = components.get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,1 @@
+"""API keys, roles and scopes, and the tenant context of a request."""

@@ -1,0 +1,169 @@
+"""Who is calling (the Principal) and which tenant the request acts on."""
+
+import hmac
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Header, Query, Request
+
+from virtualq.auth import keys, repository
+from virtualq.db import acquire, get_pool
+from virtualq.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+
+
+class Scope(StrEnum):
+    PLATFORM = "platform"
+    ACCOUNT = "account"
+    TENANT = "tenant"
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    STAFF = "staff"
+    DISPLAY = "display"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: uuid.UUID | None  # None for the ADMIN_API_KEY from the environment
+    scope: Scope
+    role: Role
+    account_id: uuid.UUID | None
+    tenant_id: uuid.UUID | None
+    employee_id: uuid.UUID | None
+
+    @property
+    def is_platform(self) -> bool:
+        return self.scope is Scope.PLATFORM
+
+    def covers_account(self, account_id: uuid.UUID) -> bool:
+        return self.is_platform or self.account_id == account_id
+
+    def covers_tenant(self, tenant_id: uuid.UUID, tenant_account_id: uuid.UUID) -> bool:
+        if self.scope is Scope.TENANT:
+            return self.tenant_id == tenant_id
+        return self.covers_account(tenant_account_id)
+
+
+PLATFORM_ADMIN = Principal(None, Scope.PLATFORM, Role.ADMIN, None, None, None)
+
+
+def _presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <key>'")
+        return token.strip()
+    return request.headers.get("x-api-key")
+
+
+async def authenticate(request: Request) -> Principal:
+    presented = _presented_key(request)
+    if not presented:
+        raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
+    admin_key = request.app.state.settings.admin_api_key
+    if admin_key is not None and hmac.compare_digest(
+        presented.encode(), admin_key.get_secret_value().encode()
+    ):
+        principal = PLATFORM_ADMIN
+    else:
+        if not keys.looks_like_key(presented):
+            raise Unauthorized("the API key is not valid")
+        async with acquire(get_pool(request), transaction=False) as conn:
+            row = await repository.find_usable_key(conn, keys.hash_key(presented))
+        if row is None:
+            raise Unauthorized("the API key is not valid or has been revoked")
+        if not row["owner_active"]:
+            raise Forbidden("the account or tenant of this API key is deactivated")
+        principal = Principal(
+            key_id=row["id"],
+            scope=Scope(row["scope"]),
+            role=Role(row["role"]),
+            account_id=row["account_id"],
+            tenant_id=row["tenant_id"],
+            employee_id=row["employee_id"],
+        )
+    request.state.principal = principal
+    if principal.tenant_id is not None:
+        request.state.tenant_id = str(principal.tenant_id)
+    structlog.contextvars.bind_contextvars(
+        api_key_id=str(principal.key_id) if principal.key_id else "env-admin"
+    )
+    return principal
+
+
+def require_roles(*roles: Role) -> object:
+    allowed = frozenset(roles)
+
+    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if principal.role not in allowed:
+            raise Forbidden(f"the {principal.role} role may not do this")
+        return principal
+
+    return Depends(dependency)
+
+
+AnyRole = Annotated[Principal, require_roles(Role.ADMIN, Role.STAFF, Role.DISPLAY)]
+StaffOrAdmin = Annotated[Principal, require_roles(Role.ADMIN, Role.STAFF)]
+AdminOnly = Annotated[Principal, require_roles(Role.ADMIN)]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantContext:
+    tenant_id: uuid.UUID
+    account_id: uuid.UUID
+    principal: Principal
+
+
+async def resolve_tenant(
+    request: Request, principal: Principal, tenant_id: uuid.UUID | None
+) -> TenantContext:
+    """Check that `principal` may act on `tenant_id` (or its own tenant): 400 missing, 403 out of scope."""
+    if tenant_id is None:
+        if principal.tenant_id is None:
+            raise ValidationFailed(
+                "a tenant is required: send the X-Tenant-ID header or the tenant_id parameter",
+                {"field": "X-Tenant-ID"},
+            )
+        tenant_id = principal.tenant_id
+    if principal.scope is Scope.TENANT and tenant_id != principal.tenant_id:
+        raise Forbidden("this API key may not act on that tenant")
+    async with acquire(get_pool(request), transaction=False) as conn:
+        account_id = await repository.tenant_account(conn, tenant_id)
+    if account_id is None or not principal.covers_tenant(tenant_id, account_id):
+        if principal.is_platform:
+            raise NotFound("tenant not found")
+        # Out of scope and nonexistent look the same, so nothing leaks about other accounts.
+        raise Forbidden("this API key may not act on that tenant")
+    request.state.tenant_id = str(tenant_id)
+    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
+    return TenantContext(tenant_id=tenant_id, account_id=account_id, principal=principal)
+
+
+def tenant_context(*roles: Role) -> object:
+    role_check = require_roles(*roles)
+
+    async def dependency(
+        request: Request,
+        principal: Annotated[Principal, role_check],
+        x_tenant_id: Annotated[
+            uuid.UUID | None, Header(description="The tenant to act on (or use the tenant_id parameter).")
+        ] = None,
+        tenant_id: Annotated[uuid.UUID | None, Query(description="The tenant to act on.")] = None,
+    ) -> TenantContext:
+        if x_tenant_id is not None and tenant_id is not None and x_tenant_id != tenant_id:
+            raise ValidationFailed(
+                "the X-Tenant-ID header and the tenant_id parameter disagree", {"field": "tenant_id"}
+            )
+        return await resolve_tenant(request, principal, x_tenant_id or tenant_id)
+
+    return Depends(dependency)
+
+
+TenantAdmin = Annotated[TenantContext, tenant_context(Role.ADMIN)]
+TenantStaff = Annotated[TenantContext, tenant_context(Role.ADMIN, Role.STAFF)]
+TenantAnyRole = Annotated[TenantContext, tenant_context(Role.ADMIN, Role.STAFF, Role.DISPLAY)]

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from virtualq.auth import service
+from virtualq.auth.principal import AdminOnly
+from virtualq.auth.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated
+from virtualq.db import ReadConn, WriteConn
+from virtualq.kit.pagination import PageQuery, page_envelope
+from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS
+from virtualq.kit.schemas import Page
+
+router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated, responses=WRITE_ERRORS)
+async def create_api_key(body: ApiKeyCreate, principal: AdminOnly, conn: WriteConn) -> Any:
+    """Issue a key within the caller's scope. The secret `key` is returned once and stored only as a hash."""
+    row, secret = await service.create_key(conn, principal, body)
+    return {**dict(row), "key": secret}
+
+
+@router.get("", response_model=Page[ApiKey], responses=READ_ERRORS)
+async def list_api_keys(
+    principal: AdminOnly,
+    conn: ReadConn,
+    page: PageQuery,
+    include_revoked: Annotated[bool, Query(description="Also list revoked keys.")] = False,
+) -> Any:
+    rows, total = await service.list_keys(conn, principal, include_revoked, page)
+    return page_envelope(rows, total, page)
+
+
+@router.get("/{key_id}", response_model=ApiKey, responses=READ_ERRORS)
+async def get_api_key(key_id: uuid.UUID, principal: AdminOnly, conn: ReadConn) -> Any:
+    return await service.get_key(conn, principal, key_id)
+
+
+@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
+async def revoke_api_key(key_id: uuid.UUID, principal: AdminOnly, conn: WriteConn) -> Response:
+    """Revoke a key; requests with it are refused (401) from now on."""
+    await service.revoke_key(conn, principal, key_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import Field, model_validator
+
+from virtualq.auth.principal import Role, Scope
+from virtualq.kit.schemas import InputModel, Name, OutputModel
+
+
+class ApiKeyCreate(InputModel):
+    name: Name = Field(examples=["Front counter tablet"])
+    scope: Scope
+    role: Role
+    account_id: uuid.UUID | None = Field(
+        default=None, description="Required for account scope (platform keys)."
+    )
+    tenant_id: uuid.UUID | None = Field(default=None, description="Required for tenant scope.")
+    employee_id: uuid.UUID | None = Field(default=None, description="Attributes a tenant key's actions.")
+
+    @model_validator(mode="after")
+    def _shape_matches_scope(self) -> ApiKeyCreate:
+        if self.scope is Scope.PLATFORM and (self.account_id or self.tenant_id):
+            raise ValueError("a platform key takes neither account_id nor tenant_id")
+        if self.scope is Scope.ACCOUNT and self.tenant_id:
+            raise ValueError("an account key takes no tenant_id")
+        if self.employee_id and self.scope is not Scope.TENANT:
+            raise ValueError("employee_id is only for tenant-scoped keys")
+        return self
+
+
+class ApiKey(OutputModel):
+    id: uuid.UUID
+    name: str
+    key_prefix: str = Field(description="The first characters of the key, to recognise it.")
+    scope: Scope
+    role: Role
+    account_id: uuid.UUID | None
+    tenant_id: uuid.UUID | None
+    employee_id: uuid.UUID | None
+    revoked_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="The secret key. Shown only in this response; store it now.")

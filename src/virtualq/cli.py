@@ -1,0 +1,237 @@
+"""The `virtualq` command: serve, migrate, api-key create, openapi."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from virtualq.config import ConfigError, Settings, load_settings
+from virtualq.logging import configure_logging, get_logger
+
+# The DSN the parent process resolved (embedded or DATABASE_URL), handed to server workers.
+RESOLVED_DSN_ENV = "VIRTUALQ_RESOLVED_DSN"
+ADMIN_KEY_FILE = "admin_api_key"
+
+log = get_logger("virtualq.cli")
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """Yield a DSN: DATABASE_URL if set, else the embedded server (stopped afterwards if we started it)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from virtualq.embedded_pg import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(settings.virtualq_data_dir)
+    dsn = embedded.start()
+    try:
+        yield dsn
+    finally:
+        if embedded.started_here:
+            embedded.stop()
+            log.info("embedded PostgreSQL stopped", data_dir=str(settings.virtualq_data_dir))
+
+
+def _development_admin_key(settings: Settings) -> tuple[Settings, Path | None]:
+    """Outside production, keep a generated admin key in the data dir so a new user can start at once."""
+    if settings.admin_api_key is not None or settings.is_production:
+        return settings, None
+    path = settings.virtualq_data_dir / ADMIN_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("vq_admin_" + secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    key = path.read_text().strip()
+    return settings.model_copy(update={"admin_api_key": SecretStr(key)}), path
+
+
+def create_app_from_env() -> Any:
+    """Factory for server workers: settings from the environment, DSN from the parent process."""
+    from virtualq.app import create_app
+
+    settings = load_settings()
+    configure_logging(settings.log_level, json=settings.is_production)
+    return create_app(settings, dsn=os.environ.get(RESOLVED_DSN_ENV) or settings.database_url)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from virtualq import migrate
+
+    started = time.perf_counter()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    workers = args.workers or settings.web_concurrency
+    settings, key_file = _development_admin_key(settings)
+    with database(settings) as dsn:
+        if settings.auto_migrate:
+            migrate.upgrade(dsn)
+        os.environ[RESOLVED_DSN_ENV] = dsn
+        if settings.admin_api_key is not None:
+            os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
+        base = f"http://{host}:{port}"
+        where = (
+            "embedded PostgreSQL in " + str(settings.virtualq_data_dir)
+            if not settings.database_url
+            else "DATABASE_URL"
+        )
+        key_hint = (
+            f"in {key_file}"
+            if key_file
+            else (
+                "from ADMIN_API_KEY"
+                if settings.admin_api_key
+                else "not set (create one: virtualq api-key create)"
+            )
+        )
+        print(
+            f"VirtualQ {base}\n  API       {base}/v1\n  docs      {base}/docs\n"
+            f"  database  {where}\n  admin key {key_hint}\n"
+            f"  prepared in {time.perf_counter() - started:.2f}s; starting {workers} worker(s)",
+            flush=True,
+        )
+        uvicorn.run(
+            "virtualq.cli:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers if workers > 1 else None,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from virtualq import migrate
+
+    with database(settings) as dsn:
+        if args.downgrade:
+            migrate.downgrade(dsn, args.downgrade)
+            print(f"downgraded to {args.downgrade}")
+        else:
+            migrate.upgrade(dsn, args.revision)
+            print(f"upgraded to {args.revision}")
+    return 0
+
+
+def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from virtualq.auth import service
+    from virtualq.db import _init_connection
+
+    fields = {
+        "name": args.name,
+        "scope": args.scope,
+        "role": args.role,
+        "account_id": args.account_id,
+        "tenant_id": args.tenant_id,
+        "employee_id": args.employee_id,
+    }
+
+    async def create(dsn: str) -> tuple[Any, str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await _init_connection(conn)
+            async with conn.transaction():
+                return await service.create_key_from_cli(
+                    conn, {k: v for k, v in fields.items() if v is not None}
+                )
+        finally:
+            await conn.close()
+
+    with database(settings) as dsn:
+        from virtualq import migrate
+
+        migrate.upgrade(dsn)
+        row, secret = asyncio.run(create(dsn))
+    print(f"id     {row['id']}\nscope  {row['scope']}\nrole   {row['role']}\nkey    {secret}")
+    print("Store the key now: it is not shown again.", file=sys.stderr)
+    return 0
+
+
+def cmd_openapi(settings: Settings, args: argparse.Namespace) -> int:
+    import yaml
+
+    from virtualq.app import create_app
+
+    app = create_app(settings, dsn="postgresql://unused")
+    text = yaml.safe_dump(app.openapi(), sort_keys=False, allow_unicode=True)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="virtualq", description="VirtualQ virtual-queue server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API server (embedded PostgreSQL unless DATABASE_URL)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="server processes (default WEB_CONCURRENCY)")
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply (or roll back) database migrations")
+    migrate.add_argument("--revision", default="head")
+    migrate.add_argument("--downgrade", metavar="REVISION", help="roll back to REVISION ('base' for empty)")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    api_key = commands.add_parser("api-key", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    create = api_key.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", default="cli")
+    create.add_argument("--scope", choices=["platform", "account", "tenant"], default="platform")
+    create.add_argument("--role", choices=["admin", "staff", "display"], default="admin")
+    create.add_argument("--account-id")
+    create.add_argument("--tenant-id")
+    create.add_argument("--employee-id")
+    create.set_defaults(handler=cmd_api_key_create)
+
+    openapi = commands.add_parser("openapi", help="write the OpenAPI document")
+    openapi.add_argument("--output", default="openapi.yaml", help="file path, or - for stdout")
+    openapi.set_defaults(handler=cmd_openapi)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, json=settings.is_production)
+    try:
+        code: int = args.handler(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        from virtualq.errors import AppError
+
+        if isinstance(exc, AppError | ValidationError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return code

@@ -1,0 +1,96 @@
+"""The asyncpg pool and the one place that opens transactions: one request = one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, cast
+
+import asyncpg
+import orjson
+from fastapi import Depends, Request
+
+from virtualq.config import Settings
+from virtualq.errors import Unavailable
+
+Connection = asyncpg.Connection
+Record = asyncpg.Record
+
+# Errors that mean "the database is not there right now" rather than "the query is wrong".
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+)
+
+
+def _encode_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(conn: Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, schema="pg_catalog", encoder=_encode_json, decoder=orjson.loads, format="text"
+        )
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        command_timeout=settings.db_command_timeout_seconds,
+        init=_init_connection,
+        server_settings={"application_name": "virtualq", "timezone": "UTC"},
+    )
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def acquire(pool: asyncpg.Pool, *, transaction: bool) -> AsyncIterator[Connection]:
+    try:
+        conn_cm = pool.acquire(timeout=10)
+        conn = cast(Connection, await conn_cm.__aenter__())
+    except CONNECTION_ERRORS as exc:
+        raise Unavailable("the database is unavailable") from exc
+    try:
+        if transaction:
+            async with conn.transaction():
+                yield conn
+        else:
+            yield conn
+    finally:
+        await conn_cm.__aexit__(None, None, None)
+
+
+async def fetch_returning(conn: Connection, sql: str, *args: Any) -> Record:
+    """For INSERT ... RETURNING, which always yields its row."""
+    row: Record | None = await conn.fetchrow(sql, *args)
+    assert row is not None
+    return row
+
+
+def get_pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+async def _read_connection(request: Request) -> AsyncIterator[Connection]:
+    async with acquire(get_pool(request), transaction=False) as conn:
+        yield conn
+
+
+async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
+    async with acquire(get_pool(request), transaction=True) as conn:
+        yield conn
+
+
+# scope="function": the transaction commits before the response is sent, so a 2xx means committed.
+ReadConn = Annotated[Connection, Depends(_read_connection, scope="function")]
+WriteConn = Annotated[Connection, Depends(_write_transaction, scope="function")]

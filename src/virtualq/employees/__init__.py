@@ -1,0 +1,1 @@
+"""Employees: a tenant's staff, who call and serve tickets."""

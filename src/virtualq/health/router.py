@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from virtualq.db import acquire, get_pool
+from virtualq.logging import get_logger
+
+router = APIRouter(tags=["operations"])
+log = get_logger("virtualq.health")
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (no dependencies checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is down or migrations are pending."}})
+async def readyz(request: Request) -> Any:
+    """Ready to serve: the database answers and is migrated to this build's revision; Redis answers if set."""
+    checks: dict[str, str] = {}
+    try:
+        async with acquire(get_pool(request), transaction=False) as conn:
+            revision = await conn.fetchval("SELECT version_num FROM alembic_version")
+        expected = request.app.state.head_revision
+        checks["database"] = "ok" if revision == expected else f"at revision {revision}, expected {expected}"
+    except Exception as exc:  # any failure means "not ready"
+        log.warning("readiness check failed", dependency="database", error=type(exc).__name__)
+        checks["database"] = "unreachable"
+    redis = request.app.state.redis
+    if redis is not None:
+        try:
+            await redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            log.warning("readiness check failed", dependency="redis", error=type(exc).__name__)
+            checks["redis"] = "unreachable"
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition format."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Framework plumbing shared by every feature."""

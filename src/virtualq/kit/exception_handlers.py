@@ -1,0 +1,103 @@
+"""Every failure leaves as the one error envelope, framework-level ones included.
+
+Unexpected exceptions are caught by RequestContextMiddleware, which logs them and answers 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from virtualq.db import CONNECTION_ERRORS
+from virtualq.errors import ERROR_CODES, AppError
+from virtualq.kit.responses import error_body
+from virtualq.logging import get_logger
+
+log = get_logger("virtualq.errors")
+
+
+def _respond(
+    request: Request,
+    status: int,
+    code: str | None,
+    message: str | None,
+    details: dict[str, Any] | None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    request_id = getattr(request.state, "request_id", None)
+    return Response(
+        error_body(status, code, message, details, request_id),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _describe_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    problems = []
+    for error in exc.errors():
+        location = [str(part) for part in error.get("loc", ())]
+        problem: dict[str, Any] = {
+            "location": location[0] if location else "body",
+            "field": ".".join(location[1:]),
+            "message": str(error.get("msg", "invalid")),
+            "type": error.get("type", "value_error"),
+        }
+        problems.append(problem)
+    return problems
+
+
+async def _app_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    return _respond(request, exc.status_code, exc.code, exc.message, exc.details)
+
+
+async def _request_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = _describe_validation_errors(exc)
+    if any(problem["type"] == "json_invalid" for problem in problems):
+        return _respond(
+            request, 400, "validation_error", "The request body is not valid JSON.", {"errors": problems}
+        )
+    return _respond(
+        request, 400, "validation_error", "The request does not match the schema.", {"errors": problems}
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code, message = ERROR_CODES.get(exc.status_code, ("error", "Request failed."))
+    if exc.status_code == 404:
+        message = f"No route matches {request.method} {request.url.path}."
+    elif exc.status_code == 400:
+        code = "validation_error"
+        message = str(exc.detail) if isinstance(exc.detail, str) else message
+    return _respond(
+        request, exc.status_code, code, message, None, headers=dict(exc.headers) if exc.headers else None
+    )
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable", error=type(exc).__name__)
+    return _respond(
+        request,
+        503,
+        "unavailable",
+        "The database is unavailable; retry shortly.",
+        None,
+        headers={"Retry-After": "1"},
+    )
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    unavailable: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)
+    for error_type in unavailable:
+        app.add_exception_handler(error_type, _database_unavailable)

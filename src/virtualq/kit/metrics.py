@@ -1,0 +1,55 @@
+"""Prometheus metrics, one registry per app so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class PoolCollector(Collector):
+    """Reads the pool's size at scrape time instead of tracking every acquire."""
+
+    def __init__(self, get_pool: Callable[[], asyncpg.Pool | None]) -> None:
+        self._get_pool = get_pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pool = self._get_pool()
+        if pool is None:
+            return
+        size = pool.get_size()
+        idle = pool.get_idle_size()
+        yield GaugeMetricFamily("virtualq_db_pool_size", "Open connections in the pool.", value=size)
+        yield GaugeMetricFamily("virtualq_db_pool_idle", "Idle connections in the pool.", value=idle)
+        yield GaugeMetricFamily("virtualq_db_pool_in_use", "Connections checked out.", value=size - idle)
+        yield GaugeMetricFamily(
+            "virtualq_db_pool_max", "Maximum connections in the pool.", value=pool.get_max_size()
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "virtualq_http_requests_total",
+            "HTTP requests by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "virtualq_http_request_duration_seconds",
+            "HTTP request latency by route template and status.",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        status_label = str(status)
+        self.requests.labels(method, route, status_label).inc()
+        self.latency.labels(method, route, status_label).observe(seconds)

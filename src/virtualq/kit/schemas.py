@@ -1,0 +1,98 @@
+"""Shared Pydantic building blocks: strict inputs, common field types, list envelopes."""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from datetime import datetime
+from functools import cache
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+import asyncpg
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
+
+T = TypeVar("T")
+
+
+class InputModel(BaseModel):
+    """Request bodies: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class PatchModel(InputModel):
+    """Partial updates: only fields present in the body change; `not_nullable` ones may not be set to null."""
+
+    not_nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _reject_nulls(self) -> PatchModel:
+        nulled = sorted(
+            name for name in self.model_fields_set & self.not_nullable if getattr(self, name) is None
+        )
+        if nulled:
+            raise ValueError(f"{', '.join(nulled)} may not be null")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class OutputModel(BaseModel):
+    """Responses, built straight from database records."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_record(cls, value: Any) -> Any:
+        return dict(value) if isinstance(value, asyncpg.Record) else value
+
+
+def _check_timezone(value: str) -> str:
+    if value not in _timezones():
+        raise ValueError("must be an IANA time zone name such as 'Europe/Tallinn' or 'UTC'")
+    return value
+
+
+@cache
+def _timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+Name = Annotated[StrictStr, StringConstraints(min_length=1, max_length=100)]
+ShortText = Annotated[StrictStr, StringConstraints(max_length=200)]
+LongText = Annotated[StrictStr, StringConstraints(max_length=2000)]
+Email = Annotated[EmailStr, StringConstraints(max_length=254)]
+Phone = Annotated[StrictStr, StringConstraints(pattern=r"^\+?[0-9 ().-]{3,32}$")]
+Timezone = Annotated[StrictStr, AfterValidator(_check_timezone)]
+Flag = StrictBool
+
+
+class Pagination(BaseModel):
+    page: int
+    limit: int
+    total: int
+    total_pages: int
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    pagination: Pagination
+
+
+class CommonFilters(BaseModel):
+    is_active: bool | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+IdList = Annotated[list[uuid.UUID], Field(max_length=100)]

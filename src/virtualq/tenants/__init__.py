@@ -1,0 +1,1 @@
+"""Tenants: one business location or unit, the boundary of all queue data."""

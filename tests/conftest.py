@@ -1,0 +1,112 @@
+"""Test set-up: a real PostgreSQL (embedded, or TEST_DATABASE_URL) built by our migrations, and the real app.
+
+Each test session gets a fresh database. Tests isolate themselves by creating their own accounts and tenants
+(ids are random), so they never depend on each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from virtualq import migrate
+from virtualq.app import create_app
+from virtualq.config import Settings
+from virtualq.embedded_pg import EmbeddedPostgres
+
+ADMIN_KEY = "vq_test_admin_" + secrets.token_urlsafe(24)
+
+
+def _with_database(dsn: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+async def _admin_execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """The PostgreSQL server for the run: TEST_DATABASE_URL, or an embedded one in a temporary directory."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="vq-test-pg-"))
+    embedded = EmbeddedPostgres(
+        data_dir,
+        database="postgres",
+        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+    )
+    dsn = embedded.start()
+    try:
+        yield dsn
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def database_dsn(server_dsn: str) -> Iterator[str]:
+    """A fresh database for this run, built by our own migrations."""
+    name = f"vq_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin_execute(server_dsn, f'CREATE DATABASE "{name}"'))
+    dsn = _with_database(server_dsn, name)
+    migrate.upgrade(dsn)
+    try:
+        yield dsn
+    finally:
+        asyncio.run(_admin_execute(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"admin_api_key": ADMIN_KEY, "db_pool_max_size": 20, "log_level": "warning"}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+async def app(database_dsn: str) -> AsyncIterator[Any]:
+    application = create_app(make_settings(), dsn=database_dsn)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+async def db(database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, for asserting on rows."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def api(client: httpx.AsyncClient) -> Any:
+    from tests.helpers import Api
+
+    return Api(client, ADMIN_KEY)

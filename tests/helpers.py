@@ -1,0 +1,74 @@
+"""A thin client for tests: set up accounts, tenants and keys through the public API."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+def auth(key: str, tenant_id: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    if tenant_id:
+        headers["X-Tenant-ID"] = tenant_id
+    return headers
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is the error envelope with this status and code."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["error"] == code, body
+    assert set(body) == {"error", "message", "details", "request_id"}, body
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+@dataclass
+class World:
+    """One account with one tenant, and an admin key for each scope."""
+
+    account_id: str
+    tenant_id: str
+    account_admin: str
+    tenant_admin: str
+
+
+class Api:
+    def __init__(self, client: httpx.AsyncClient, admin_key: str) -> None:
+        self.client = client
+        self.admin_key = admin_key
+
+    async def post(
+        self, path: str, body: dict[str, Any], key: str | None = None, tenant_id: str | None = None
+    ) -> dict[str, Any]:
+        response = await self.client.post(path, json=body, headers=auth(key or self.admin_key, tenant_id))
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def account(self, name: str = "Test account") -> dict[str, Any]:
+        return await self.post("/v1/accounts", {"name": name})
+
+    async def tenant(self, account_id: str, name: str = "Test tenant", **fields: Any) -> dict[str, Any]:
+        return await self.post("/v1/tenants", {"account_id": account_id, "name": name, **fields})
+
+    async def key(self, scope: str, role: str, key: str | None = None, **owner: Any) -> str:
+        body = {"name": f"{scope}-{role}", "scope": scope, "role": role, **owner}
+        created = await self.post("/v1/api-keys", body, key=key)
+        secret: str = created["key"]
+        return secret
+
+    async def world(self) -> World:
+        account = await self.account(f"Account {uuid.uuid4().hex[:6]}")
+        tenant = await self.tenant(account["id"])
+        return World(
+            account_id=account["id"],
+            tenant_id=tenant["id"],
+            account_admin=await self.key("account", "admin", account_id=account["id"]),
+            tenant_admin=await self.key("tenant", "admin", tenant_id=tenant["id"]),
+        )

@@ -23,7 +23,10 @@ from virtualq.kit.exception_handlers import install_exception_handlers
 from virtualq.kit.metrics import Metrics, PoolCollector
 from virtualq.kit.middleware import RequestContextMiddleware
 from virtualq.logging import get_logger
+from virtualq.queues.router import router as queues_router
 from virtualq.tenants.router import router as tenants_router
+from virtualq.tickets.router import router as tickets_router
+from virtualq.type_definitions.router import router as type_definitions_router
 
 log = get_logger("virtualq.app")
 
@@ -80,6 +83,9 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
         customers_router,
         employees_router,
         api_keys_router,
+        type_definitions_router,
+        queues_router,
+        tickets_router,
     ):
         app.include_router(router)
 

@@ -4,7 +4,7 @@ import hmac
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Header, Query, Request
@@ -167,3 +167,39 @@ def tenant_context(*roles: Role) -> object:
 TenantAdmin = Annotated[TenantContext, tenant_context(Role.ADMIN)]
 TenantStaff = Annotated[TenantContext, tenant_context(Role.ADMIN, Role.STAFF)]
 TenantAnyRole = Annotated[TenantContext, tenant_context(Role.ADMIN, Role.STAFF, Role.DISPLAY)]
+
+
+def optional_tenant_context(*roles: Role) -> Any:
+    """Like tenant_context, but None when no tenant is named and the key is not tenant-bound."""
+    role_check = require_roles(*roles)
+
+    async def dependency(
+        request: Request,
+        principal: Annotated[Principal, role_check],
+        x_tenant_id: Annotated[
+            uuid.UUID | None, Header(description="The tenant to act on (or use the tenant_id parameter).")
+        ] = None,
+        tenant_id: Annotated[uuid.UUID | None, Query(description="The tenant to act on.")] = None,
+    ) -> TenantContext | PrincipalOnly:
+        if x_tenant_id is not None and tenant_id is not None and x_tenant_id != tenant_id:
+            raise ValidationFailed(
+                "the X-Tenant-ID header and the tenant_id parameter disagree", {"field": "tenant_id"}
+            )
+        named = x_tenant_id or tenant_id
+        if named is None and principal.tenant_id is None:
+            return PrincipalOnly(principal)
+        return await resolve_tenant(request, principal, named)
+
+    return Depends(dependency)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalOnly:
+    """No tenant context: the caller acts on platform-level (system) data only."""
+
+    principal: Principal
+    tenant_id: None = None
+
+
+MaybeTenantAdmin = Annotated[TenantContext | PrincipalOnly, optional_tenant_context(Role.ADMIN)]
+MaybeTenantStaff = Annotated[TenantContext | PrincipalOnly, optional_tenant_context(Role.ADMIN, Role.STAFF)]

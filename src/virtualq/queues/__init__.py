@@ -1,0 +1,1 @@
+"""Queues: the virtual lines tickets wait in."""

@@ -1,0 +1,71 @@
+"""Every query takes tenant_id: queues are tenant data."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from virtualq.db import Connection, Record, fetch_returning
+from virtualq.kit.pagination import PageParams, fetch_page
+from virtualq.kit.schemas import CommonFilters
+from virtualq.kit.sql import Where, set_clause
+
+COLUMNS = (
+    "id, tenant_id, name, description, allowed_type_definition_ids, wait_estimation_method, show_wait_time, "
+    "max_wait_minutes, manual_wait_minutes, ticket_prefix, display_order, is_active, created_at, updated_at"
+)
+
+
+async def insert(
+    conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, fields: dict[str, Any]
+) -> Record:
+    return await fetch_returning(
+        conn,
+        f"""INSERT INTO queues (tenant_id, id, name, description, allowed_type_definition_ids,
+                                wait_estimation_method, show_wait_time, max_wait_minutes, manual_wait_minutes,
+                                ticket_prefix, display_order)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}""",
+        tenant_id,
+        queue_id,
+        fields["name"],
+        fields.get("description"),
+        fields.get("allowed_type_definition_ids"),
+        fields["wait_estimation_method"],
+        fields["show_wait_time"],
+        fields.get("max_wait_minutes"),
+        fields.get("manual_wait_minutes"),
+        fields["ticket_prefix"],
+        fields["display_order"],
+    )
+
+
+async def get(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
+    row: Record | None = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM queues WHERE tenant_id = $1 AND id = $2", tenant_id, queue_id
+    )
+    return row
+
+
+async def list_page(
+    conn: Connection, tenant_id: uuid.UUID, filters: CommonFilters, params: PageParams
+) -> tuple[list[Record], int]:
+    where = Where().add("tenant_id = {}", tenant_id)
+    where.add_if("is_active = {}", filters.is_active)
+    where.add_if("created_at > {}", filters.created_after)
+    where.add_if("created_at < {}", filters.created_before)
+    return await fetch_page(
+        conn, f"SELECT {COLUMNS} FROM queues", where, "display_order, created_at, id", params
+    )
+
+
+async def update(
+    conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, changes: dict[str, Any]
+) -> Record:
+    assignments, values = set_clause(changes, first_param=3)
+    return await fetch_returning(
+        conn,
+        f"UPDATE queues SET {assignments} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}",
+        tenant_id,
+        queue_id,
+        *values,
+    )

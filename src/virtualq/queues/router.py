@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+
+from virtualq.auth.principal import StaffOrAdmin, TenantAdmin, TenantAnyRole, TenantStaff, resolve_tenant
+from virtualq.db import ReadConn, WriteConn
+from virtualq.errors import Forbidden, not_found
+from virtualq.kit.pagination import PageQuery, page_envelope
+from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
+from virtualq.kit.schemas import Page
+from virtualq.queues import service
+from virtualq.queues.schemas import Queue, QueueCreate, QueueUpdate
+
+router = APIRouter(tags=["queues"])
+
+
+@router.post("/v1/queues", status_code=status.HTTP_201_CREATED, response_model=Queue, responses=WRITE_ERRORS)
+async def create_queue(body: QueueCreate, ctx: TenantAdmin, conn: WriteConn) -> Any:
+    return await service.create_queue(conn, ctx, body)
+
+
+@router.get("/v1/queues", response_model=Page[Queue], responses=READ_ERRORS)
+async def list_queues(ctx: TenantStaff, conn: ReadConn, page: PageQuery, filters: CommonFilterQuery) -> Any:
+    """The tenant's queues by display_order."""
+    rows, total = await service.list_queues(conn, ctx, filters, page)
+    return page_envelope(rows, total, page)
+
+
+@router.get(
+    "/v1/tenants/{tenant_id}/queues", response_model=Page[Queue], responses=READ_ERRORS, tags=["tenants"]
+)
+async def list_tenant_queues(
+    tenant_id: uuid.UUID,
+    request: Request,
+    principal: StaffOrAdmin,
+    conn: ReadConn,
+    page: PageQuery,
+    filters: CommonFilterQuery,
+) -> Any:
+    try:
+        ctx = await resolve_tenant(request, principal, tenant_id)
+    except Forbidden:
+        raise not_found("tenant") from None
+    rows, total = await service.list_queues(conn, ctx, filters, page)
+    return page_envelope(rows, total, page)
+
+
+@router.get("/v1/queues/{queue_id}", response_model=Queue, responses=READ_ERRORS)
+async def get_queue(queue_id: uuid.UUID, ctx: TenantAnyRole, conn: ReadConn) -> Any:
+    return await service.get_queue(conn, ctx, queue_id)
+
+
+@router.patch("/v1/queues/{queue_id}", response_model=Queue, responses=WRITE_ERRORS)
+@router.put("/v1/queues/{queue_id}", response_model=Queue, responses=WRITE_ERRORS)
+async def update_queue(queue_id: uuid.UUID, body: QueueUpdate, ctx: TenantAdmin, conn: WriteConn) -> Any:
+    """Partial update; PUT is accepted with the same meaning."""
+    return await service.update_queue(conn, ctx, queue_id, body)
+
+
+@router.delete("/v1/queues/{queue_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
+async def deactivate_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -> Response:
+    await service.set_queue_active(conn, ctx, queue_id, active=False)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/v1/queues/{queue_id}/enable", response_model=Queue, responses=WRITE_ERRORS)
+async def enable_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -> Any:
+    """Accept new tickets and forwards again."""
+    return await service.set_queue_active(conn, ctx, queue_id, active=True)
+
+
+@router.post("/v1/queues/{queue_id}/disable", response_model=Queue, responses=WRITE_ERRORS)
+async def disable_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -> Any:
+    """Stop accepting new tickets and forwards; existing tickets can still be served."""
+    return await service.set_queue_active(conn, ctx, queue_id, active=False)

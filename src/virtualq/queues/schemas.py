@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StrictInt, StrictStr, StringConstraints
+
+from virtualq.kit.schemas import Flag, IdList, InputModel, LongText, Name, OutputModel, PatchModel
+
+
+class WaitEstimationMethod(StrEnum):
+    AVERAGE_RECENT_3 = "average_recent_3"
+    AVERAGE_RECENT_5 = "average_recent_5"
+    ROLLING_AVERAGE = "rolling_average"
+    MANUAL = "manual"
+    CUSTOM = "custom"
+    NONE = "none"
+
+
+TicketPrefix = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9-]{0,8}$")]
+Minutes = Annotated[StrictInt, Field(ge=1, le=10_080)]
+ManualMinutes = Annotated[StrictInt, Field(ge=0, le=1_440)]
+DisplayOrder = Annotated[StrictInt, Field(ge=-1_000_000, le=1_000_000)]
+
+
+class QueueCreate(InputModel):
+    tenant_id: uuid.UUID | None = Field(default=None, description="Must match the tenant context if given.")
+    name: Name = Field(examples=["Main line"])
+    description: LongText | None = None
+    allowed_type_definition_ids: IdList | None = Field(
+        default=None, description="Types allowed in this queue; empty or null allows every active type."
+    )
+    wait_estimation_method: WaitEstimationMethod = WaitEstimationMethod.AVERAGE_RECENT_3
+    show_wait_time: Flag = True
+    max_wait_minutes: Minutes | None = None
+    manual_wait_minutes: ManualMinutes | None = None
+    ticket_prefix: TicketPrefix = Field(default="", examples=["A"])
+    display_order: DisplayOrder = 0
+
+
+class QueueUpdate(PatchModel):
+    not_nullable = frozenset(
+        {"name", "wait_estimation_method", "show_wait_time", "ticket_prefix", "display_order", "is_active"}
+    )
+
+    name: Name | None = None
+    description: LongText | None = None
+    allowed_type_definition_ids: IdList | None = None
+    wait_estimation_method: WaitEstimationMethod | None = None
+    show_wait_time: Flag | None = None
+    max_wait_minutes: Minutes | None = None
+    manual_wait_minutes: ManualMinutes | None = None
+    ticket_prefix: TicketPrefix | None = None
+    display_order: DisplayOrder | None = None
+    is_active: Flag | None = None
+
+
+class Queue(OutputModel):
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    name: str
+    description: str | None
+    allowed_type_definition_ids: list[uuid.UUID] | None
+    wait_estimation_method: WaitEstimationMethod
+    show_wait_time: bool
+    max_wait_minutes: int | None
+    manual_wait_minutes: int | None
+    ticket_prefix: str
+    display_order: int
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime

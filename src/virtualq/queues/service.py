@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import uuid
+
+from virtualq.auth.principal import TenantContext
+from virtualq.db import Connection, Record
+from virtualq.errors import ValidationFailed, not_found
+from virtualq.kit.ids import new_id
+from virtualq.kit.pagination import PageParams
+from virtualq.kit.schemas import CommonFilters
+from virtualq.queues import repository
+from virtualq.queues.schemas import QueueCreate, QueueUpdate
+from virtualq.type_definitions import repository as types
+
+
+async def _check_allowed_types(
+    conn: Connection, tenant_id: uuid.UUID, type_ids: list[uuid.UUID] | None
+) -> None:
+    if type_ids and await types.count_visible(conn, tenant_id, type_ids) != len(type_ids):
+        raise ValidationFailed(
+            "allowed_type_definition_ids must name active types of this tenant or system types",
+            {"field": "allowed_type_definition_ids"},
+        )
+
+
+async def create_queue(conn: Connection, ctx: TenantContext, body: QueueCreate) -> Record:
+    if body.tenant_id is not None and body.tenant_id != ctx.tenant_id:
+        raise ValidationFailed(
+            "tenant_id in the body disagrees with the tenant context", {"field": "tenant_id"}
+        )
+    fields = body.model_dump(exclude={"tenant_id"})
+    if fields["allowed_type_definition_ids"] is not None:
+        fields["allowed_type_definition_ids"] = list(dict.fromkeys(fields["allowed_type_definition_ids"]))
+    await _check_allowed_types(conn, ctx.tenant_id, fields["allowed_type_definition_ids"])
+    return await repository.insert(conn, ctx.tenant_id, new_id(), fields)
+
+
+async def get_queue(conn: Connection, ctx: TenantContext, queue_id: uuid.UUID) -> Record:
+    row = await repository.get(conn, ctx.tenant_id, queue_id)
+    if row is None:
+        raise not_found("queue")
+    return row
+
+
+async def list_queues(
+    conn: Connection, ctx: TenantContext, filters: CommonFilters, params: PageParams
+) -> tuple[list[Record], int]:
+    return await repository.list_page(conn, ctx.tenant_id, filters, params)
+
+
+async def update_queue(
+    conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, body: QueueUpdate
+) -> Record:
+    current = await get_queue(conn, ctx, queue_id)
+    changes = body.changes()
+    if not changes:
+        return current
+    if changes.get("allowed_type_definition_ids") is not None:
+        changes["allowed_type_definition_ids"] = list(dict.fromkeys(changes["allowed_type_definition_ids"]))
+        await _check_allowed_types(conn, ctx.tenant_id, changes["allowed_type_definition_ids"])
+    return await repository.update(conn, ctx.tenant_id, queue_id, changes)
+
+
+async def set_queue_active(conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, active: bool) -> Record:
+    await get_queue(conn, ctx, queue_id)
+    return await repository.update(conn, ctx.tenant_id, queue_id, {"is_active": active})

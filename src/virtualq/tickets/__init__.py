@@ -1,0 +1,1 @@
+"""Tickets: one customer's place in a queue, its state machine, history and items."""

@@ -1,0 +1,282 @@
+"""Ticket SQL. Every query takes tenant_id. Each mutation writes the row and its history in one statement."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from virtualq.db import Connection, Record, fetch_returning
+from virtualq.kit.pagination import PageParams, fetch_page
+from virtualq.kit.sql import Where
+from virtualq.tickets.rules import Effects
+
+TICKET_COLUMNS = """t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
+    t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
+    t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
+    t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
+    t.version, t.created_at, t.updated_at"""
+
+# The 1-based rank among the queue's waiting tickets (uses tickets_waiting_line_idx).
+POSITION = """CASE WHEN t.state_category = 'waiting' THEN
+    (SELECT count(*) + 1 FROM tickets w
+      WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
+        AND w.state_category = 'waiting' AND w.sort_key < t.sort_key)
+    END AS position"""
+
+# Category-driven timestamps; $-placeholders {leaves}, {ready}, {done}, {cancelled} are booleans.
+TIMESTAMP_ASSIGNMENTS = """
+    started_at = CASE WHEN {leaves} AND started_at IS NULL THEN now() ELSE started_at END,
+    actual_wait_minutes = CASE WHEN {leaves} AND started_at IS NULL
+        THEN round(extract(epoch FROM now() - created_at) / 60)::int ELSE actual_wait_minutes END,
+    ready_at = CASE WHEN {ready} THEN now() ELSE ready_at END,
+    completed_at = CASE WHEN {done} THEN now() ELSE completed_at END,
+    cancelled_at = CASE WHEN {cancelled} THEN now() ELSE cancelled_at END"""
+
+
+async def insert_ticket(
+    conn: Connection,
+    *,
+    tenant_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    history_id: uuid.UUID,
+    queue_id: uuid.UUID,
+    timezone: str,
+    prefix: str,
+    state: str,
+    category: str,
+    effects: Effects,
+    fields: dict[str, Any],
+) -> Record:
+    """Number the ticket (per queue, per local day), insert it and its first history row, in one statement.
+
+    The counter upsert row-locks (queue, day), so concurrent creates in one queue get consecutive numbers
+    and sort keys in the same order.
+    """
+    return await fetch_returning(
+        conn,
+        f"""
+        WITH counter AS (
+            INSERT INTO queue_day_counters AS c (tenant_id, queue_id, local_date, last_number)
+            VALUES ($1, $2, (now() AT TIME ZONE $3)::date, 1)
+            ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
+            RETURNING local_date, last_number
+        ), t AS (
+            INSERT INTO tickets (tenant_id, id, queue_id, type_definition_id, number, display_code,
+                                 local_date, current_state, state_category, customer_id, references_ticket_id,
+                                 estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes,
+                                 expires_at, custom_data, started_at, actual_wait_minutes, ready_at,
+                                 completed_at, cancelled_at)
+            SELECT $1, $4, $2, $5, c.last_number, $6 || lpad(c.last_number::text, 3, '0'), c.local_date,
+                   $7, $8, $9, $10, $11, $11, $12, now() + make_interval(mins => $12), $13,
+                   CASE WHEN $14 THEN now() END, CASE WHEN $14 THEN 0 END, CASE WHEN $15 THEN now() END,
+                   CASE WHEN $16 THEN now() END, CASE WHEN $17 THEN now() END
+              FROM counter c
+            RETURNING *
+        ), h AS (
+            INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state)
+            SELECT tenant_id, $18, id, NULL, current_state FROM t
+        )
+        SELECT {TICKET_COLUMNS}, t.sort_key FROM t
+        """,
+        tenant_id,
+        queue_id,
+        timezone,
+        ticket_id,
+        fields["type_definition_id"],
+        prefix,
+        state,
+        category,
+        fields.get("customer_id"),
+        fields.get("references_ticket_id"),
+        fields.get("estimated_wait_minutes"),
+        fields.get("ttl_minutes"),
+        fields.get("custom_data", {}),
+        effects.leaves_waiting,
+        effects.enters_ready,
+        effects.enters_done,
+        effects.enters_cancelled,
+        history_id,
+    )
+
+
+async def position_of(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, sort_key: Any) -> int:
+    position: int = await conn.fetchval(
+        """SELECT count(*) + 1 FROM tickets
+            WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting' AND sort_key < $3""",
+        tenant_id,
+        queue_id,
+        sort_key,
+    )
+    return position
+
+
+async def get_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> Record | None:
+    row: Record | None = await conn.fetchrow(
+        f"SELECT {TICKET_COLUMNS}, {POSITION} FROM tickets t WHERE t.tenant_id = $1 AND t.id = $2",
+        tenant_id,
+        ticket_id,
+    )
+    return row
+
+
+async def lock_ticket_with_type(
+    conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID
+) -> Record | None:
+    """The ticket, row-locked until the transaction ends (serialises changes to one ticket), with its type."""
+    row: Record | None = await conn.fetchrow(
+        """SELECT t.id, t.current_state, t.state_category, t.type_definition_id, t.queue_id, t.version,
+                  t.created_at, td.version AS type_version, td.fsm_schema, td.custom_fields_schema
+             FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
+            WHERE t.tenant_id = $1 AND t.id = $2
+              FOR UPDATE OF t""",
+        tenant_id,
+        ticket_id,
+    )
+    return row
+
+
+async def apply_transition(
+    conn: Connection,
+    *,
+    tenant_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    history_id: uuid.UUID,
+    previous_state: str,
+    new_state: str,
+    category: str,
+    transition: str,
+    effects: Effects,
+    assign_employee_id: uuid.UUID | None,
+    actor_employee_id: uuid.UUID | None,
+    notes: str | None,
+) -> Record:
+    """Change the state (and assignee), set the timestamps, and write the history row — one statement."""
+    timestamps = TIMESTAMP_ASSIGNMENTS.format(leaves="$6", ready="$7", done="$8", cancelled="$9")
+    return await fetch_returning(
+        conn,
+        f"""
+        WITH t AS (
+            UPDATE tickets SET current_state = $3, state_category = $4,
+                   employee_id = coalesce($10, employee_id), {timestamps},
+                   version = version + 1, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2
+            RETURNING *
+        ), h AS (
+            INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
+                                        employee_id, notes)
+            SELECT tenant_id, $11, id, $5, current_state, $12, $14, $13 FROM t
+        )
+        SELECT {TICKET_COLUMNS}, {POSITION}, $5::text AS previous_state FROM t
+        """,
+        tenant_id,
+        ticket_id,
+        new_state,
+        category,
+        previous_state,
+        effects.leaves_waiting,
+        effects.enters_ready,
+        effects.enters_done,
+        effects.enters_cancelled,
+        assign_employee_id,
+        history_id,
+        transition,
+        notes,
+        actor_employee_id,
+    )
+
+
+async def update_ticket(
+    conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID, changes: dict[str, Any]
+) -> Record:
+    assignments = ["version = version + 1", "updated_at = now()"]
+    args: list[Any] = [tenant_id, ticket_id]
+    for column in ("custom_data", "estimated_wait_minutes"):
+        if column in changes:
+            args.append(changes[column])
+            assignments.append(f"{column} = ${len(args)}")
+    if "ttl_minutes" in changes:
+        args.append(changes["ttl_minutes"])
+        assignments.append(f"ttl_minutes = ${len(args)}")
+        assignments.append(f"expires_at = created_at + make_interval(mins => ${len(args)})")
+    return await fetch_returning(
+        conn,
+        f"""WITH t AS (UPDATE tickets SET {", ".join(assignments)}
+                        WHERE tenant_id = $1 AND id = $2 RETURNING *)
+            SELECT {TICKET_COLUMNS}, {POSITION} FROM t""",
+        *args,
+    )
+
+
+def _filters(tenant_id: uuid.UUID, filters: dict[str, Any]) -> Where:
+    where = Where().add("t.tenant_id = {}", tenant_id)
+    for column in ("queue_id", "current_state", "customer_id", "employee_id", "type_definition_id"):
+        where.add_if(f"t.{column} = {{}}", filters.get(column))
+    category = filters.get("state_category")
+    where.add_if("t.state_category = {}", category.value if category is not None else None)
+    where.add_if("t.created_at > {}", filters.get("created_after"))
+    where.add_if("t.created_at < {}", filters.get("created_before"))
+    where.add_if("t.expires_at < {}", filters.get("expires_before"))
+    return where
+
+
+async def list_tickets(
+    conn: Connection, tenant_id: uuid.UUID, filters: dict[str, Any], params: PageParams
+) -> tuple[list[Record], int]:
+    where = _filters(tenant_id, filters)
+    return await fetch_page(
+        conn, f"SELECT {TICKET_COLUMNS}, {POSITION} FROM tickets t", where, "created_at, id", params
+    )
+
+
+async def count_tickets(conn: Connection, tenant_id: uuid.UUID, filters: dict[str, Any]) -> int:
+    where = _filters(tenant_id, filters)
+    count: int = await conn.fetchval(f"SELECT count(*) FROM tickets t {where.sql}", *where.args)
+    return count
+
+
+async def queue_tickets(
+    conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, params: PageParams
+) -> tuple[list[Record], int]:
+    """Active tickets in line order: waiting ones by position, then those being served."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {TICKET_COLUMNS},
+               CASE WHEN t.state_category = 'waiting'
+                    THEN row_number() OVER (PARTITION BY t.state_category = 'waiting' ORDER BY t.sort_key)
+               END AS position,
+               count(*) OVER () AS _total
+          FROM tickets t
+         WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category NOT IN ('done', 'cancelled')
+         ORDER BY t.state_category <> 'waiting', t.sort_key
+         LIMIT $3 OFFSET $4
+        """,
+        tenant_id,
+        queue_id,
+        params.limit,
+        params.offset,
+    )
+    if rows:
+        return rows, int(rows[0]["_total"])
+    total: int = await conn.fetchval(
+        """SELECT count(*) FROM tickets
+            WHERE tenant_id = $1 AND queue_id = $2 AND state_category NOT IN ('done', 'cancelled')""",
+        tenant_id,
+        queue_id,
+    )
+    return rows, total
+
+
+async def history(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> list[Record]:
+    return await conn.fetch(
+        """SELECT id, ticket_id, previous_state, new_state, transition, employee_id, notes, created_at
+             FROM ticket_history WHERE tenant_id = $1 AND ticket_id = $2 ORDER BY created_at, id""",
+        tenant_id,
+        ticket_id,
+    )
+
+
+async def ticket_exists(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> bool:
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM tickets WHERE tenant_id = $1 AND id = $2)", tenant_id, ticket_id
+    )
+    return found

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from virtualq.auth.principal import Role, TenantAnyRole, TenantContext, TenantStaff
+from virtualq.db import ReadConn, WriteConn
+from virtualq.fsm import Category
+from virtualq.kit.pagination import PageQuery, page_envelope
+from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, error_responses
+from virtualq.kit.schemas import Page
+from virtualq.tickets import service
+from virtualq.tickets.schemas import (
+    HistoryEntry,
+    Ticket,
+    TicketCount,
+    TicketCreate,
+    TicketFilters,
+    TicketUpdate,
+    TransitionedTicket,
+    TransitionRequest,
+)
+
+router = APIRouter(tags=["tickets"])
+TRANSITION_ERRORS = error_responses(400, 401, 403, 404, 409, 413)
+# Fields a display-role key never sees: they identify or describe a person.
+PERSONAL_FIELDS = ("customer_id", "custom_data", "employee_id")
+
+
+def _ticket_filters(
+    queue_id: uuid.UUID | None = None,
+    current_state: Annotated[str | None, Query(max_length=32)] = None,
+    state_category: Category | None = None,
+    customer_id: uuid.UUID | None = None,
+    employee_id: uuid.UUID | None = None,
+    type_definition_id: uuid.UUID | None = None,
+    created_after: Annotated[Any, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    created_before: Annotated[Any, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    expires_before: Annotated[Any, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+) -> TicketFilters:
+    return TicketFilters(
+        queue_id=queue_id,
+        current_state=current_state,
+        state_category=state_category,
+        customer_id=customer_id,
+        employee_id=employee_id,
+        type_definition_id=type_definition_id,
+        created_after=created_after,
+        created_before=created_before,
+        expires_before=expires_before,
+    )
+
+
+@router.post("/v1/tickets", status_code=201, response_model=Ticket, responses=TRANSITION_ERRORS)
+async def create_ticket(body: TicketCreate, ctx: TenantStaff, conn: WriteConn) -> Any:
+    """Join a queue: the ticket starts in its machine's init state with a number and a place in line."""
+    return await service.create_ticket(conn, ctx, body)
+
+
+@router.get("/v1/tickets", response_model=Page[Ticket], responses=READ_ERRORS)
+async def list_tickets(
+    ctx: TenantStaff,
+    conn: ReadConn,
+    page: PageQuery,
+    filters: Annotated[TicketFilters, Depends(_ticket_filters)],
+) -> Any:
+    rows, total = await service.list_tickets(conn, ctx, filters.model_dump(exclude_none=True), page)
+    return page_envelope(rows, total, page)
+
+
+@router.post("/v1/tickets/count", response_model=TicketCount, responses=READ_ERRORS)
+async def count_tickets(body: TicketFilters, ctx: TenantStaff, conn: ReadConn) -> Any:
+    """Count tickets matching the same filters as the list, given in the body."""
+    return {"count": await service.count_tickets(conn, ctx, body.model_dump(exclude_none=True))}
+
+
+@router.get("/v1/tickets/{ticket_id}", response_model=Ticket, responses=READ_ERRORS)
+async def get_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
+    return await service.get_ticket(conn, ctx, ticket_id)
+
+
+@router.patch("/v1/tickets/{ticket_id}", response_model=Ticket, responses=WRITE_ERRORS)
+@router.put("/v1/tickets/{ticket_id}", response_model=Ticket, responses=WRITE_ERRORS)
+async def update_ticket(ticket_id: uuid.UUID, body: TicketUpdate, ctx: TenantStaff, conn: WriteConn) -> Any:
+    """Change custom_data (re-validated), estimated_wait_minutes or ttl_minutes; PUT means the same."""
+    return await service.update_ticket(conn, ctx, ticket_id, body)
+
+
+@router.delete("/v1/tickets/{ticket_id}", response_model=TransitionedTicket, responses=TRANSITION_ERRORS)
+async def cancel_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: WriteConn) -> Any:
+    """Cancel: apply the transition into a cancelled-category state; the ticket stays readable."""
+    return await service.cancel_ticket(conn, ctx, ticket_id)
+
+
+@router.post(
+    "/v1/tickets/{ticket_id}/transition", response_model=TransitionedTicket, responses=TRANSITION_ERRORS
+)
+async def transition_ticket(
+    ticket_id: uuid.UUID, body: TransitionRequest, ctx: TenantStaff, conn: WriteConn
+) -> Any:
+    """Apply a named transition of the ticket's state machine; 400 invalid_transition lists the valid ones."""
+    return await service.transition_ticket(conn, ctx, ticket_id, body)
+
+
+@router.get("/v1/tickets/{ticket_id}/history", response_model=list[HistoryEntry], responses=READ_ERRORS)
+async def ticket_history(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
+    """Every state change, oldest first (the first entry has previous_state null)."""
+    return await service.ticket_history(conn, ctx, ticket_id)
+
+
+@router.get(
+    "/v1/queues/{queue_id}/tickets", response_model=Page[Ticket], responses=READ_ERRORS, tags=["queues"]
+)
+async def queue_tickets(queue_id: uuid.UUID, ctx: TenantAnyRole, conn: ReadConn, page: PageQuery) -> Any:
+    """The queue's active tickets in line order: waiting ones by position, then those in service or ready.
+    Display-role keys get no personal data (customer, custom data, employee are null/empty)."""
+    rows, total = await service.queue_tickets(conn, ctx, queue_id, page)
+    return page_envelope([_redact(ctx, row) for row in rows], total, page)
+
+
+def _redact(ctx: TenantContext, row: Any) -> Any:
+    if ctx.principal.role is not Role.DISPLAY:
+        return row
+    safe = dict(row)
+    safe.update(customer_id=None, employee_id=None, custom_data={})
+    return safe

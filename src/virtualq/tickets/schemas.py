@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
+
+from virtualq.fsm import Category
+from virtualq.kit.schemas import InputModel, OutputModel, PatchModel
+
+TransitionName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=32)]
+Notes = Annotated[StrictStr, StringConstraints(max_length=2000)]
+WaitMinutes = Annotated[StrictInt, Field(ge=0, le=10_080)]
+TtlMinutes = Annotated[StrictInt, Field(ge=1, le=525_600)]
+ExternalText = Annotated[StrictStr, StringConstraints(min_length=1, max_length=200)]
+
+
+class TicketCreate(InputModel):
+    tenant_id: uuid.UUID | None = Field(default=None, description="Must match the tenant context if given.")
+    queue_id: uuid.UUID
+    type_definition_id: uuid.UUID
+    customer_id: uuid.UUID | None = None
+    references_ticket_id: uuid.UUID | None = Field(default=None, description="Another ticket of the tenant.")
+    custom_data: dict[str, Any] = Field(
+        default_factory=dict, description="Validated against the type's schema."
+    )
+    estimated_wait_minutes: WaitMinutes | None = Field(default=None, description="Your own estimate, if any.")
+    ttl_minutes: TtlMinutes | None = Field(default=None, description="Sets expires_at = created_at + ttl.")
+
+
+class TicketUpdate(PatchModel):
+    not_nullable = frozenset({"custom_data"})
+
+    custom_data: dict[str, Any] | None = None
+    estimated_wait_minutes: WaitMinutes | None = None
+    ttl_minutes: TtlMinutes | None = None
+
+
+class TransitionRequest(InputModel):
+    transition: TransitionName = Field(examples=["start_preparation"])
+    employee_id: uuid.UUID | None = Field(default=None, description="Assign (and attribute) the change.")
+    notes: Notes | None = None
+
+
+class TicketFilters(InputModel):
+    queue_id: uuid.UUID | None = None
+    current_state: TransitionName | None = None
+    state_category: Category | None = None
+    customer_id: uuid.UUID | None = None
+    employee_id: uuid.UUID | None = None
+    type_definition_id: uuid.UUID | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    expires_before: datetime | None = None
+
+
+class Ticket(OutputModel):
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    queue_id: uuid.UUID
+    type_definition_id: uuid.UUID
+    number: int
+    display_code: str = Field(examples=["A042"])
+    current_state: str
+    state_category: Category
+    customer_id: uuid.UUID | None
+    employee_id: uuid.UUID | None
+    references_ticket_id: uuid.UUID | None
+    position: int | None = Field(
+        description="1-based place among the queue's waiting tickets; null if not waiting."
+    )
+    estimated_wait_minutes: int | None
+    original_estimated_wait_minutes: int | None
+    actual_wait_minutes: int | None
+    ttl_minutes: int | None
+    expires_at: datetime | None
+    escalated_at: datetime | None
+    custom_data: dict[str, Any]
+    started_at: datetime | None
+    ready_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TransitionedTicket(Ticket):
+    previous_state: str
+
+
+class TicketCount(BaseModel):
+    count: int
+
+
+class HistoryEntry(OutputModel):
+    id: uuid.UUID
+    ticket_id: uuid.UUID | None = None
+    item_id: uuid.UUID | None = None
+    previous_state: str | None
+    new_state: str | None
+    transition: str | None
+    employee_id: uuid.UUID | None
+    notes: str | None
+    created_at: datetime
+
+
+class ItemCreate(InputModel):
+    item_type_definition_id: uuid.UUID
+    external_item_id: ExternalText | None = Field(default=None, examples=["sku-latte-16oz"])
+    external_item_name: ExternalText | None = Field(default=None, examples=["Latte (16 oz)"])
+    quantity: Annotated[StrictInt, Field(ge=1, le=10_000)] = 1
+    unit_price: Annotated[Decimal, Field(ge=0, le=Decimal("9999999999.99"), decimal_places=2)] | None = None
+    custom_data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ItemUpdate(PatchModel):
+    not_nullable = frozenset({"quantity", "custom_data"})
+
+    external_item_id: ExternalText | None = None
+    external_item_name: ExternalText | None = None
+    quantity: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = None
+    unit_price: Annotated[Decimal, Field(ge=0, le=Decimal("9999999999.99"), decimal_places=2)] | None = None
+    custom_data: dict[str, Any] | None = None
+
+
+class Item(OutputModel):
+    id: uuid.UUID
+    ticket_id: uuid.UUID
+    item_type_definition_id: uuid.UUID
+    current_state: str | None
+    external_item_id: str | None
+    external_item_name: str | None
+    quantity: int
+    unit_price: Decimal | None
+    custom_data: dict[str, Any]
+    started_at: datetime | None
+    completed_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TransitionedItem(Item):
+    previous_state: str | None

@@ -1,0 +1,249 @@
+"""Ticket rules: creation checks, transitions through the type's machine, cancellation, updates."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from virtualq.auth.principal import TenantContext
+from virtualq.db import Connection, Record
+from virtualq.errors import (
+    InvalidTransition,
+    QueueDisabled,
+    TypeNotAllowed,
+    ValidationFailed,
+    not_found,
+)
+from virtualq.fsm import Category, Machine, TransitionRejected
+from virtualq.kit.ids import new_id
+from virtualq.kit.pagination import PageParams
+from virtualq.queues import repository as queues
+from virtualq.tickets import repository
+from virtualq.tickets.rules import effects_of
+from virtualq.tickets.schemas import TicketCreate, TicketUpdate, TransitionRequest
+from virtualq.type_definitions import repository as types
+from virtualq.type_definitions.compiled import CompiledType, compiled
+
+
+def _compile(type_id: uuid.UUID, version: int, fsm_schema: Any, custom_fields_schema: Any) -> CompiledType:
+    return compiled(type_id, version, fsm_schema, custom_fields_schema)
+
+
+def check_custom_data(compiled_type: CompiledType, data: dict[str, Any]) -> None:
+    errors = compiled_type.custom_data_errors(data)
+    if errors:
+        raise ValidationFailed("custom_data does not match the type's schema", {"custom_data": errors})
+
+
+async def check_employee(conn: Connection, tenant_id: uuid.UUID, employee_id: uuid.UUID | None) -> None:
+    if employee_id is None:
+        return
+    active = await conn.fetchval(
+        "SELECT is_active FROM employees WHERE tenant_id = $1 AND id = $2", tenant_id, employee_id
+    )
+    if not active:
+        raise ValidationFailed(
+            "employee_id names no active employee of this tenant", {"field": "employee_id"}
+        )
+
+
+async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate) -> dict[str, Any]:
+    if body.tenant_id is not None and body.tenant_id != ctx.tenant_id:
+        raise ValidationFailed(
+            "tenant_id in the body disagrees with the tenant context", {"field": "tenant_id"}
+        )
+    queue = await queues.get(conn, ctx.tenant_id, body.queue_id)
+    if queue is None:
+        raise not_found("queue")
+    if not queue["is_active"]:
+        raise QueueDisabled(
+            "the queue is disabled and accepts no new tickets", {"queue_id": str(queue["id"])}
+        )
+    type_row = await types.get_visible(conn, ctx.tenant_id, body.type_definition_id)
+    if type_row is None or not type_row["is_active"]:
+        raise ValidationFailed(
+            "type_definition_id names no active type of this tenant", {"field": "type_definition_id"}
+        )
+    allowed = queue["allowed_type_definition_ids"]
+    if allowed and type_row["id"] not in allowed:
+        raise TypeNotAllowed(
+            "this queue does not accept tickets of this type",
+            {"queue_id": str(queue["id"]), "type_definition_id": str(type_row["id"])},
+        )
+    compiled_type = _compile(
+        type_row["id"], type_row["version"], type_row["fsm_schema"], type_row["custom_fields_schema"]
+    )
+    if compiled_type.machine is None:
+        raise ValidationFailed(
+            "this type has no state machine, so it cannot be a ticket type", {"field": "type_definition_id"}
+        )
+    check_custom_data(compiled_type, body.custom_data)
+    if body.customer_id is not None:
+        visible = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1 AND account_id = $2 AND is_active)",
+            body.customer_id,
+            ctx.account_id,
+        )
+        if not visible:
+            raise ValidationFailed(
+                "customer_id names no active customer of this account", {"field": "customer_id"}
+            )
+    if body.references_ticket_id is not None and not await repository.ticket_exists(
+        conn, ctx.tenant_id, body.references_ticket_id
+    ):
+        raise ValidationFailed(
+            "references_ticket_id names no ticket of this tenant", {"field": "references_ticket_id"}
+        )
+    timezone = await conn.fetchval("SELECT timezone FROM tenants WHERE id = $1", ctx.tenant_id)
+    machine = compiled_type.machine
+    category = machine.category(machine.init)
+    row = await repository.insert_ticket(
+        conn,
+        tenant_id=ctx.tenant_id,
+        ticket_id=new_id(),
+        history_id=new_id(),
+        queue_id=queue["id"],
+        timezone=timezone,
+        prefix=queue["ticket_prefix"],
+        state=machine.init,
+        category=category.value,
+        effects=effects_of(None, category),
+        fields=body.model_dump(exclude={"tenant_id", "queue_id"}),
+    )
+    # A fresh statement sees every ticket committed before ours took the queue's counter lock.
+    position = (
+        await repository.position_of(conn, ctx.tenant_id, queue["id"], row["sort_key"])
+        if category is Category.WAITING
+        else None
+    )
+    return {**dict(row), "position": position}
+
+
+async def get_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> Record:
+    row = await repository.get_ticket(conn, ctx.tenant_id, ticket_id)
+    if row is None:
+        raise not_found("ticket")
+    return row
+
+
+async def _locked_machine(
+    conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID
+) -> tuple[Record, Machine]:
+    locked = await repository.lock_ticket_with_type(conn, ctx.tenant_id, ticket_id)
+    if locked is None:
+        raise not_found("ticket")
+    machine = _compile(
+        locked["type_definition_id"],
+        locked["type_version"],
+        locked["fsm_schema"],
+        locked["custom_fields_schema"],
+    ).machine
+    assert machine is not None  # ticket types always have a machine
+    return locked, machine
+
+
+async def transition_ticket(
+    conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, request: TransitionRequest
+) -> Record:
+    await check_employee(conn, ctx.tenant_id, request.employee_id)
+    locked, machine = await _locked_machine(conn, ctx, ticket_id)
+    return await _apply(conn, ctx, locked, machine, request.transition, request.employee_id, request.notes)
+
+
+async def _apply(
+    conn: Connection,
+    ctx: TenantContext,
+    locked: Record,
+    machine: Machine,
+    transition: str,
+    employee_id: uuid.UUID | None,
+    notes: str | None,
+) -> Record:
+    current = locked["current_state"]
+    try:
+        new_state = machine.apply(current, transition)
+    except TransitionRejected as exc:
+        raise InvalidTransition(
+            str(exc),
+            {
+                "current_state": exc.current_state,
+                "transition": exc.transition,
+                "valid_transitions": exc.valid_transitions,
+            },
+        ) from None
+    previous_category = Category(locked["state_category"])
+    category = machine.category(new_state)
+    return await repository.apply_transition(
+        conn,
+        tenant_id=ctx.tenant_id,
+        ticket_id=locked["id"],
+        history_id=new_id(),
+        previous_state=current,
+        new_state=new_state,
+        category=category.value,
+        transition=transition,
+        effects=effects_of(previous_category, category),
+        assign_employee_id=employee_id,
+        actor_employee_id=employee_id or ctx.principal.employee_id,
+        notes=notes,
+    )
+
+
+async def cancel_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> Record:
+    """Apply the transition from the current state into a cancelled-category state."""
+    locked, machine = await _locked_machine(conn, ctx, ticket_id)
+    transition = machine.cancel_transition(locked["current_state"])
+    if transition is None:
+        raise InvalidTransition(
+            f"no transition leads from {locked['current_state']!r} to a cancelled state",
+            {
+                "current_state": locked["current_state"],
+                "transition": None,
+                "valid_transitions": machine.transitions_from(locked["current_state"]),
+            },
+        )
+    return await _apply(conn, ctx, locked, machine, transition, None, None)
+
+
+async def update_ticket(
+    conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, body: TicketUpdate
+) -> Record:
+    changes = body.changes()
+    locked, _ = await _locked_machine(conn, ctx, ticket_id)
+    if not changes:
+        return await get_ticket(conn, ctx, ticket_id)
+    if "custom_data" in changes:
+        check_custom_data(
+            _compile(
+                locked["type_definition_id"],
+                locked["type_version"],
+                locked["fsm_schema"],
+                locked["custom_fields_schema"],
+            ),
+            changes["custom_data"],
+        )
+    return await repository.update_ticket(conn, ctx.tenant_id, ticket_id, changes)
+
+
+async def list_tickets(
+    conn: Connection, ctx: TenantContext, filters: dict[str, Any], params: PageParams
+) -> tuple[list[Record], int]:
+    return await repository.list_tickets(conn, ctx.tenant_id, filters, params)
+
+
+async def count_tickets(conn: Connection, ctx: TenantContext, filters: dict[str, Any]) -> int:
+    return await repository.count_tickets(conn, ctx.tenant_id, filters)
+
+
+async def ticket_history(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> list[Record]:
+    if not await repository.ticket_exists(conn, ctx.tenant_id, ticket_id):
+        raise not_found("ticket")
+    return await repository.history(conn, ctx.tenant_id, ticket_id)
+
+
+async def queue_tickets(
+    conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, params: PageParams
+) -> tuple[list[Record], int]:
+    if await queues.get(conn, ctx.tenant_id, queue_id) is None:
+        raise not_found("queue")
+    return await repository.queue_tickets(conn, ctx.tenant_id, queue_id, params)

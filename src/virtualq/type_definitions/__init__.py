@@ -1,0 +1,1 @@
+"""Type definitions: tenant-defined ticket and item types (JSON Schema for custom data + a state machine)."""

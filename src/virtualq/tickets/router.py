@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from virtualq.auth.principal import Role, TenantAnyRole, TenantContext, TenantStaff
 from virtualq.db import ReadConn, WriteConn
@@ -11,14 +11,18 @@ from virtualq.fsm import Category
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, error_responses
 from virtualq.kit.schemas import Page
-from virtualq.tickets import service
+from virtualq.tickets import items_service, service
 from virtualq.tickets.schemas import (
     HistoryEntry,
+    Item,
+    ItemCreate,
+    ItemUpdate,
     Ticket,
     TicketCount,
     TicketCreate,
     TicketFilters,
     TicketUpdate,
+    TransitionedItem,
     TransitionedTicket,
     TransitionRequest,
 )
@@ -126,3 +130,58 @@ def _redact(ctx: TenantContext, row: Any) -> Any:
     safe = dict(row)
     safe.update(customer_id=None, employee_id=None, custom_data={})
     return safe
+
+
+@router.post(
+    "/v1/tickets/{ticket_id}/items",
+    status_code=201,
+    response_model=Item,
+    responses=TRANSITION_ERRORS,
+    tags=["items"],
+)
+async def add_item(ticket_id: uuid.UUID, body: ItemCreate, ctx: TenantStaff, conn: WriteConn) -> Any:
+    """Add an item; the ticket type's item_definition_ids must list its type (else 400 type_not_allowed)."""
+    return await items_service.add_item(conn, ctx, ticket_id, body)
+
+
+@router.get("/v1/tickets/{ticket_id}/items", response_model=list[Item], responses=READ_ERRORS, tags=["items"])
+async def list_items(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
+    return await items_service.list_items(conn, ctx, ticket_id)
+
+
+@router.get("/v1/items/{item_id}", response_model=Item, responses=READ_ERRORS, tags=["items"])
+async def get_item(item_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
+    return await items_service.get_item(conn, ctx, item_id)
+
+
+@router.patch("/v1/items/{item_id}", response_model=Item, responses=WRITE_ERRORS, tags=["items"])
+@router.put("/v1/items/{item_id}", response_model=Item, responses=WRITE_ERRORS, tags=["items"])
+async def update_item(item_id: uuid.UUID, body: ItemUpdate, ctx: TenantStaff, conn: WriteConn) -> Any:
+    return await items_service.update_item(conn, ctx, item_id, body)
+
+
+@router.delete("/v1/items/{item_id}", status_code=204, responses=WRITE_ERRORS, tags=["items"])
+async def delete_item(item_id: uuid.UUID, ctx: TenantStaff, conn: WriteConn) -> Response:
+    """Remove the item from its ticket (kept, with its history, for the record)."""
+    await items_service.delete_item(conn, ctx, item_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/items/{item_id}/transition",
+    response_model=TransitionedItem,
+    responses=TRANSITION_ERRORS,
+    tags=["items"],
+)
+async def transition_item(
+    item_id: uuid.UUID, body: TransitionRequest, ctx: TenantStaff, conn: WriteConn
+) -> Any:
+    """Apply a transition of the item's own machine, whatever the ticket's state."""
+    return await items_service.transition_item(conn, ctx, item_id, body)
+
+
+@router.get(
+    "/v1/items/{item_id}/history", response_model=list[HistoryEntry], responses=READ_ERRORS, tags=["items"]
+)
+async def item_history(item_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
+    return await items_service.item_history(conn, ctx, item_id)

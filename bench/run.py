@@ -1,0 +1,335 @@
+"""VirtualQ benchmark: a real server on loopback against PostgreSQL, and pgbench ceilings for the same SQL.
+
+    .venv/bin/python bench/run.py [--seconds 10] [--concurrency 32] [--workers 1] [--only get,create]
+
+Uses an embedded PostgreSQL in a temporary directory unless BENCH_DATABASE_URL names a server where it may
+create a database. Prints one table: endpoint, requests/s, p50, p99, SQL ceiling (pgbench tps), ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import Result, json_body, run_load  # noqa: E402
+from virtualq import migrate  # noqa: E402
+from virtualq.embedded_pg import EmbeddedPostgres  # noqa: E402
+
+SQL_DIR = Path(__file__).parent / "sql"
+ADMIN_KEY = "vq_bench_admin_" + secrets.token_urlsafe(24)
+WAITING_TICKETS = 1000
+
+BENCH_FSM = {
+    "init": "waiting",
+    "states": ["waiting", "serving", "done", "cancelled"],
+    "transitions": [
+        {"name": "serve", "from": "waiting", "to": "serving"},
+        {"name": "requeue", "from": "serving", "to": "waiting"},
+        {"name": "finish", "from": "serving", "to": "done"},
+        {"name": "cancel", "from": ["waiting", "serving"], "to": "cancelled"},
+    ],
+}
+BENCH_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}}}
+
+
+@dataclass
+class Setup:
+    key: str
+    key_hash: str
+    tenant_id: str
+    type_id: str
+    line_queue: str
+    create_queue: str
+    transition_queue: str
+    line_tickets: list[str]
+    transition_tickets: list[str]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def database() -> Iterator[tuple[str, dict[str, str]]]:
+    """Yield (dsn, pgbench connection args) for a fresh database."""
+    name = f"vq_bench_{uuid.uuid4().hex[:8]}"
+    external = os.environ.get("BENCH_DATABASE_URL")
+    embedded = None
+    if external:
+        server_dsn = external
+    else:
+        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="vq-bench-")), database="postgres")
+        server_dsn = embedded.start()
+    asyncio.run(_execute(server_dsn, f'CREATE DATABASE "{name}"'))
+    parts = urlsplit(server_dsn)
+    dsn = parts._replace(path="/" + name).geturl()
+    host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
+    conn_args = {
+        "host": host,
+        "port": str(parts.port or 5432),
+        "user": parts.username or "postgres",
+        "db": name,
+    }
+    try:
+        yield dsn, conn_args
+    finally:
+        asyncio.run(_execute(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if embedded is not None:
+            embedded.stop()
+            shutil.rmtree(embedded.data_dir, ignore_errors=True)
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def server(dsn: str, port: int, workers: int) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "PORT": str(port),
+        "ADMIN_API_KEY": ADMIN_KEY,
+        "LOG_LEVEL": "warning",
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "DB_POOL_MAX_SIZE": "20",
+        "WEB_CONCURRENCY": str(workers),
+        "AUTO_MIGRATE": "false",
+    }
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/virtualq"), "serve"], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("server did not become ready")
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn workers), in MB."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+async def prepare(base: str, dsn: str) -> Setup:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+
+        async def post(path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+            response = await client.post(path, json=body, headers=headers)
+            response.raise_for_status()
+            result: dict[str, Any] = response.json()
+            return result
+
+        account = await post("/v1/accounts", {"name": "Bench"}, admin)
+        tenant = await post("/v1/tenants", {"account_id": account["id"], "name": "Bench store"}, admin)
+        key = (
+            await post(
+                "/v1/api-keys",
+                {"name": "bench", "scope": "tenant", "role": "admin", "tenant_id": tenant["id"]},
+                admin,
+            )
+        )["key"]
+        headers = {"Authorization": f"Bearer {key}"}
+        type_id = (
+            await post(
+                "/v1/type-definitions",
+                {
+                    "type_code": "order",
+                    "type_name": "Order",
+                    "fsm_schema": BENCH_FSM,
+                    "custom_fields_schema": BENCH_SCHEMA,
+                },
+                headers,
+            )
+        )["id"]
+        queues = [
+            (await post("/v1/queues", {"name": name, "ticket_prefix": prefix}, headers))["id"]
+            for name, prefix in (("Line", "A"), ("Create", "B"), ("Transition", "C"))
+        ]
+        semaphore = asyncio.Semaphore(16)
+
+        async def ticket(queue_id: str) -> str:
+            async with semaphore:
+                body = {"queue_id": queue_id, "type_definition_id": type_id, "custom_data": {"name": "Ann"}}
+                return str((await post("/v1/tickets", body, headers))["id"])
+
+        line = await asyncio.gather(*(ticket(queues[0]) for _ in range(WAITING_TICKETS)))
+        movers = await asyncio.gather(*(ticket(queues[2]) for _ in range(256)))
+    conn = await asyncpg.connect(dsn)
+    try:
+        key_hash = await conn.fetchval(
+            "SELECT encode(key_hash, 'hex') FROM api_keys WHERE tenant_id = $1", uuid.UUID(tenant["id"])
+        )
+        # pgbench clients pick their ticket by :client_id, as HTTP workers do by index.
+        await conn.execute("CREATE TABLE bench_clients (client_id int PRIMARY KEY, ticket_id uuid NOT NULL)")
+        await conn.executemany(
+            "INSERT INTO bench_clients VALUES ($1, $2)",
+            [(index, uuid.UUID(ticket_id)) for index, ticket_id in enumerate(movers)],
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return Setup(key, key_hash, tenant["id"], type_id, queues[0], queues[1], queues[2], line, movers)
+
+
+def endpoints(setup: Setup) -> dict[str, Callable[[int, int], tuple[str, str, bytes | None]]]:
+    create_body = json_body(
+        {"queue_id": setup.create_queue, "type_definition_id": setup.type_id, "custom_data": {"name": "Ann"}}
+    )
+    serve, requeue = json_body({"transition": "serve"}), json_body({"transition": "requeue"})
+    line = setup.line_tickets
+    return {
+        "create_ticket": lambda worker, n: ("POST", "/v1/tickets", create_body),
+        "transition": lambda worker, n: (
+            "POST",
+            f"/v1/tickets/{setup.transition_tickets[worker]}/transition",
+            serve if n % 2 == 0 else requeue,
+        ),
+        "get_ticket": lambda worker, n: ("GET", f"/v1/tickets/{line[(worker * 7919 + n) % len(line)]}", None),
+        "queue_tickets": lambda worker, n: ("GET", f"/v1/queues/{setup.line_queue}/tickets?limit=100", None),
+    }
+
+
+def pgbench_ceiling(
+    name: str, conn_args: dict[str, str], setup: Setup, concurrency: int, seconds: float
+) -> float:
+    script = SQL_DIR / f"{name}.sql"
+    if not script.exists():
+        return float("nan")
+    pgbench = EmbeddedPostgres(Path(tempfile.gettempdir())).binary("pgbench")
+    variables = {
+        "key_hash": setup.key_hash,
+        "tenant_id": setup.tenant_id,
+        "type_id": setup.type_id,
+        "line_queue": setup.line_queue,
+        "create_queue": setup.create_queue,
+        "ticket_id": setup.line_tickets[0],
+    }
+    args = [
+        str(pgbench),
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(concurrency),
+        "-j",
+        "2",
+        "-T",
+        str(int(seconds)),
+        "-f",
+        str(script),
+        "-h",
+        conn_args["host"],
+        "-p",
+        conn_args["port"],
+        "-U",
+        conn_args["user"],
+    ]
+    for variable, value in variables.items():
+        args += ["-D", f"{variable}={value}"]
+    user = "virtualq_pg" if os.geteuid() == 0 and not os.environ.get("BENCH_DATABASE_URL") else None
+    output = subprocess.run([*args, conn_args["db"]], capture_output=True, text=True, check=False, user=user)
+    match = re.search(r"tps = ([0-9.]+)", output.stdout)
+    if not match:
+        print(f"pgbench {name} failed: {output.stderr.strip()[-500:]}", file=sys.stderr)
+        return float("nan")
+    return float(match.group(1))
+
+
+def print_table(rows: list[tuple[Result, float]], rss: float) -> None:
+    header = f"{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'SQL tps':>10}{'ratio':>7}  statuses"
+    print(header)
+    print("-" * len(header))
+    for result, ceiling in rows:
+        ratio = result.requests_per_second / ceiling if ceiling == ceiling and ceiling else float("nan")
+        statuses = dict(sorted(result.statuses.items()))
+        print(
+            f"{result.name:<16}{result.requests_per_second:>9.0f}{result.percentile(0.5):>9.1f}"
+            f"{result.percentile(0.99):>9.1f}{ceiling:>10.0f}{ratio:>7.2f}  {statuses}"
+        )
+    print(f"server RSS after the run: {rss:.0f} MB")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--only", default="", help="comma-separated endpoint names")
+    args = parser.parse_args()
+    with database() as (dsn, conn_args):
+        migrate.upgrade(dsn)
+        port = free_port()
+        with server(dsn, port, args.workers) as process:
+            setup = asyncio.run(prepare(f"http://127.0.0.1:{port}", dsn))
+            idle_rss = rss_mb(process.pid)
+            headers = {"Authorization": f"Bearer {setup.key}"}
+            selected = [name for name in args.only.split(",") if name] or list(endpoints(setup))
+            rows = []
+            for name in selected:
+                factory = endpoints(setup)[name]
+                result = asyncio.run(
+                    run_load(name, "127.0.0.1", port, headers, factory, args.concurrency, args.seconds)
+                )
+                ceiling = pgbench_ceiling(name, conn_args, setup, args.concurrency, args.seconds)
+                rows.append((result, ceiling))
+            print(
+                f"\n{args.concurrency} clients, {args.seconds:.0f} s each, {args.workers} server "
+                f"process(es), {WAITING_TICKETS} waiting tickets in the line queue; idle RSS {idle_rss:.0f} MB"
+            )
+            print_table(rows, rss_mb(process.pid))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

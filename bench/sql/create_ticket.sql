@@ -1,0 +1,42 @@
+-- The statements POST /v1/tickets runs (one transaction).
+-- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
+SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
+       coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
+  FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
+ WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
+SELECT account_id FROM tenants WHERE id = :tenant_id;
+BEGIN;
+-- queues/repository.get
+SELECT id, tenant_id, name, description, allowed_type_definition_ids, wait_estimation_method, show_wait_time,
+       max_wait_minutes, manual_wait_minutes, ticket_prefix, display_order, is_active, created_at, updated_at
+  FROM queues WHERE tenant_id = :tenant_id AND id = :create_queue;
+-- type_definitions/repository.get_visible
+SELECT id, tenant_id, type_code, type_name, description, doc, custom_fields_schema, fsm_schema,
+       item_definition_ids, is_system_defined, is_active, version, created_at, updated_at
+  FROM type_definitions WHERE id = :type_id AND (tenant_id IS NULL OR tenant_id = :tenant_id);
+SELECT timezone FROM tenants WHERE id = :tenant_id;
+-- tickets/repository.insert_ticket
+WITH counter AS (
+    INSERT INTO queue_day_counters AS c (tenant_id, queue_id, local_date, last_number)
+    VALUES (:tenant_id, :create_queue, (now() AT TIME ZONE 'UTC')::date, 1)
+    ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
+    RETURNING local_date, last_number
+), t AS (
+    INSERT INTO tickets (tenant_id, id, queue_id, type_definition_id, number, display_code, local_date,
+                         current_state, state_category, customer_id, references_ticket_id,
+                         estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes, expires_at,
+                         custom_data, started_at, actual_wait_minutes, ready_at, completed_at, cancelled_at)
+    SELECT :tenant_id, uuidv7(), :create_queue, :type_id, c.last_number, 'B' || lpad(c.last_number::text, 3, '0'),
+           c.local_date, 'waiting', 'waiting', NULL, NULL, NULL, NULL, NULL, NULL, '{"name": "Ann"}',
+           NULL, NULL, NULL, NULL, NULL
+      FROM counter c
+    RETURNING *
+), h AS (
+    INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state)
+    SELECT tenant_id, uuidv7(), id, NULL, current_state FROM t
+)
+SELECT t.sort_key FROM t \gset
+-- tickets/repository.position_of
+SELECT count(*) + 1 FROM tickets
+ WHERE tenant_id = :tenant_id AND queue_id = :create_queue AND state_category = 'waiting' AND sort_key < :sort_key;
+COMMIT;

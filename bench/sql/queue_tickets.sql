@@ -1,0 +1,24 @@
+-- The statements GET /v1/queues/{id}/tickets?limit=100 runs.
+-- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
+SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
+       coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
+  FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
+ WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
+SELECT account_id FROM tenants WHERE id = :tenant_id;
+-- queues/repository.get
+SELECT id, tenant_id, name, description, allowed_type_definition_ids, wait_estimation_method, show_wait_time,
+       max_wait_minutes, manual_wait_minutes, ticket_prefix, display_order, is_active, created_at, updated_at
+  FROM queues WHERE tenant_id = :tenant_id AND id = :line_queue;
+-- tickets/repository.queue_tickets
+SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
+       t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
+       t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
+       t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
+       t.version, t.created_at, t.updated_at,
+       CASE WHEN t.state_category = 'waiting'
+            THEN row_number() OVER (PARTITION BY t.state_category = 'waiting' ORDER BY t.sort_key) END AS position,
+       count(*) OVER () AS _total
+  FROM tickets t
+ WHERE t.tenant_id = :tenant_id AND t.queue_id = :line_queue AND t.state_category NOT IN ('done', 'cancelled')
+ ORDER BY t.state_category <> 'waiting', t.sort_key
+ LIMIT 100 OFFSET 0;

@@ -1,0 +1,41 @@
+-- The statements POST /v1/tickets/{id}/transition runs (one transaction); each client owns one ticket,
+-- as each HTTP worker does, and toggles it between waiting and serving.
+SELECT ticket_id FROM bench_clients WHERE client_id = :client_id \gset
+-- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
+SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
+       coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
+  FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
+ WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
+SELECT account_id FROM tenants WHERE id = :tenant_id;
+BEGIN;
+-- tickets/repository.lock_ticket_with_type
+SELECT t.id, t.current_state, t.state_category, t.type_definition_id, t.queue_id, t.version, t.created_at,
+       td.version AS type_version, td.fsm_schema, td.custom_fields_schema
+  FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
+ WHERE t.tenant_id = :tenant_id AND t.id = :ticket_id
+   FOR UPDATE OF t;
+-- tickets/repository.apply_transition
+WITH t AS (
+    UPDATE tickets SET current_state = CASE current_state WHEN 'waiting' THEN 'serving' ELSE 'waiting' END,
+           state_category = CASE state_category WHEN 'waiting' THEN 'in_service' ELSE 'waiting' END,
+           employee_id = coalesce(NULL::uuid, employee_id),
+           started_at = CASE WHEN state_category = 'waiting' AND started_at IS NULL THEN now() ELSE started_at END,
+           actual_wait_minutes = CASE WHEN state_category = 'waiting' AND started_at IS NULL
+               THEN round(extract(epoch FROM now() - created_at) / 60)::int ELSE actual_wait_minutes END,
+           ready_at = ready_at, completed_at = completed_at, cancelled_at = cancelled_at,
+           version = version + 1, updated_at = now()
+     WHERE tenant_id = :tenant_id AND id = :ticket_id
+    RETURNING *
+), h AS (
+    INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition, employee_id, notes)
+    SELECT tenant_id, uuidv7(), id, 'x', current_state, 'serve', NULL, NULL FROM t
+)
+SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
+       t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
+       t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
+       t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
+       t.version, t.created_at, t.updated_at,
+       CASE WHEN t.state_category = 'waiting' THEN
+         (SELECT count(*) + 1 FROM tickets w WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
+             AND w.state_category = 'waiting' AND w.sort_key < t.sort_key) END AS position, 'x'::text AS previous_state FROM t;
+COMMIT;

@@ -325,7 +325,7 @@ def main() -> int:
                 rows.append((result, ceiling))
             print(
                 f"\n{args.concurrency} clients, {args.seconds:.0f} s each, {args.workers} server "
-                f"process(es), {WAITING_TICKETS} waiting tickets in the line queue; idle RSS {idle_rss:.0f} MB"
+                f"process(es), {WAITING_TICKETS} waiting tickets in the line; idle RSS {idle_rss:.0f} MB"
             )
             print_table(rows, rss_mb(process.pid))
     return 0

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -102,6 +103,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             f"  prepared in {time.perf_counter() - started:.2f}s; starting {workers} worker(s)",
             flush=True,
         )
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler it found;
+        # ours turns that into a normal exit so the embedded database is stopped on the way out.
+        signal.signal(signal.SIGTERM, _exit_normally)
+        signal.signal(signal.SIGINT, _exit_normally)
         uvicorn.run(
             "virtualq.cli:create_app_from_env",
             factory=True,
@@ -114,6 +119,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=10,
         )
     return 0
+
+
+def _exit_normally(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,0 +1,390 @@
+"""The `virtualq` command and the embedded database, as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import make_settings
+from virtualq.app import create_app
+from virtualq.embedded_pg import EmbeddedPostgres
+
+VIRTUALQ = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "virtualq"
+FOUNDATION_TABLES = {"accounts", "tenants", "customers", "employees", "api_keys"}
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: none of the caller's VirtualQ settings leak into the subprocess."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "VIRTUALQ_DATA_DIR": str(data_dir),
+    }
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VIRTUALQ), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def with_database(dsn: str, database: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
+
+
+async def execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+def public_tables(dsn: str) -> set[str]:
+    rows = asyncio.run(fetch(dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+    return {row["tablename"] for row in rows}
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def gone_soon(pid: int, timeout: float = 5.0) -> bool:
+    """The process has exited, or does within `timeout` (it removes its pid file just before exiting)."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def postmaster_pid(pgdata: Path) -> int:
+    return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+
+
+def postgres_processes_for(pgdata: Path) -> list[int]:
+    """Pids of processes whose command line names this data directory."""
+    needle = str(pgdata).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and b"postgres" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def no_postgres_soon(pgdata: Path, timeout: float = 5.0) -> list[int]:
+    """Pids still running on `pgdata` after waiting up to `timeout` for them to exit."""
+    deadline = time.monotonic() + timeout
+    while (pids := [pid for pid in postgres_processes_for(pgdata) if pid_alive(pid)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    return pids
+
+
+@pytest.fixture
+def fresh_database(server_dsn: str) -> Iterator[str]:
+    name = f"vq_cli_{uuid.uuid4().hex[:12]}"
+    asyncio.run(execute(server_dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        asyncio.run(execute(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@dataclass
+class Server:
+    """A `virtualq serve` subprocess with its output in files."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    stdout: Path
+    stderr: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
+        """Poll /readyz until 200; return the seconds it took from process start."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"serve exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"serve was not ready within {timeout}s:\n{self.output()}")
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """Start `virtualq serve` on a data dir; at the end every process is killed and PostgreSQL stopped."""
+    started: list[tuple[Server, Path]] = []
+
+    def start(data_dir: Path, name: str) -> Server:
+        port = free_port()
+        stdout, stderr = tmp_path / f"{name}.stdout", tmp_path / f"{name}.stderr"
+        env = base_env(data_dir, PORT=str(port), LOG_LEVEL="warning")
+        with stdout.open("wb") as out, stderr.open("wb") as err:
+            process = subprocess.Popen([str(VIRTUALQ), "serve"], env=env, stdout=out, stderr=err)
+        server = Server(process, port, stdout, stderr)
+        started.append((server, data_dir))
+        return server
+
+    try:
+        yield start
+    finally:
+        for server, data_dir in started:
+            if server.process.poll() is None:
+                server.process.kill()
+                server.process.wait(timeout=STOP_TIMEOUT)
+            leftover = EmbeddedPostgres(data_dir)
+            if leftover.is_initialised and leftover.is_running():
+                leftover.stop()
+
+
+# --- configuration errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "abc"),
+        ("LOG_LEVEL", "loud"),
+        ("ENV", "prod"),
+        ("DATABASE_URL", "mysql://x"),
+        ("DB_POOL_MIN_SIZE", "50"),
+    ],
+)
+def test_invalid_configuration_is_one_line_and_exit_2(tmp_path: Path, variable: str, value: str) -> None:
+    data_dir = tmp_path / "data"
+    result = run_cli("serve", env=base_env(data_dir, **{variable: value}), timeout=60)
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("invalid configuration: "), lines[0]
+    assert variable in lines[0]
+    assert result.stdout == ""
+    # Nothing was started or written before the configuration was checked.
+    assert not (data_dir / "pgdata").exists()
+    assert not (data_dir / "admin_api_key").exists()
+
+
+# --- the embedded database -------------------------------------------------------------------------------
+
+
+def test_embedded_postgres_keeps_data_across_restarts_and_stops_cleanly(tmp_path: Path) -> None:
+    embedded = EmbeddedPostgres(tmp_path / "data")
+    try:
+        dsn = embedded.start()
+        assert embedded.is_running()
+        assert embedded.started_here
+        pid = postmaster_pid(embedded.pgdata)
+        assert pid_alive(pid)
+        asyncio.run(execute(dsn, "CREATE TABLE t (x int); INSERT INTO t VALUES (42)"))
+
+        # A second handle on a running server does not claim it (so it will not stop it).
+        other = EmbeddedPostgres(tmp_path / "data")
+        assert other.start() == dsn
+        assert not other.started_here
+
+        embedded.stop()
+        assert not embedded.is_running()
+        assert not embedded.started_here
+        assert not (embedded.pgdata / "postmaster.pid").exists()
+        assert gone_soon(pid)
+        assert no_postgres_soon(embedded.pgdata) == []
+
+        assert embedded.start() == dsn
+        assert embedded.is_running()
+        rows = asyncio.run(fetch(dsn, "SELECT x FROM t"))
+        assert [row["x"] for row in rows] == [42]
+
+        pid = postmaster_pid(embedded.pgdata)
+        embedded.stop()
+        assert not embedded.is_running()
+        assert not (embedded.pgdata / "postmaster.pid").exists()
+        assert gone_soon(pid)
+        assert no_postgres_soon(embedded.pgdata) == []
+    finally:
+        if embedded.is_initialised and embedded.is_running():
+            embedded.stop()
+
+
+# --- virtualq serve --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_serve_end_to_end_with_embedded_postgres(tmp_path: Path, serve: Any) -> None:
+    data_dir = tmp_path / "vq"
+    key_file = data_dir / "admin_api_key"
+
+    server = serve(data_dir, "cold")
+    cold = server.wait_ready()
+    print(f"\nvirtualq serve cold start (initdb + migrate) ready in {cold:.2f}s")
+
+    admin_key = key_file.read_text().strip()
+    assert len(admin_key) >= 24
+    assert key_file.stat().st_mode & 0o077 == 0  # owner-only
+    headers = {"Authorization": f"Bearer {admin_key}"}
+
+    listed = httpx.get(server.base + "/v1/accounts", headers=headers, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["data"] == []
+    created = httpx.post(server.base + "/v1/accounts", json={"name": "First"}, headers=headers, timeout=10)
+    assert created.status_code == 201, created.text
+    assert created.json()["name"] == "First"
+    assert httpx.get(server.base + "/v1/accounts", timeout=10).status_code == 401
+
+    docs = httpx.get(server.base + "/docs", timeout=10)
+    assert docs.status_code == 200
+    assert docs.headers["content-type"].startswith("text/html")
+    assert "<html" in docs.text.lower()
+
+    banner = server.stdout.read_text()
+    assert server.base in banner
+    assert server.base + "/docs" in banner
+    assert str(key_file) in banner
+    assert admin_key not in server.output()
+
+    # SIGTERM: a graceful stop, exit code 0, and the embedded PostgreSQL this process started is stopped.
+    assert server.terminate() == 0, server.output()
+    assert not EmbeddedPostgres(data_dir).is_running()
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+    assert no_postgres_soon(data_dir / "pgdata") == []
+
+
+@pytest.mark.slow
+def test_serve_restart_on_the_same_data_dir_keeps_data(tmp_path: Path, serve: Any) -> None:
+    data_dir = tmp_path / "vq"
+    key_file = data_dir / "admin_api_key"
+
+    server = serve(data_dir, "first")
+    server.wait_ready()
+    admin_key = key_file.read_text().strip()
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    name = f"Persisted {uuid.uuid4().hex[:8]}"
+    created = httpx.post(server.base + "/v1/accounts", json={"name": name}, headers=headers, timeout=10)
+    assert created.status_code == 201, created.text
+    account_id = created.json()["id"]
+    server.terminate()  # its exit code and clean-up are the end-to-end test's subject
+    embedded = EmbeddedPostgres(data_dir)
+    if embedded.is_running():  # make sure the restart below restarts PostgreSQL too
+        embedded.stop()
+
+    server = serve(data_dir, "second")
+    warm = server.wait_ready()
+    print(f"\nvirtualq serve warm start (existing data dir) ready in {warm:.2f}s")
+    assert key_file.read_text().strip() == admin_key
+    listed = httpx.get(server.base + "/v1/accounts", headers=headers, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert [(a["id"], a["name"]) for a in listed.json()["data"]] == [(account_id, name)]
+    assert admin_key not in server.output()
+
+
+# --- migrate and api-key create --------------------------------------------------------------------------
+
+
+async def _get_with_key(dsn: str, key: str, path: str) -> httpx.Response:
+    app = create_app(make_settings(), dsn=dsn)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http,
+    ):
+        return await http.get(path, headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.mark.slow
+def test_migrate_api_key_create_and_downgrade(tmp_path: Path, fresh_database: str) -> None:
+    env = base_env(tmp_path / "unused", DATABASE_URL=fresh_database, LOG_LEVEL="warning")
+
+    migrated = run_cli("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "upgraded to head" in migrated.stdout
+    assert public_tables(fresh_database) >= FOUNDATION_TABLES | {"alembic_version"}
+    # DATABASE_URL is set, so no embedded server was started.
+    assert not (tmp_path / "unused" / "pgdata").exists()
+
+    created = run_cli("api-key", "create", "--scope", "platform", "--role", "admin", env=env)
+    assert created.returncode == 0, created.stderr
+    key_lines = [line for line in created.stdout.splitlines() if line.startswith("key")]
+    assert len(key_lines) == 1, created.stdout
+    key = key_lines[0].split()[-1]
+    assert key.startswith("vq_")
+    assert "scope  platform" in created.stdout
+    assert "role   admin" in created.stdout
+    assert key not in created.stderr
+
+    rows = asyncio.run(fetch(fresh_database, "SELECT key_hash, scope, role FROM api_keys"))
+    assert len(rows) == 1
+    assert bytes(rows[0]["key_hash"]) == hashlib.sha256(key.encode()).digest()
+    assert (rows[0]["scope"], rows[0]["role"]) == ("platform", "admin")
+
+    response = asyncio.run(_get_with_key(fresh_database, key, "/v1/accounts"))
+    assert response.status_code == 200, response.text
+
+    downgraded = run_cli("migrate", "--downgrade", "base", env=env)
+    assert downgraded.returncode == 0, downgraded.stderr
+    assert "downgraded to base" in downgraded.stdout
+    assert public_tables(fresh_database) - {"alembic_version"} == set()

@@ -103,7 +103,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             f"  prepared in {time.perf_counter() - started:.2f}s; starting {workers} worker(s)",
             flush=True,
         )
-        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler it found;
+        # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler it found;
         # ours turns that into a normal exit so the embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_normally)
         signal.signal(signal.SIGINT, _exit_normally)

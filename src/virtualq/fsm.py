@@ -81,6 +81,9 @@ class Machine:
         transitions = _check_transitions(schema.get("transitions"), state_set, problems)
         declared = _check_categories(schema.get("categories", {}), state_set, problems)
         if problems:
+            # Categories cannot be inferred from a broken machine, so '*' cannot be expanded yet; duplicates
+            # among explicit sources are still reported now, with everything else.
+            _check_explicit_duplicates(transitions, problems)
             raise MachineInvalid(problems)
         assert isinstance(init, str)
         categories = infer_categories(init, states, transitions, declared)
@@ -234,6 +237,15 @@ def infer_categories(
         else:
             categories[state] = Category.IN_SERVICE
     return categories
+
+
+def _check_explicit_duplicates(transitions: list[Transition], problems: list[str]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for transition in transitions:
+        for source in transition.sources or ():
+            if (source, transition.name) in seen:
+                problems.append(f"two transitions named {transition.name!r} leave state {source!r}")
+            seen.add((source, transition.name))
 
 
 def _expand(

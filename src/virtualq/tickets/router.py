@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -40,9 +41,9 @@ def _ticket_filters(
     customer_id: uuid.UUID | None = None,
     employee_id: uuid.UUID | None = None,
     type_definition_id: uuid.UUID | None = None,
-    created_after: Annotated[Any, Query(description="RFC 3339 timestamp, exclusive.")] = None,
-    created_before: Annotated[Any, Query(description="RFC 3339 timestamp, exclusive.")] = None,
-    expires_before: Annotated[Any, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    created_after: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    created_before: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    expires_before: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
 ) -> TicketFilters:
     return TicketFilters(
         queue_id=queue_id,

@@ -76,7 +76,12 @@ def database_dsn(server_dsn: str) -> Iterator[str]:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"admin_api_key": ADMIN_KEY, "db_pool_max_size": 20, "log_level": "warning"}
+    values: dict[str, Any] = {
+        "admin_api_key": ADMIN_KEY,
+        "db_pool_max_size": 20,
+        "log_level": "warning",
+        "sweeper_interval_seconds": 0,
+    }
     values.update(overrides)
     return Settings(**values)
 

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
-from virtualq import __version__, migrate
+from virtualq import __version__, migrate, sweeper
 from virtualq.accounts.router import router as accounts_router
 from virtualq.auth.router import router as api_keys_router
 from virtualq.config import Settings
@@ -52,7 +52,8 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
         app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
         log.info("started", env=settings.env, redis=settings.redis_url is not None)
         try:
-            yield
+            async with sweeper.running(app.state.pool, settings.sweeper_interval_seconds):
+                yield
         finally:
             if app.state.redis is not None:
                 await app.state.redis.aclose()

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)
     auto_migrate: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    sweeper_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     @field_validator("log_level", "env", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response, status
 from virtualq.auth.principal import StaffOrAdmin, TenantAdmin, TenantStaff, resolve_tenant
 from virtualq.db import ReadConn, WriteConn
 from virtualq.employees import service
-from virtualq.employees.schemas import Employee, EmployeeCreate, EmployeeUpdate
+from virtualq.employees.schemas import Employee, EmployeeCreate, EmployeeQueues, EmployeeUpdate
 from virtualq.errors import Forbidden, not_found
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
@@ -75,3 +75,13 @@ async def update_employee(
 async def deactivate_employee(employee_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -> Response:
     await service.deactivate_employee(conn, ctx, employee_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/v1/employees/{employee_id}/queues", response_model=Employee, responses=WRITE_ERRORS)
+@router.post("/v1/employees/{employee_id}/assign-queues", response_model=Employee, responses=WRITE_ERRORS)
+async def set_employee_queues(
+    employee_id: uuid.UUID, body: EmployeeQueues, ctx: TenantAdmin, conn: WriteConn
+) -> Any:
+    """Bind the employee to these queues of the tenant (replacing the current set); POST assign-queues is
+    an alias."""
+    return await service.set_queues(conn, ctx, employee_id, body.queue_ids)

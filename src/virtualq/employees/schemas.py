@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, StrictStr, StringConstraints
 
-from virtualq.kit.schemas import Email, Flag, InputModel, Name, OutputModel, PatchModel
+from virtualq.kit.schemas import Email, Flag, IdList, InputModel, Name, OutputModel, PatchModel
 
 JobRole = Annotated[StrictStr, StringConstraints(min_length=1, max_length=50)]
 
@@ -42,3 +42,7 @@ class Employee(OutputModel):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+
+
+class EmployeeQueues(InputModel):
+    queue_ids: IdList = Field(description="The queues this employee serves (replaces the current set).")

@@ -62,3 +62,19 @@ async def update_employee(
 async def deactivate_employee(conn: Connection, ctx: TenantContext, employee_id: uuid.UUID) -> None:
     await get_employee(conn, ctx, employee_id)
     await repository.update(conn, ctx.tenant_id, employee_id, {"is_active": False})
+
+
+async def set_queues(
+    conn: Connection, ctx: TenantContext, employee_id: uuid.UUID, queue_ids: list[uuid.UUID]
+) -> Record:
+    await get_employee(conn, ctx, employee_id)
+    wanted = list(dict.fromkeys(queue_ids))
+    found = await conn.fetchval(
+        "SELECT count(*) FROM queues WHERE tenant_id = $1 AND id = ANY($2::uuid[])", ctx.tenant_id, wanted
+    )
+    if found != len(wanted):
+        raise ValidationFailed("queue_ids must name queues of this tenant", {"field": "queue_ids"})
+    row = await repository.update(conn, ctx.tenant_id, employee_id, {"queue_ids": wanted})
+    if row is None:
+        raise not_found("employee")
+    return row

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from virtualq.auth.principal import StaffOrAdmin, TenantAdmin, TenantAnyRole, TenantStaff, resolve_tenant
 from virtualq.db import ReadConn, WriteConn
@@ -11,8 +11,8 @@ from virtualq.errors import Forbidden, not_found
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
 from virtualq.kit.schemas import Page
-from virtualq.queues import service
-from virtualq.queues.schemas import Queue, QueueCreate, QueueUpdate
+from virtualq.queues import monitor, service
+from virtualq.queues.schemas import Monitor, Queue, QueueCreate, QueueStats, QueueUpdate
 
 router = APIRouter(tags=["queues"])
 
@@ -76,3 +76,31 @@ async def enable_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -
 async def disable_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -> Any:
     """Stop accepting new tickets and forwards; existing tickets can still be served."""
     return await service.set_queue_active(conn, ctx, queue_id, active=False)
+
+
+@router.get("/v1/queues/{queue_id}/monitor", response_model=Monitor, responses=READ_ERRORS)
+async def queue_monitor(
+    queue_id: uuid.UUID,
+    ctx: TenantAnyRole,
+    conn: ReadConn,
+    exclude: Annotated[
+        list[str],
+        Query(
+            max_length=20,
+            description="Hide tickets whose custom_data field equals a value: `field:value`, repeatable "
+            "(e.g. `channel:drive_thru`).",
+        ),
+    ] = [],  # noqa: B006 - FastAPI copies query defaults
+) -> Any:
+    """What a wall display shows: active tickets grouped by category, with privacy-safe names only.
+
+    Readable with a display-role key. Estimates are left out when the queue's show_wait_time is false;
+    a disabled queue shows no tickets.
+    """
+    return await monitor.monitor(conn, ctx, queue_id, monitor.parse_excludes(exclude))
+
+
+@router.get("/v1/queues/{queue_id}/stats", response_model=QueueStats, responses=READ_ERRORS)
+async def queue_stats(queue_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
+    """Counts per state and category, the current estimate and its recent accuracy (docs/estimates.md)."""
+    return await monitor.stats(conn, ctx, queue_id)

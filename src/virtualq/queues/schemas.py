@@ -72,3 +72,68 @@ class Queue(OutputModel):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+
+
+class MonitorItem(OutputModel):
+    name: str
+    quantity: int
+
+
+class MonitorTicket(OutputModel):
+    id: uuid.UUID
+    display_code: str = Field(examples=["A042"])
+    display_name: str = Field(examples=["John S."], description='First name and last initial, or "Guest".')
+    state: str
+    state_category: str
+    position: int | None
+    estimated_wait_minutes: int | None = Field(
+        default=None, description="Present only when the queue shows wait times."
+    )
+    items: list[MonitorItem]
+    item_count: int
+
+
+class MonitorGroups(OutputModel):
+    waiting: list[MonitorTicket]
+    in_service: list[MonitorTicket]
+    ready: list[MonitorTicket]
+
+
+class MonitorCounts(OutputModel):
+    waiting: int
+    in_service: int
+    ready: int
+
+
+class Monitor(OutputModel):
+    queue_id: uuid.UUID
+    queue_name: str
+    is_active: bool = Field(description="A disabled queue shows no tickets.")
+    show_wait_time: bool
+    generated_at: datetime
+    groups: MonitorGroups
+    counts: MonitorCounts
+
+
+class EstimationStats(OutputModel):
+    method: WaitEstimationMethod
+    basis: str = Field(description="history, fallback, manual, custom or none (docs/estimates.md).")
+    minutes_per_ticket: float | None
+    fallback_minutes_per_ticket: float
+    current_estimate_minutes: int | None = Field(description="For a ticket joining the line now.")
+
+
+class AccuracyStats(OutputModel):
+    sample_size: int = Field(description="Recent tickets (at most 50) with an original estimate and a wait.")
+    mean_absolute_error_minutes: float | None
+    mean_error_minutes: float | None = Field(description="Positive: estimates were too long on average.")
+
+
+class QueueStats(OutputModel):
+    queue_id: uuid.UUID
+    generated_at: datetime
+    counts_by_state: dict[str, int] = Field(description="Active tickets, and today's finished ones.")
+    counts_by_category: dict[str, int]
+    waiting: int
+    estimation: EstimationStats
+    accuracy: AccuracyStats

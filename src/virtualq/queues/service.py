@@ -5,6 +5,7 @@ import uuid
 from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
 from virtualq.errors import ValidationFailed, not_found
+from virtualq.events import repository as events
 from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
 from virtualq.kit.schemas import CommonFilters
@@ -58,9 +59,23 @@ async def update_queue(
     if changes.get("allowed_type_definition_ids") is not None:
         changes["allowed_type_definition_ids"] = list(dict.fromkeys(changes["allowed_type_definition_ids"]))
         await _check_allowed_types(conn, ctx.tenant_id, changes["allowed_type_definition_ids"])
-    return await repository.update(conn, ctx.tenant_id, queue_id, changes)
+    row = await repository.update(conn, ctx.tenant_id, queue_id, changes)
+    await events.record(
+        conn,
+        ctx.tenant_id,
+        "queue.updated",
+        queue_id=queue_id,
+        ticket_id=None,
+        data={"changed": sorted(changes)},
+    )
+    return row
 
 
 async def set_queue_active(conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, active: bool) -> Record:
-    await get_queue(conn, ctx, queue_id)
-    return await repository.update(conn, ctx.tenant_id, queue_id, {"is_active": active})
+    current = await get_queue(conn, ctx, queue_id)
+    if current["is_active"] == active:
+        return current
+    row = await repository.update(conn, ctx.tenant_id, queue_id, {"is_active": active})
+    event_type = "queue.enabled" if active else "queue.disabled"
+    await events.record(conn, ctx.tenant_id, event_type, queue_id=queue_id, ticket_id=None, data={})
+    return row

@@ -61,12 +61,13 @@ async def insert_ticket(
             ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
             RETURNING local_date, last_number
         ), t AS (
-            INSERT INTO tickets (tenant_id, id, queue_id, type_definition_id, number, display_code,
-                                 local_date, current_state, state_category, customer_id, references_ticket_id,
+            INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
+                                 display_code, local_date, current_state, state_category, customer_id,
+                                 references_ticket_id,
                                  estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes,
                                  expires_at, custom_data, started_at, actual_wait_minutes, ready_at,
                                  completed_at, cancelled_at)
-            SELECT $1, $4, $2, $5, c.last_number, $6 || lpad(c.last_number::text, 3, '0'), c.local_date,
+            SELECT $1, $4, $2, $2, $5, c.last_number, $6 || lpad(c.last_number::text, 3, '0'), c.local_date,
                    $7, $8, $9, $10, $11, $11, $12, now() + make_interval(mins => $12), $13,
                    CASE WHEN $14 THEN now() END, CASE WHEN $14 THEN 0 END, CASE WHEN $15 THEN now() END,
                    CASE WHEN $16 THEN now() END, CASE WHEN $17 THEN now() END
@@ -99,15 +100,33 @@ async def insert_ticket(
     )
 
 
-async def position_of(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, sort_key: Any) -> int:
-    position: int = await conn.fetchval(
-        """SELECT count(*) + 1 FROM tickets
-            WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting' AND sort_key < $3""",
+async def settle_new_ticket(
+    conn: Connection,
+    tenant_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    queue_id: uuid.UUID,
+    sort_key: Any,
+    minutes_per_ticket: float | None,
+) -> Record:
+    """The new waiting ticket's position, and its original estimate when the client gave none.
+
+    A fresh statement sees every ticket committed before ours took the queue's counter lock.
+    """
+    return await fetch_returning(
+        conn,
+        """WITH p AS (SELECT count(*) + 1 AS position FROM tickets
+                       WHERE tenant_id = $1 AND queue_id = $3 AND state_category = 'waiting'
+                         AND sort_key < $4)
+           UPDATE tickets t SET original_estimated_wait_minutes =
+                  coalesce(t.original_estimated_wait_minutes, floor(p.position * $5::float8 + 0.5)::int)
+             FROM p WHERE t.tenant_id = $1 AND t.id = $2
+           RETURNING p.position, t.original_estimated_wait_minutes""",
         tenant_id,
+        ticket_id,
         queue_id,
         sort_key,
+        minutes_per_ticket,
     )
-    return position
 
 
 async def get_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> Record | None:

@@ -12,12 +12,18 @@ from virtualq.fsm import Category
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, error_responses
 from virtualq.kit.schemas import Page
-from virtualq.tickets import items_service, service
+from virtualq.tickets import items_service, line, service
 from virtualq.tickets.schemas import (
+    AssignRequest,
+    CallNextRequest,
+    ForwardedTicket,
+    ForwardRequest,
     HistoryEntry,
     Item,
     ItemCreate,
     ItemUpdate,
+    ReorderedTicket,
+    ReorderRequest,
     Ticket,
     TicketCount,
     TicketCreate,
@@ -115,22 +121,88 @@ async def ticket_history(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn)
     return await service.ticket_history(conn, ctx, ticket_id)
 
 
+@router.post(
+    "/v1/queues/{queue_id}/call-next",
+    response_model=TransitionedTicket,
+    responses=error_responses(400, 401, 403, 404, 413),
+    tags=["queues"],
+)
+async def call_next(queue_id: uuid.UUID, body: CallNextRequest, ctx: TenantStaff, conn: WriteConn) -> Any:
+    """Take the first waiting ticket and move it out of the line (404 queue_empty when nobody waits).
+
+    Two counters calling at the same instant never receive the same ticket. The employee (given, or the one
+    the API key is bound to) is assigned and recorded in the history. A disabled queue can still be served.
+    """
+    return await line.call_next(conn, ctx, queue_id, body)
+
+
+@router.post("/v1/tickets/{ticket_id}/reorder", response_model=ReorderedTicket, responses=TRANSITION_ERRORS)
+async def reorder_ticket(
+    ticket_id: uuid.UUID, body: ReorderRequest, ctx: TenantStaff, conn: WriteConn
+) -> Any:
+    """Move a waiting ticket to a 1-based position (clamped to the line); the others shift."""
+    return await line.reorder(conn, ctx, ticket_id, body)
+
+
+@router.post("/v1/tickets/{ticket_id}/forward", response_model=ForwardedTicket, responses=TRANSITION_ERRORS)
+async def forward_ticket(
+    ticket_id: uuid.UUID, body: ForwardRequest, ctx: TenantStaff, conn: WriteConn
+) -> Any:
+    """Send the ticket to another queue of the tenant; it keeps its state, number and display code."""
+    return await line.forward(conn, ctx, ticket_id, body)
+
+
+@router.post("/v1/tickets/{ticket_id}/assign", response_model=Ticket, responses=WRITE_ERRORS)
+async def assign_ticket(ticket_id: uuid.UUID, body: AssignRequest, ctx: TenantStaff, conn: WriteConn) -> Any:
+    """Assign an active employee of the tenant (400 otherwise)."""
+    return await line.assign(conn, ctx, ticket_id, body.employee_id)
+
+
+@router.post("/v1/tickets/{ticket_id}/unassign", response_model=Ticket, responses=WRITE_ERRORS)
+async def unassign_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: WriteConn) -> Any:
+    return await line.assign(conn, ctx, ticket_id, None)
+
+
+@router.get(
+    "/v1/employees/{employee_id}/tickets",
+    response_model=Page[Ticket],
+    responses=READ_ERRORS,
+    tags=["employees"],
+)
+async def employee_tickets(
+    employee_id: uuid.UUID,
+    ctx: TenantStaff,
+    conn: ReadConn,
+    page: PageQuery,
+    current_state: Annotated[str | None, Query(max_length=32)] = None,
+    state_category: Category | None = None,
+) -> Any:
+    """The tickets assigned to an employee, oldest first; filter by state or category."""
+    rows, total = await service.employee_tickets(conn, ctx, employee_id, current_state, state_category, page)
+    return page_envelope(rows, total, page)
+
+
 @router.get(
     "/v1/queues/{queue_id}/tickets", response_model=Page[Ticket], responses=READ_ERRORS, tags=["queues"]
 )
 async def queue_tickets(queue_id: uuid.UUID, ctx: TenantAnyRole, conn: ReadConn, page: PageQuery) -> Any:
     """The queue's active tickets in line order: waiting ones by position, then those in service or ready.
-    Display-role keys get no personal data (customer, custom data, employee are null/empty)."""
-    rows, total = await service.queue_tickets(conn, ctx, queue_id, page)
-    return page_envelope([_redact(ctx, row) for row in rows], total, page)
+    Display-role keys get no personal data (customer, custom data, employee are null/empty), and no
+    estimates when the queue's show_wait_time is false."""
+    rows, total, show_wait_time = await service.queue_tickets(conn, ctx, queue_id, page)
+    return page_envelope([_redact(ctx, row, show_wait_time) for row in rows], total, page)
 
 
-def _redact(ctx: TenantContext, row: Any) -> Any:
+def _redact(ctx: TenantContext, row: dict[str, Any], show_wait_time: bool) -> dict[str, Any]:
+    """What a display-role key may see: no personal data, and no estimates when the queue hides them."""
     if ctx.principal.role is not Role.DISPLAY:
         return row
-    safe = dict(row)
-    safe.update(customer_id=None, employee_id=None, custom_data={})
-    return safe
+    row.update(customer_id=None, employee_id=None, custom_data={})
+    if not show_wait_time:
+        row.update(
+            estimated_wait_minutes=None, original_estimated_wait_minutes=None, actual_wait_minutes=None
+        )
+    return row
 
 
 @router.post(

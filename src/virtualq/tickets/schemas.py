@@ -145,3 +145,45 @@ class Item(OutputModel):
 
 class TransitionedItem(Item):
     previous_state: str | None
+
+
+Reason = Annotated[StrictStr, StringConstraints(max_length=500)]
+LinePosition = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
+
+
+class CallNextRequest(InputModel):
+    employee_id: uuid.UUID | None = Field(
+        default=None, description="Who calls; defaults to the employee the API key is bound to."
+    )
+    transition: TransitionName | None = Field(
+        default=None,
+        description=(
+            "Defaults to the first transition from the waiting state into service (else ready, else done)."
+        ),
+    )
+    notes: Notes | None = None
+
+
+class ReorderRequest(InputModel):
+    position: LinePosition = Field(description="1-based; past the end means the end of the line.")
+    reason: Reason | None = None
+
+
+class ForwardRequest(InputModel):
+    target_queue_id: uuid.UUID
+    reason: Reason | None = None
+    position: LinePosition | None = Field(
+        default=None, description="Place in the target line (waiting tickets); default the end."
+    )
+
+
+class AssignRequest(InputModel):
+    employee_id: uuid.UUID
+
+
+class ReorderedTicket(Ticket):
+    previous_position: int
+
+
+class ForwardedTicket(Ticket):
+    previous_queue_id: uuid.UUID

@@ -14,10 +14,12 @@ from virtualq.errors import (
     ValidationFailed,
     not_found,
 )
+from virtualq.events import repository as events
 from virtualq.fsm import Category, Machine, TransitionRejected
 from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
 from virtualq.queues import repository as queues
+from virtualq.queues.estimates import Estimator, minutes_for
 from virtualq.tickets import repository
 from virtualq.tickets.rules import effects_of
 from virtualq.tickets.schemas import TicketCreate, TicketUpdate, TransitionRequest
@@ -97,10 +99,11 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
     timezone = await conn.fetchval("SELECT timezone FROM tenants WHERE id = $1", ctx.tenant_id)
     machine = compiled_type.machine
     category = machine.category(machine.init)
+    ticket_id = new_id()
     row = await repository.insert_ticket(
         conn,
         tenant_id=ctx.tenant_id,
-        ticket_id=new_id(),
+        ticket_id=ticket_id,
         history_id=new_id(),
         queue_id=queue["id"],
         timezone=timezone,
@@ -110,20 +113,55 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
         effects=effects_of(None, category),
         fields=body.model_dump(exclude={"tenant_id", "queue_id"}),
     )
-    # A fresh statement sees every ticket committed before ours took the queue's counter lock.
-    position = (
-        await repository.position_of(conn, ctx.tenant_id, queue["id"], row["sort_key"])
-        if category is Category.WAITING
-        else None
+    ticket = dict(row)
+    ticket["position"] = None
+    if category is Category.WAITING:
+        estimator = Estimator(conn, ctx.tenant_id)
+        estimator.remember_queue(queue)
+        await estimator.paces_for([(queue["id"], type_row["id"])])
+        pace = estimator.pace_of(queue["id"], type_row["id"])
+        settled = await repository.settle_new_ticket(
+            conn, ctx.tenant_id, ticket_id, queue["id"], row["sort_key"], pace
+        )
+        ticket["position"] = settled["position"]
+        ticket["original_estimated_wait_minutes"] = settled["original_estimated_wait_minutes"]
+        if ticket["estimated_wait_minutes"] is None:
+            ticket["estimated_wait_minutes"] = minutes_for(settled["position"], pace)
+    await events.record(
+        conn,
+        ctx.tenant_id,
+        "ticket.created",
+        queue_id=queue["id"],
+        ticket_id=ticket_id,
+        data=event_data(ticket),
     )
-    return {**dict(row), "position": position}
+    return ticket
 
 
-async def get_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> Record:
+def event_data(ticket: dict[str, Any] | Record, **extra: Any) -> dict[str, Any]:
+    """The display-safe summary carried by ticket events (no customer, custom data or employee)."""
+    data = {
+        "display_code": ticket["display_code"],
+        "number": ticket["number"],
+        "current_state": ticket["current_state"],
+        "state_category": ticket["state_category"],
+        "type_definition_id": str(ticket["type_definition_id"]),
+        "version": ticket["version"],
+    }
+    data.update(extra)
+    return data
+
+
+async def annotated(conn: Connection, ctx: TenantContext, row: Record | dict[str, Any]) -> dict[str, Any]:
+    """One ticket with its live estimate."""
+    return (await Estimator(conn, ctx.tenant_id).annotate([row]))[0]
+
+
+async def get_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> dict[str, Any]:
     row = await repository.get_ticket(conn, ctx.tenant_id, ticket_id)
     if row is None:
         raise not_found("ticket")
-    return row
+    return await annotated(conn, ctx, row)
 
 
 async def _locked_machine(
@@ -144,7 +182,7 @@ async def _locked_machine(
 
 async def transition_ticket(
     conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, request: TransitionRequest
-) -> Record:
+) -> dict[str, Any]:
     await check_employee(conn, ctx.tenant_id, request.employee_id)
     locked, machine = await _locked_machine(conn, ctx, ticket_id)
     return await _apply(conn, ctx, locked, machine, request.transition, request.employee_id, request.notes)
@@ -158,7 +196,7 @@ async def _apply(
     transition: str,
     employee_id: uuid.UUID | None,
     notes: str | None,
-) -> Record:
+) -> dict[str, Any]:
     current = locked["current_state"]
     try:
         new_state = machine.apply(current, transition)
@@ -173,7 +211,7 @@ async def _apply(
         ) from None
     previous_category = Category(locked["state_category"])
     category = machine.category(new_state)
-    return await repository.apply_transition(
+    row = await repository.apply_transition(
         conn,
         tenant_id=ctx.tenant_id,
         ticket_id=locked["id"],
@@ -187,9 +225,24 @@ async def _apply(
         actor_employee_id=employee_id or ctx.principal.employee_id,
         notes=notes,
     )
+    await record_state_change(conn, ctx.tenant_id, row, transition)
+    return await annotated(conn, ctx, row)
 
 
-async def cancel_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> Record:
+async def record_state_change(conn: Connection, tenant_id: uuid.UUID, row: Record, transition: str) -> None:
+    """ticket.state_changed, plus ticket.completed / ticket.cancelled when the ticket reaches those."""
+    data = event_data(row, previous_state=row["previous_state"], transition=transition)
+    await events.record(
+        conn, tenant_id, "ticket.state_changed", queue_id=row["queue_id"], ticket_id=row["id"], data=data
+    )
+    closing = {"done": "ticket.completed", "cancelled": "ticket.cancelled"}.get(row["state_category"])
+    if closing is not None:
+        await events.record(
+            conn, tenant_id, closing, queue_id=row["queue_id"], ticket_id=row["id"], data=data
+        )
+
+
+async def cancel_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> dict[str, Any]:
     """Apply the transition from the current state into a cancelled-category state."""
     locked, machine = await _locked_machine(conn, ctx, ticket_id)
     transition = machine.cancel_transition(locked["current_state"])
@@ -207,7 +260,7 @@ async def cancel_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UU
 
 async def update_ticket(
     conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, body: TicketUpdate
-) -> Record:
+) -> dict[str, Any]:
     changes = body.changes()
     locked, _ = await _locked_machine(conn, ctx, ticket_id)
     if not changes:
@@ -222,13 +275,23 @@ async def update_ticket(
             ),
             changes["custom_data"],
         )
-    return await repository.update_ticket(conn, ctx.tenant_id, ticket_id, changes)
+    row = await repository.update_ticket(conn, ctx.tenant_id, ticket_id, changes)
+    await events.record(
+        conn,
+        ctx.tenant_id,
+        "ticket.updated",
+        queue_id=row["queue_id"],
+        ticket_id=row["id"],
+        data=event_data(row, changed=sorted(changes)),
+    )
+    return await annotated(conn, ctx, row)
 
 
 async def list_tickets(
     conn: Connection, ctx: TenantContext, filters: dict[str, Any], params: PageParams
-) -> tuple[list[Record], int]:
-    return await repository.list_tickets(conn, ctx.tenant_id, filters, params)
+) -> tuple[list[dict[str, Any]], int]:
+    rows, total = await repository.list_tickets(conn, ctx.tenant_id, filters, params)
+    return await Estimator(conn, ctx.tenant_id).annotate(rows), total
 
 
 async def count_tickets(conn: Connection, ctx: TenantContext, filters: dict[str, Any]) -> int:
@@ -243,7 +306,31 @@ async def ticket_history(conn: Connection, ctx: TenantContext, ticket_id: uuid.U
 
 async def queue_tickets(
     conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, params: PageParams
-) -> tuple[list[Record], int]:
-    if await queues.get(conn, ctx.tenant_id, queue_id) is None:
+) -> tuple[list[dict[str, Any]], int, bool]:
+    """The page, the total, and whether the queue shows wait times."""
+    queue = await queues.get(conn, ctx.tenant_id, queue_id)
+    if queue is None:
         raise not_found("queue")
-    return await repository.queue_tickets(conn, ctx.tenant_id, queue_id, params)
+    rows, total = await repository.queue_tickets(conn, ctx.tenant_id, queue_id, params)
+    estimator = Estimator(conn, ctx.tenant_id)
+    estimator.remember_queue(queue)
+    return await estimator.annotate(rows), total, queue["show_wait_time"]
+
+
+async def employee_tickets(
+    conn: Connection,
+    ctx: TenantContext,
+    employee_id: uuid.UUID,
+    current_state: str | None,
+    state_category: Category | None,
+    params: PageParams,
+) -> tuple[list[dict[str, Any]], int]:
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM employees WHERE tenant_id = $1 AND id = $2)", ctx.tenant_id, employee_id
+    )
+    if not found:
+        raise not_found("employee")
+    filters: dict[str, Any] = {"employee_id": employee_id, "current_state": current_state}
+    if state_category is not None:
+        filters["state_category"] = state_category
+    return await list_tickets(conn, ctx, {k: v for k, v in filters.items() if v is not None}, params)

@@ -1,0 +1,139 @@
+"""SQL for the waiting line: call next, reorder, forward, assignment. Every query takes tenant_id.
+
+Order is the numeric `sort_key`: new tickets take the next value of a global sequence (FIFO); a ticket moved
+between two neighbours takes the midpoint of their keys, so nobody else's row is rewritten. Positions are
+computed (rank among waiting tickets), so they are 1..N without gaps whatever happens to the keys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal, localcontext
+from typing import Any
+
+from virtualq.db import Connection, Record, fetch_returning
+from virtualq.tickets.repository import POSITION, TICKET_COLUMNS
+
+LOCKED_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.type_definition_id,
+    t.queue_id, t.version, t.created_at, t.sort_key, td.version AS type_version, td.fsm_schema,
+    td.custom_fields_schema"""
+
+
+async def lock_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
+    """The first waiting ticket nobody else holds, row-locked: concurrent callers get different tickets."""
+    row: Record | None = await conn.fetchrow(
+        f"""SELECT {LOCKED_COLUMNS}
+              FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
+             WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category = 'waiting'
+             ORDER BY t.sort_key
+             LIMIT 1
+               FOR UPDATE OF t SKIP LOCKED""",
+        tenant_id,
+        queue_id,
+    )
+    return row
+
+
+async def lock_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> Record | None:
+    row: Record | None = await conn.fetchrow(
+        f"""SELECT {LOCKED_COLUMNS}
+              FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
+             WHERE t.tenant_id = $1 AND t.id = $2
+               FOR UPDATE OF t""",
+        tenant_id,
+        ticket_id,
+    )
+    return row
+
+
+async def lock_queue(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
+    """Serialises moves within one line. NO KEY UPDATE does not block ticket inserts' foreign-key checks."""
+    row: Record | None = await conn.fetchrow(
+        """SELECT id, is_active, allowed_type_definition_ids FROM queues
+            WHERE tenant_id = $1 AND id = $2 FOR NO KEY UPDATE""",
+        tenant_id,
+        queue_id,
+    )
+    return row
+
+
+async def waiting_position(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, sort_key: Any) -> int:
+    position: int = await conn.fetchval(
+        """SELECT count(*) + 1 FROM tickets
+            WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting' AND sort_key < $3""",
+        tenant_id,
+        queue_id,
+        sort_key,
+    )
+    return position
+
+
+async def key_for_position(
+    conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, ticket_id: uuid.UUID, position: int | None
+) -> Decimal | None:
+    """A sort key that puts the ticket at `position` (clamped to 1..N) among the queue's other waiting
+    tickets; None means "the end of the line" (the caller takes a fresh sequence value)."""
+    if position is None:
+        return None
+    row = await conn.fetchrow(
+        """WITH others AS (
+               SELECT sort_key, row_number() OVER (ORDER BY sort_key) AS rank FROM tickets
+                WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting' AND id <> $3)
+           SELECT (SELECT count(*) FROM others) AS n,
+                  (SELECT sort_key FROM others WHERE rank = $4 - 1) AS before,
+                  (SELECT sort_key FROM others WHERE rank = $4) AS after""",
+        tenant_id,
+        queue_id,
+        ticket_id,
+        position,
+    )
+    assert row is not None
+    if position > row["n"]:
+        return None
+    before, after = row["before"], row["after"]
+    if before is None:
+        key: Decimal = after - 1
+        return key
+    with localcontext() as context:
+        context.prec = 80
+        middle: Decimal = (before + after) / 2
+    if not before < middle < after:
+        raise OverflowError("no sort key left between two neighbours")
+    return middle
+
+
+async def move(
+    conn: Connection,
+    tenant_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    queue_id: uuid.UUID,
+    sort_key: Decimal | None,
+) -> Record:
+    """Put the ticket in `queue_id` at `sort_key` (None: the end of the line)."""
+    return await fetch_returning(
+        conn,
+        f"""WITH t AS (
+                UPDATE tickets SET queue_id = $3, sort_key = coalesce($4, nextval('ticket_sort_key_seq')),
+                       version = version + 1, updated_at = now()
+                 WHERE tenant_id = $1 AND id = $2 RETURNING *)
+            SELECT {TICKET_COLUMNS}, t.sort_key FROM t""",
+        tenant_id,
+        ticket_id,
+        queue_id,
+        sort_key,
+    )
+
+
+async def set_employee(
+    conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID, employee_id: uuid.UUID | None
+) -> Record:
+    """Assign, or with None unassign."""
+    return await fetch_returning(
+        conn,
+        f"""WITH t AS (UPDATE tickets SET employee_id = $3, version = version + 1, updated_at = now()
+                        WHERE tenant_id = $1 AND id = $2 RETURNING *)
+            SELECT {TICKET_COLUMNS}, {POSITION} FROM t""",
+        tenant_id,
+        ticket_id,
+        employee_id,
+    )

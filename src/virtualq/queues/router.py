@@ -78,7 +78,12 @@ async def disable_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) 
     return await service.set_queue_active(conn, ctx, queue_id, active=False)
 
 
-@router.get("/v1/queues/{queue_id}/monitor", response_model=Monitor, responses=READ_ERRORS)
+@router.get(
+    "/v1/queues/{queue_id}/monitor",
+    response_model=Monitor,
+    response_model_exclude_unset=True,
+    responses=READ_ERRORS,
+)
 async def queue_monitor(
     queue_id: uuid.UUID,
     ctx: TenantAnyRole,

@@ -154,9 +154,9 @@ async def assign(
     conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, employee_id: uuid.UUID | None
 ) -> dict[str, Any]:
     """Assign `employee_id`, or unassign with None."""
+    locked = await _locked(conn, ctx, ticket_id)
     if employee_id is not None:
         await check_employee(conn, ctx.tenant_id, employee_id)
-    locked = await _locked(conn, ctx, ticket_id)
     row = await line.set_employee(conn, ctx.tenant_id, ticket_id, employee_id)
     previous = locked["employee_id"]
     event_type = "ticket.assigned" if employee_id is not None else "ticket.unassigned"

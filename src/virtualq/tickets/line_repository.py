@@ -113,7 +113,8 @@ async def move(
     return await fetch_returning(
         conn,
         f"""WITH t AS (
-                UPDATE tickets SET queue_id = $3, sort_key = coalesce($4, nextval('ticket_sort_key_seq')),
+                UPDATE tickets
+                   SET queue_id = $3, sort_key = coalesce($4::numeric, nextval('ticket_sort_key_seq')),
                        version = version + 1, updated_at = now()
                  WHERE tenant_id = $1 AND id = $2 RETURNING *)
             SELECT {TICKET_COLUMNS}, t.sort_key FROM t""",

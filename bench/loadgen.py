@@ -75,7 +75,10 @@ async def run_load(
     make_request: RequestFactory,
     concurrency: int,
     seconds: float,
+    stop_status: int | None = None,
 ) -> Result:
+    """Run `concurrency` workers for `seconds`; a worker also stops at its first `stop_status` response
+    (not counted), e.g. 404 queue_empty when draining a queue."""
     result = Result(name)
     deadline = time.perf_counter() + seconds
 
@@ -87,6 +90,8 @@ async def run_load(
                 method, path, body = make_request(index, n)
                 started = time.perf_counter()
                 status, _ = await conn.request(method, path, body)
+                if status == stop_status:
+                    break
                 result.latencies.append(time.perf_counter() - started)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 n += 1

@@ -40,6 +40,8 @@ from virtualq.embedded_pg import EmbeddedPostgres  # noqa: E402
 SQL_DIR = Path(__file__).parent / "sql"
 ADMIN_KEY = "vq_bench_admin_" + secrets.token_urlsafe(24)
 WAITING_TICKETS = 1000
+DRAIN_TICKETS = 5000
+COUNTERS = 8  # call_next runs with this many clients, draining a queue of DRAIN_TICKETS
 
 BENCH_FSM = {
     "init": "waiting",
@@ -63,6 +65,8 @@ class Setup:
     line_queue: str
     create_queue: str
     transition_queue: str
+    drain_queue: str
+    sql_drain_queue: str
     line_tickets: list[str]
     transition_tickets: list[str]
 
@@ -192,7 +196,13 @@ async def prepare(base: str, dsn: str) -> Setup:
         )["id"]
         queues = [
             (await post("/v1/queues", {"name": name, "ticket_prefix": prefix}, headers))["id"]
-            for name, prefix in (("Line", "A"), ("Create", "B"), ("Transition", "C"))
+            for name, prefix in (
+                ("Line", "A"),
+                ("Create", "B"),
+                ("Transition", "C"),
+                ("Drain", "D"),
+                ("SQL", "E"),
+            )
         ]
         semaphore = asyncio.Semaphore(16)
 
@@ -203,6 +213,7 @@ async def prepare(base: str, dsn: str) -> Setup:
 
         line = await asyncio.gather(*(ticket(queues[0]) for _ in range(WAITING_TICKETS)))
         movers = await asyncio.gather(*(ticket(queues[2]) for _ in range(256)))
+        await asyncio.gather(*(ticket(queues[3]) for _ in range(DRAIN_TICKETS)))
     conn = await asyncpg.connect(dsn)
     try:
         key_hash = await conn.fetchval(
@@ -214,10 +225,32 @@ async def prepare(base: str, dsn: str) -> Setup:
             "INSERT INTO bench_clients VALUES ($1, $2)",
             [(index, uuid.UUID(ticket_id)) for index, ticket_id in enumerate(movers)],
         )
+        # pgbench drains its own copy of the drain queue.
+        await conn.execute(
+            """INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
+                                    display_code, local_date, current_state, state_category, custom_data)
+               SELECT tenant_id, uuidv7(), $2, $2, type_definition_id, number, display_code, local_date,
+                      current_state, state_category, custom_data
+                 FROM tickets WHERE queue_id = $1 ORDER BY sort_key""",
+            uuid.UUID(queues[3]),
+            uuid.UUID(queues[4]),
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    return Setup(key, key_hash, tenant["id"], type_id, queues[0], queues[1], queues[2], line, movers)
+    return Setup(
+        key,
+        key_hash,
+        tenant["id"],
+        type_id,
+        queues[0],
+        queues[1],
+        queues[2],
+        queues[3],
+        queues[4],
+        line,
+        movers,
+    )
 
 
 def endpoints(setup: Setup) -> dict[str, Callable[[int, int], tuple[str, str, bytes | None]]]:
@@ -225,6 +258,7 @@ def endpoints(setup: Setup) -> dict[str, Callable[[int, int], tuple[str, str, by
         {"queue_id": setup.create_queue, "type_definition_id": setup.type_id, "custom_data": {"name": "Ann"}}
     )
     serve, requeue = json_body({"transition": "serve"}), json_body({"transition": "requeue"})
+    call_body = json_body({})
     line = setup.line_tickets
     return {
         "create_ticket": lambda worker, n: ("POST", "/v1/tickets", create_body),
@@ -235,11 +269,22 @@ def endpoints(setup: Setup) -> dict[str, Callable[[int, int], tuple[str, str, by
         ),
         "get_ticket": lambda worker, n: ("GET", f"/v1/tickets/{line[(worker * 7919 + n) % len(line)]}", None),
         "queue_tickets": lambda worker, n: ("GET", f"/v1/queues/{setup.line_queue}/tickets?limit=100", None),
+        "monitor": lambda worker, n: ("GET", f"/v1/queues/{setup.line_queue}/monitor", None),
+        "call_next": lambda worker, n: ("POST", f"/v1/queues/{setup.drain_queue}/call-next", call_body),
     }
 
 
+# Endpoints that do not run at --concurrency: (clients, stop at this status, pgbench transactions per client).
+SPECIAL = {"call_next": (COUNTERS, 404, DRAIN_TICKETS // COUNTERS)}
+
+
 def pgbench_ceiling(
-    name: str, conn_args: dict[str, str], setup: Setup, concurrency: int, seconds: float
+    name: str,
+    conn_args: dict[str, str],
+    setup: Setup,
+    concurrency: int,
+    seconds: float,
+    transactions: int | None = None,
 ) -> float:
     script = SQL_DIR / f"{name}.sql"
     if not script.exists():
@@ -252,6 +297,7 @@ def pgbench_ceiling(
         "line_queue": setup.line_queue,
         "create_queue": setup.create_queue,
         "ticket_id": setup.line_tickets[0],
+        "drain_queue": setup.sql_drain_queue,
     }
     args = [
         str(pgbench),
@@ -262,8 +308,7 @@ def pgbench_ceiling(
         str(concurrency),
         "-j",
         "2",
-        "-T",
-        str(int(seconds)),
+        *(["-t", str(transactions)] if transactions else ["-T", str(int(seconds))]),
         "-f",
         str(script),
         "-h",
@@ -318,14 +363,17 @@ def main() -> int:
             rows = []
             for name in selected:
                 factory = endpoints(setup)[name]
+                clients, stop_status, transactions = SPECIAL.get(name, (args.concurrency, None, None))
+                seconds = args.seconds if stop_status is None else max(args.seconds, 120)
                 result = asyncio.run(
-                    run_load(name, "127.0.0.1", port, headers, factory, args.concurrency, args.seconds)
+                    run_load(name, "127.0.0.1", port, headers, factory, clients, seconds, stop_status)
                 )
-                ceiling = pgbench_ceiling(name, conn_args, setup, args.concurrency, args.seconds)
+                ceiling = pgbench_ceiling(name, conn_args, setup, clients, args.seconds, transactions)
                 rows.append((result, ceiling))
             print(
                 f"\n{args.concurrency} clients, {args.seconds:.0f} s each, {args.workers} server "
-                f"process(es), {WAITING_TICKETS} waiting tickets in the line; idle RSS {idle_rss:.0f} MB"
+                f"process(es), {WAITING_TICKETS} waiting tickets in the line; idle RSS {idle_rss:.0f} MB;\n"
+                f"call_next: {COUNTERS} counters draining {DRAIN_TICKETS} tickets (req/s = tickets/s)"
             )
             print_table(rows, rss_mb(process.pid))
     return 0

@@ -498,6 +498,18 @@ async def test_monitor_groups_names_and_privacy(client: httpx.AsyncClient, api: 
         )
         assert_error(response, 400, "validation_error")
 
+    # Each group is cut at `limit` tickets; the counts still count them all.
+    feed = ok(
+        await client.get(f"/v1/queues/{queue['id']}/monitor", params={"limit": 1}, headers=auth(display))
+    )
+    assert [e["display_code"] for e in feed["groups"]["waiting"]] == ["S001"]
+    assert feed["counts"] == {"waiting": 3, "in_service": 1, "ready": 1}
+    for bad_limit in ("0", "1001", "x"):
+        response = await client.get(
+            f"/v1/queues/{queue['id']}/monitor", params={"limit": bad_limit}, headers=auth(display)
+        )
+        assert_error(response, 400, "validation_error")
+
     # A display key sees no personal data on the queue's ticket list either.
     listing = ok(await client.get(f"/v1/queues/{queue['id']}/tickets", headers=auth(display)))
     assert all(row["customer_id"] is None and row["custom_data"] == {} for row in listing["data"])

@@ -22,11 +22,11 @@ WITH counter AS (
     ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
     RETURNING local_date, last_number
 ), t AS (
-    INSERT INTO tickets (tenant_id, id, queue_id, type_definition_id, number, display_code, local_date,
+    INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number, display_code, local_date,
                          current_state, state_category, customer_id, references_ticket_id,
                          estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes, expires_at,
                          custom_data, started_at, actual_wait_minutes, ready_at, completed_at, cancelled_at)
-    SELECT :tenant_id, uuidv7(), :create_queue, :type_id, c.last_number, 'B' || lpad(c.last_number::text, 3, '0'),
+    SELECT :tenant_id, uuidv7(), :create_queue, :create_queue, :type_id, c.last_number, 'B' || lpad(c.last_number::text, 3, '0'),
            c.local_date, 'waiting', 'waiting', NULL, NULL, NULL, NULL, NULL, NULL, '{"name": "Ann"}',
            NULL, NULL, NULL, NULL, NULL
       FROM counter c
@@ -35,8 +35,29 @@ WITH counter AS (
     INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state)
     SELECT tenant_id, uuidv7(), id, NULL, current_state FROM t
 )
-SELECT t.sort_key FROM t \gset
--- tickets/repository.position_of
-SELECT count(*) + 1 FROM tickets
- WHERE tenant_id = :tenant_id AND queue_id = :create_queue AND state_category = 'waiting' AND sort_key < :sort_key;
+SELECT t.sort_key, t.id AS new_id FROM t \gset
+-- queues/estimates.load_departures (average_recent_3: the latest 4 departures, by type and queue-wide)
+SELECT k.type_id, d.created_at, d.started_at
+  FROM unnest(ARRAY[:type_id]::uuid[]) AS k(type_id)
+  CROSS JOIN LATERAL (
+        SELECT created_at, started_at FROM tickets
+         WHERE tenant_id = :tenant_id AND queue_id = :create_queue AND type_definition_id = k.type_id
+           AND started_at IS NOT NULL AND started_at <= now()
+         ORDER BY started_at DESC LIMIT 4) d
+UNION ALL
+SELECT NULL, created_at, started_at FROM (
+        SELECT created_at, started_at FROM tickets
+         WHERE tenant_id = :tenant_id AND queue_id = :create_queue AND started_at IS NOT NULL AND started_at <= now()
+         ORDER BY started_at DESC LIMIT 4) q;
+-- tickets/repository.settle_new_ticket
+WITH p AS (SELECT count(*) + 1 AS position FROM tickets
+            WHERE tenant_id = :tenant_id AND queue_id = :create_queue AND state_category = 'waiting'
+              AND sort_key < :sort_key)
+UPDATE tickets t SET original_estimated_wait_minutes =
+       coalesce(t.original_estimated_wait_minutes, floor(p.position * 5.0::float8 + 0.5)::int)
+  FROM p WHERE t.tenant_id = :tenant_id AND t.id = :new_id
+RETURNING p.position, t.original_estimated_wait_minutes;
+-- events/repository.record
+INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
+VALUES (:tenant_id, 'ticket.created', :create_queue, :new_id, '{"display_code": "A001", "number": 1, "current_state": "x"}');
 COMMIT;

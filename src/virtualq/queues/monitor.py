@@ -6,6 +6,8 @@ import re
 import uuid
 from typing import Any
 
+import orjson
+
 from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection
 from virtualq.errors import ValidationFailed, not_found
@@ -25,30 +27,74 @@ from virtualq.queues.estimates import (
 MONITOR_CATEGORIES = ("waiting", "in_service", "ready")
 EXCLUDE_PATTERN = re.compile(r"^(?P<field>[A-Za-z_][A-Za-z0-9_]{0,63}):(?P<value>.{0,200})$")
 ACCURACY_SAMPLE = 50
+DEFAULT_GROUP_LIMIT = 100
+MAX_GROUP_LIMIT = 1000
 
+# The whole feed is built by PostgreSQL as one JSON text: the response is sent as is, with no per-ticket work
+# in Python. $1 tenant, $2 queue, $3/$4 exclude fields/values, $5 per-group limit, $6/$7 type ids and their
+# paces (minutes per ticket) for the estimates.
+DISPLAY_NAME = """CASE
+    WHEN coalesce(btrim(c.fname), '') = '' AND coalesce(btrim(c.lname), '') = '' THEN 'Guest'
+    WHEN coalesce(btrim(c.fname), '') = '' THEN left(btrim(c.lname), 1) || '.'
+    WHEN coalesce(btrim(c.lname), '') = '' THEN btrim(c.fname)
+    ELSE btrim(c.fname) || ' ' || left(btrim(c.lname), 1) || '.' END"""
+ESTIMATE = """CASE WHEN v.state_category = 'waiting' THEN coalesce(v.estimated_wait_minutes,
+    floor(v.position * (SELECT x.pace FROM unnest($6::uuid[], $7::float8[]) AS x(type_id, pace)
+                         WHERE x.type_id = v.type_definition_id) + 0.5)::int) END"""
 MONITOR_SQL = """
-SELECT * FROM (
-    SELECT t.id, t.queue_id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
-           t.estimated_wait_minutes, t.custom_data, t.sort_key,
+WITH line AS (
+    SELECT t.id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
+           t.estimated_wait_minutes, t.custom_data, t.sort_key, t.customer_id,
            CASE WHEN t.state_category = 'waiting'
                 THEN row_number() OVER (PARTITION BY t.state_category = 'waiting' ORDER BY t.sort_key)
-           END AS position,
-           c.fname, c.lname,
-           coalesce((SELECT jsonb_agg(jsonb_build_object(
-                                'name', coalesce(i.external_item_name, td.type_name), 'quantity', i.quantity)
-                            ORDER BY i.created_at, i.id)
-                       FROM ticket_items i JOIN type_definitions td ON td.id = i.item_type_definition_id
-                      WHERE i.tenant_id = t.tenant_id AND i.ticket_id = t.id AND NOT i.is_deleted),
-                    '[]'::jsonb) AS items
+           END AS position
       FROM tickets t
-      LEFT JOIN customers c ON c.id = t.customer_id
      WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category IN ('waiting', 'in_service', 'ready')
-) shown
-WHERE NOT EXISTS (
-    SELECT 1 FROM unnest($3::text[], $4::text[]) AS x(field, value)
-     WHERE shown.custom_data ->> x.field = x.value)
-ORDER BY sort_key
+), shown AS (
+    SELECT l.*, row_number() OVER (PARTITION BY l.state_category ORDER BY l.sort_key) AS rank_in_group
+      FROM line l
+     WHERE NOT EXISTS (SELECT 1 FROM unnest($3::text[], $4::text[]) AS x(field, value)
+                        WHERE l.custom_data ->> x.field = x.value)
+), counts AS (
+    SELECT count(*) FILTER (WHERE state_category = 'waiting') AS waiting,
+           count(*) FILTER (WHERE state_category = 'in_service') AS in_service,
+           count(*) FILTER (WHERE state_category = 'ready') AS ready
+      FROM shown
+), entries AS (
+    SELECT v.state_category, v.sort_key, json_build_object(
+               'id', v.id, 'display_code', v.display_code, 'display_name', {display_name},
+               'state', v.current_state, 'state_category', v.state_category, 'position', v.position,
+               {estimate_field}
+               'items', coalesce(i.items, '[]'::json), 'item_count', coalesce(i.item_count, 0)) AS entry
+      FROM shown v
+      LEFT JOIN customers c ON c.id = v.customer_id
+      LEFT JOIN LATERAL (
+            SELECT json_agg(json_build_object('name', coalesce(it.external_item_name, td.type_name),
+                                              'quantity', it.quantity)
+                            ORDER BY it.created_at, it.id) AS items,
+                   sum(it.quantity)::int AS item_count
+              FROM ticket_items it JOIN type_definitions td ON td.id = it.item_type_definition_id
+             WHERE it.tenant_id = $1 AND it.ticket_id = v.id AND NOT it.is_deleted) i ON true
+     WHERE v.rank_in_group <= $5
+)
+SELECT json_build_object(
+    'waiting', coalesce((SELECT json_agg(entry ORDER BY sort_key) FROM entries
+                          WHERE state_category = 'waiting'), '[]'::json),
+    'in_service', coalesce((SELECT json_agg(entry ORDER BY sort_key) FROM entries
+                             WHERE state_category = 'in_service'), '[]'::json),
+    'ready', coalesce((SELECT json_agg(entry ORDER BY sort_key) FROM entries
+                        WHERE state_category = 'ready'), '[]'::json)
+)::text AS groups,
+(SELECT row_to_json(counts) FROM counts)::text AS counts
 """
+MONITOR_WITH_ESTIMATES = MONITOR_SQL.format(
+    display_name=DISPLAY_NAME, estimate_field=f"'estimated_wait_minutes', {ESTIMATE},"
+)
+MONITOR_WITHOUT_ESTIMATES = MONITOR_SQL.format(display_name=DISPLAY_NAME, estimate_field="")
+WAITING_TYPES_SQL = """SELECT DISTINCT type_definition_id FROM tickets
+                        WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting'"""
+EMPTY_GROUPS = '{"waiting": [], "in_service": [], "ready": []}'
+EMPTY_COUNTS = '{"waiting": 0, "in_service": 0, "ready": 0}'
 
 
 def parse_excludes(raw: list[str]) -> list[tuple[str, str]]:
@@ -65,58 +111,50 @@ def parse_excludes(raw: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def display_name(fname: str | None, lname: str | None) -> str:
-    """Privacy-safe: first name and last initial ("John S."); "Guest" without a customer."""
-    first = (fname or "").strip()
-    last = (lname or "").strip()
-    if not first and not last:
-        return "Guest"
-    if not first:
-        return f"{last[0]}."
-    return f"{first} {last[0]}." if last else first
-
-
 async def monitor(
-    conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, excludes: list[tuple[str, str]]
-) -> dict[str, Any]:
+    conn: Connection,
+    ctx: TenantContext,
+    queue_id: uuid.UUID,
+    excludes: list[tuple[str, str]],
+    limit: int = DEFAULT_GROUP_LIMIT,
+) -> bytes:
+    """The feed as JSON bytes, ready to send (see `Monitor` in schemas.py for its shape)."""
     queue = await repository.get(conn, ctx.tenant_id, queue_id)
     if queue is None:
         raise not_found("queue")
-    groups: dict[str, list[dict[str, Any]]] = {category: [] for category in MONITOR_CATEGORIES}
+    groups, counts = EMPTY_GROUPS, EMPTY_COUNTS
     if queue["is_active"]:
-        rows = await conn.fetch(
-            MONITOR_SQL,
+        type_ids: list[uuid.UUID] = []
+        paces: list[float | None] = []
+        if queue["show_wait_time"]:
+            type_ids = [row[0] for row in await conn.fetch(WAITING_TYPES_SQL, ctx.tenant_id, queue_id)]
+            estimator = Estimator(conn, ctx.tenant_id)
+            estimator.remember_queue(queue)
+            await estimator.paces_for((queue_id, type_id) for type_id in type_ids)
+            paces = [estimator.pace_of(queue_id, type_id) for type_id in type_ids]
+        args: list[Any] = [
             ctx.tenant_id,
             queue_id,
             [field for field, _ in excludes],
             [value for _, value in excludes],
-        )
-        estimator = Estimator(conn, ctx.tenant_id)
-        estimator.remember_queue(queue)
-        for row in await estimator.annotate(rows):
-            items = row["items"]
-            entry: dict[str, Any] = {
-                "id": row["id"],
-                "display_code": row["display_code"],
-                "display_name": display_name(row["fname"], row["lname"]),
-                "state": row["current_state"],
-                "state_category": row["state_category"],
-                "position": row["position"],
-                "items": items,
-                "item_count": sum(item["quantity"] for item in items),
-            }
-            if queue["show_wait_time"]:
-                entry["estimated_wait_minutes"] = row["estimated_wait_minutes"]
-            groups[row["state_category"]].append(entry)
-    return {
-        "queue_id": queue["id"],
-        "queue_name": queue["name"],
-        "is_active": queue["is_active"],
-        "show_wait_time": queue["show_wait_time"],
-        "generated_at": clock.now(),
-        "groups": groups,
-        "counts": {category: len(entries) for category, entries in groups.items()},
-    }
+            limit,
+        ]
+        if queue["show_wait_time"]:
+            row = await conn.fetchrow(MONITOR_WITH_ESTIMATES, *args, type_ids, paces)
+        else:
+            row = await conn.fetchrow(MONITOR_WITHOUT_ESTIMATES, *args)
+        assert row is not None
+        groups, counts = row["groups"], row["counts"]
+    head = orjson.dumps(
+        {
+            "queue_id": str(queue["id"]),
+            "queue_name": queue["name"],
+            "is_active": queue["is_active"],
+            "show_wait_time": queue["show_wait_time"],
+            "generated_at": clock.now(),
+        }
+    )
+    return head[:-1] + b',"groups":' + groups.encode() + b',"counts":' + counts.encode() + b"}"
 
 
 async def stats(conn: Connection, ctx: TenantContext, queue_id: uuid.UUID) -> dict[str, Any]:

@@ -81,7 +81,6 @@ async def disable_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) 
 @router.get(
     "/v1/queues/{queue_id}/monitor",
     response_model=Monitor,
-    response_model_exclude_unset=True,
     responses=READ_ERRORS,
 )
 async def queue_monitor(
@@ -96,13 +95,23 @@ async def queue_monitor(
             "(e.g. `channel:drive_thru`).",
         ),
     ] = [],  # noqa: B006 - FastAPI copies query defaults
-) -> Any:
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=monitor.MAX_GROUP_LIMIT,
+            description="At most this many tickets per group (counts are full).",
+        ),
+    ] = monitor.DEFAULT_GROUP_LIMIT,
+) -> Response:
     """What a wall display shows: active tickets grouped by category, with privacy-safe names only.
 
     Readable with a display-role key. Estimates are left out when the queue's show_wait_time is false;
-    a disabled queue shows no tickets.
+    a disabled queue shows no tickets. Each group lists the first `limit` tickets in line order; `counts`
+    counts them all.
     """
-    return await monitor.monitor(conn, ctx, queue_id, monitor.parse_excludes(exclude))
+    body = await monitor.monitor(conn, ctx, queue_id, monitor.parse_excludes(exclude), limit)
+    return Response(content=body, media_type="application/json")
 
 
 @router.get("/v1/queues/{queue_id}/stats", response_model=QueueStats, responses=READ_ERRORS)

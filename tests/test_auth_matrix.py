@@ -83,6 +83,10 @@ def admin(scope: str, role: str) -> bool:
     return role == "admin"
 
 
+def above_tenant_admin(scope: str, role: str) -> bool:
+    return role == "admin" and scope in ("platform", "account")
+
+
 def staff_or_admin(scope: str, role: str) -> bool:
     return role in ("admin", "staff")
 
@@ -93,13 +97,13 @@ def anyone(scope: str, role: str) -> bool:
 
 CASES: list[Case] = [
     ("list accounts", "GET", lambda f: "/v1/accounts", lambda f: None, 200,
-     lambda s, r: r == "admin" and s in ("platform", "account")),
+     above_tenant_admin),
     ("create account", "POST", lambda f: "/v1/accounts", lambda f: {"name": "New"}, 201,
      lambda s, r: (s, r) == ("platform", "admin")),
     ("get account", "GET", lambda f: f"/v1/accounts/{f.account_id}", lambda f: None, 200,
-     lambda s, r: r == "admin" and s in ("platform", "account")),
+     above_tenant_admin),
     ("create tenant", "POST", lambda f: "/v1/tenants",
-     lambda f: {"account_id": f.account_id, "name": "T"}, 201, lambda s, r: r == "admin" and s in ("platform", "account")),
+     lambda f: {"account_id": f.account_id, "name": "T"}, 201, above_tenant_admin),
     ("list tenants", "GET", lambda f: "/v1/tenants", lambda f: None, 200, staff_or_admin),
     ("account tenants", "GET", lambda f: f"/v1/accounts/{f.account_id}/tenants", lambda f: None, 200,
      staff_or_admin),

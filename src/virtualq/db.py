@@ -21,7 +21,6 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.CannotConnectNowError,
     asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     TimeoutError,

@@ -1,0 +1,355 @@
+"""Bad input on every foundation endpoint (accounts, tenants, customers, employees, API keys): the documented
+4xx with the error envelope, and no row written or changed. Also pagination, filters and framework errors."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.helpers import Api, assert_error, auth
+from tests.test_ticket_flows import ok
+
+MALFORMED = [b'{"name": ', b"[1, 2]", b"42", b'"text"', b"null", b"", b"\xff\xfe", b'{"name": "a",}']
+TOO_LONG = "x" * 101
+
+
+async def counts(db: asyncpg.Connection) -> dict[str, int]:
+    tables = ("accounts", "tenants", "customers", "employees", "api_keys")
+    return {table: await db.fetchval(f"SELECT count(*) FROM {table}") for table in tables}
+
+
+async def snapshot(db: asyncpg.Connection, table: str, row_id: str) -> dict[str, Any]:
+    row = await db.fetchrow(f"SELECT * FROM {table} WHERE id = $1", uuid.UUID(row_id))
+    assert row is not None
+    return dict(row)
+
+
+@pytest.fixture
+async def world(api: Api, client: httpx.AsyncClient) -> dict[str, Any]:
+    w = await api.world()
+    customer = ok(
+        await client.post("/v1/customers", json={"fname": "Ann"}, headers=auth(w.tenant_admin)), 201
+    )
+    employee = ok(
+        await client.post(
+            "/v1/employees",
+            json={"fname": "Bo", "lname": "Li", "email": "bo@example.com"},
+            headers=auth(w.tenant_admin),
+        ),
+        201,
+    )
+    return {"w": w, "customer": customer["id"], "employee": employee["id"]}
+
+
+# (path template, valid base body, [(field overrides, why)])
+CREATES: dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]] = {
+    "account": (
+        "/v1/accounts",
+        {"name": "Acme"},
+        [
+            {"name": ""},
+            {"name": TOO_LONG},
+            {"name": 5},
+            {"name": None},
+            {"billing_email": "not-an-email"},
+            {"billing_address": "x" * 2001},
+            {"surprise": 1},
+        ],
+    ),
+    "tenant": (
+        "/v1/tenants",
+        {"name": "Shop", "account_id": "{account}"},
+        [
+            {"name": ""},
+            {"name": TOO_LONG},
+            {"account_id": "not-a-uuid"},
+            {"account_id": 7},
+            {"timezone": "Mars/Olympus_Mons"},
+            {"timezone": ""},
+            {"location_coordinates": {"latitude": 91, "longitude": 0}},
+            {"location_coordinates": {"latitude": 0, "longitude": -181}},
+            {"location_coordinates": {"latitude": "north", "longitude": 0}},
+            {"location_coordinates": {"latitude": 1}},
+            {"config": [1, 2]},
+            {"config": "x"},
+            {"is_active": "yes"},
+        ],
+    ),
+    "customer": (
+        "/v1/customers",
+        {"fname": "Cy"},
+        [
+            {"fname": ""},
+            {"fname": TOO_LONG},
+            {"email": "nope"},
+            {"phone": "call me"},
+            {"phone": "1" * 40},
+            {"id": "not-a-uuid"},
+            {"account_id": "zzz"},
+            {"fname": ["Cy"]},
+        ],
+    ),
+    "employee": (
+        "/v1/employees",
+        {"fname": "Eve", "lname": "Ng", "email": "eve@example.com"},
+        [
+            {"fname": ""},
+            {"lname": TOO_LONG},
+            {"email": "eve"},
+            {"email": None},
+            {"email": 12},
+            {"queue_ids": ["x"]},
+            {"tenant_id": "nope"},
+        ],
+    ),
+    "api key": (
+        "/v1/api-keys",
+        {"name": "k", "scope": "tenant", "role": "staff", "tenant_id": "{tenant}"},
+        [
+            {"scope": "galaxy"},
+            {"role": "overlord"},
+            {"role": None},
+            {"name": ""},
+            {"name": TOO_LONG},
+            {"tenant_id": "nope"},
+            {"scope": "platform", "tenant_id": "{tenant}"},
+            {"account_id": "x"},
+            {"employee_id": "x"},
+        ],
+    ),
+}
+
+
+def fill(body: dict[str, Any], world: dict[str, Any]) -> dict[str, Any]:
+    w = world["w"]
+    return {
+        key: value.format(account=w.account_id, tenant=w.tenant_id) if isinstance(value, str) else value
+        for key, value in body.items()
+    }
+
+
+def key_for(kind: str, api: Api, world: dict[str, Any]) -> dict[str, str]:
+    w = world["w"]
+    if kind == "account":
+        return auth(api.admin_key)
+    if kind == "tenant":
+        return auth(w.account_admin)
+    return auth(w.tenant_admin)
+
+
+@pytest.mark.parametrize("kind", list(CREATES))
+async def test_bad_create_bodies_are_400_and_write_nothing(
+    kind: str, client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, world: dict[str, Any]
+) -> None:
+    path, base, cases = CREATES[kind]
+    headers = key_for(kind, api, world)
+    before = await counts(db)
+    for raw in MALFORMED:
+        response = await client.post(
+            path, content=raw, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert_error(response, 400, "validation_error")
+    for override in cases:
+        body = fill({**base, **override}, world)
+        response = await client.post(path, json=body, headers=headers)
+        details = assert_error(response, 400, "validation_error")["details"]
+        assert details, (kind, override)
+    response = await client.post(path, json=fill(base, world) | {"padding": "x" * 2_000_000}, headers=headers)
+    assert_error(response, 413, "payload_too_large")
+    assert await counts(db) == before
+    # The valid body itself is accepted: the failures above were about the bad parts only.
+    ok(await client.post(path, json=fill(base, world), headers=headers), 201)
+
+
+UPDATES: dict[str, tuple[str, list[dict[str, Any]]]] = {
+    "accounts": ("/v1/accounts/{id}", [{"name": ""}, {"name": None}, {"is_active": "no"}, {"x": 1}]),
+    "tenants": (
+        "/v1/tenants/{id}",
+        [
+            {"timezone": "Nowhere/City"},
+            {"name": None},
+            {"config": None},
+            {"location_coordinates": {"latitude": -91, "longitude": 0}},
+        ],
+    ),
+    "customers": ("/v1/customers/{id}", [{"email": "x"}, {"fname": TOO_LONG}, {"id": str(uuid.uuid4())}]),
+    "employees": (
+        "/v1/employees/{id}",
+        [{"email": "x"}, {"fname": None}, {"is_active": 1}, {"tenant_id": "x"}],
+    ),
+}
+
+
+@pytest.mark.parametrize("table", list(UPDATES))
+@pytest.mark.parametrize("method", ["PATCH", "PUT"])
+async def test_bad_updates_are_400_and_change_nothing(
+    table: str,
+    method: str,
+    client: httpx.AsyncClient,
+    api: Api,
+    db: asyncpg.Connection,
+    world: dict[str, Any],
+) -> None:
+    w = world["w"]
+    ids = {"accounts": w.account_id, "tenants": w.tenant_id, "customers": world["customer"],
+           "employees": world["employee"]}  # fmt: skip
+    headers = auth(w.account_admin if table in ("accounts", "tenants") else w.tenant_admin)
+    path_template, cases = UPDATES[table]
+    path = path_template.format(id=ids[table])
+    before = await snapshot(db, table, ids[table])
+    for raw in MALFORMED:
+        response = await client.request(
+            method, path, content=raw, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert_error(response, 400, "validation_error")
+    for body in cases:
+        assert_error(await client.request(method, path, json=body, headers=headers), 400, "validation_error")
+    for bad_id in ("not-a-uuid", "123", "00000000-0000-0000-0000-00000000000g"):
+        response = await client.request(
+            method, path_template.format(id=bad_id), json={"name": "x"}, headers=headers
+        )
+        assert_error(response, 400, "validation_error")
+    response = await client.request(
+        method, path_template.format(id=uuid.uuid4()), json={"fname": "Zed"}, headers=headers
+    )
+    assert response.status_code in (400, 404), response.text  # unknown id (or, for accounts, unknown field)
+    assert await snapshot(db, table, ids[table]) == before
+
+
+async def test_bad_uuids_in_paths_are_400(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+    h = auth(world["w"].tenant_admin)
+    for path in (
+        "/v1/accounts/nope",
+        "/v1/tenants/nope",
+        "/v1/accounts/nope/tenants",
+        "/v1/customers/nope",
+        "/v1/employees/nope",
+        "/v1/api-keys/nope",
+        "/v1/tickets/nope",
+        "/v1/queues/nope",
+        "/v1/type-definitions/nope",
+    ):
+        body = assert_error(await client.get(path, headers=h), 400, "validation_error")
+        assert body["details"], path
+    assert_error(await client.delete("/v1/api-keys/nope", headers=h), 400, "validation_error")
+
+
+async def test_conflicts_on_customer_ids_and_employee_emails(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, world: dict[str, Any]
+) -> None:
+    w = world["w"]
+    h = auth(w.tenant_admin)
+    own_id = str(uuid.uuid4())
+    created = ok(await client.post("/v1/customers", json={"id": own_id, "fname": "Kim"}, headers=h), 201)
+    assert created["id"] == own_id  # a client-supplied id is kept
+    before = await counts(db)
+    assert_error(
+        await client.post("/v1/customers", json={"id": own_id, "fname": "Lee"}, headers=h), 409, "conflict"
+    )
+    for email in ("bo@example.com", "BO@example.com"):
+        response = await client.post(
+            "/v1/employees", json={"fname": "Bo", "lname": "Two", "email": email}, headers=h
+        )
+        assert_error(response, 409, "conflict")
+    second = ok(
+        await client.post(
+            "/v1/employees", json={"fname": "Al", "lname": "X", "email": "al@example.com"}, headers=h
+        ),
+        201,
+    )
+    assert_error(
+        await client.patch(f"/v1/employees/{second['id']}", json={"email": "bo@example.com"}, headers=h),
+        409,
+        "conflict",
+    )
+    assert (await snapshot(db, "employees", second["id"]))["email"] == "al@example.com"
+    assert await counts(db) == {**before, "employees": before["employees"] + 1}
+    # The same email in another tenant is fine.
+    other = await api.world()
+    ok(
+        await client.post(
+            "/v1/employees",
+            json={"fname": "Bo", "lname": "Li", "email": "bo@example.com"},
+            headers=auth(other.tenant_admin),
+        ),
+        201,
+    )
+
+
+async def test_pagination_totals_boundaries_and_filters(client: httpx.AsyncClient, api: Api) -> None:
+    w = await api.world()
+    h = auth(w.account_admin)
+    made = [
+        ok(await client.post("/v1/customers", json={"fname": f"C{i}"}, headers=h), 201)["id"]
+        for i in range(7)
+    ]
+    first = ok(await client.get("/v1/customers", params={"limit": 3}, headers=h))
+    assert first["pagination"] == {"page": 1, "limit": 3, "total": 7, "total_pages": 3}
+    pages = [first]
+    for page in (2, 3):
+        pages.append(ok(await client.get("/v1/customers", params={"limit": 3, "page": page}, headers=h)))
+    assert [len(p["data"]) for p in pages] == [3, 3, 1]
+    assert [row["id"] for p in pages for row in p["data"]] == made  # creation order, no overlap
+    beyond = ok(await client.get("/v1/customers", params={"limit": 3, "page": 9}, headers=h))
+    assert beyond["data"] == []
+    assert beyond["pagination"]["total"] == 7
+    default = ok(await client.get("/v1/customers", headers=h))
+    assert default["pagination"]["limit"] == 20
+    for params in (
+        {"limit": 0},
+        {"limit": 101},
+        {"page": 0},
+        {"page": -1},
+        {"limit": "ten"},
+        {"page": "1.5"},
+    ):
+        assert_error(await client.get("/v1/customers", params=params, headers=h), 400, "validation_error")
+
+    assert (await client.delete(f"/v1/customers/{made[0]}", headers=h)).status_code == 204
+    active = ok(await client.get("/v1/customers", params={"is_active": "true"}, headers=h))
+    inactive = ok(await client.get("/v1/customers", params={"is_active": "false"}, headers=h))
+    assert active["pagination"]["total"] == 6
+    assert [row["id"] for row in inactive["data"]] == [made[0]]
+    middle = (await client.get(f"/v1/customers/{made[3]}", headers=h)).json()["created_at"]
+    after = ok(await client.get("/v1/customers", params={"created_after": middle}, headers=h))
+    before = ok(await client.get("/v1/customers", params={"created_before": middle}, headers=h))
+    assert [row["id"] for row in after["data"]] == made[4:]
+    assert [row["id"] for row in before["data"]] == made[:3]
+    for params in ({"created_after": "yesterday"}, {"created_before": "2026-13-01"}, {"is_active": "maybe"}):
+        assert_error(await client.get("/v1/customers", params=params, headers=h), 400, "validation_error")
+
+
+async def test_framework_errors_use_the_envelope(client: httpx.AsyncClient, api: Api) -> None:
+    h = auth(api.admin_key)
+    assert_error(await client.get("/v1/nothing-here", headers=h), 404, "not_found")
+    assert_error(await client.get("/nowhere"), 404, "not_found")
+    response = await client.request("PATCH", "/v1/accounts", json={}, headers=h)
+    assert_error(response, 405, "method_not_allowed")
+    # Starlette names the methods of the first matching route only (here POST); never PATCH.
+    assert "PATCH" not in response.headers["allow"]
+    response = await client.post(
+        "/v1/accounts", content=b"name=x", headers={**h, "Content-Type": "text/plain"}
+    )
+    assert_error(response, 400, "validation_error")
+
+
+async def test_request_ids_are_echoed_or_generated(client: httpx.AsyncClient, api: Api) -> None:
+    h = auth(api.admin_key)
+    sent = "trace-abc-123"
+    response = await client.get("/v1/accounts", headers={**h, "X-Request-ID": sent})
+    assert response.headers["x-request-id"] == sent
+    response = await client.get("/v1/nope", headers={**h, "X-Request-ID": sent})
+    assert response.headers["x-request-id"] == sent
+    assert response.json()["request_id"] == sent
+    generated = await client.get("/v1/accounts", headers=h)
+    assert len(generated.headers["x-request-id"]) >= 16
+    assert generated.headers["x-request-id"] != sent
+    # An unreasonable id (too long, or with characters unsafe for logs) is replaced, not echoed.
+    for weird in ("x" * 500, "bad id with spaces", "a\tb"):
+        response = await client.get("/v1/accounts", headers={**h, "X-Request-ID": weird})
+        assert response.headers["x-request-id"] != weird
+        assert len(response.headers["x-request-id"]) <= 128

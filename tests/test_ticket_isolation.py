@@ -113,19 +113,20 @@ async def test_another_tenant_cannot_reach_any_ticket_resource(
         assert queue not in {row["id"] for row in queues["data"]}
 
     # B's ids given inside A's bodies are refused as if they did not exist.
+    my_queue, my_order = mine["queue"]["id"], mine["order"]["id"]
     refusals = [
-        ("/v1/tickets", {"queue_id": queue, "type_definition_id": mine["order"]["id"]}, 404, "not_found"),
-        ("/v1/tickets", {"queue_id": mine["queue"]["id"], "type_definition_id": order}, 400, "validation_error"),
+        ("/v1/tickets", {"queue_id": queue, "type_definition_id": my_order}, 404, "not_found"),
+        ("/v1/tickets", {"queue_id": my_queue, "type_definition_id": order}, 400, "validation_error"),
         (
             "/v1/tickets",
-            {"queue_id": mine["queue"]["id"], "type_definition_id": mine["order"]["id"], "references_ticket_id": ticket},
+            {"queue_id": my_queue, "type_definition_id": my_order, "references_ticket_id": ticket},
             400,
             "validation_error",
         ),
         ("/v1/queues", {"name": "X", "allowed_type_definition_ids": [order]}, 400, "validation_error"),
         (
             "/v1/type-definitions",
-            {"type_code": "combo", "type_name": "Combo", "fsm_schema": FOOD_ORDER_FSM, "item_definition_ids": [drink]},
+            {"type_code": "combo", "type_name": "C", "fsm_schema": FOOD_ORDER_FSM, "item_definition_ids": [drink]},
             400,
             "validation_error",
         ),

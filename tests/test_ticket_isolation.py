@@ -114,6 +114,7 @@ async def test_another_tenant_cannot_reach_any_ticket_resource(
 
     # B's ids given inside A's bodies are refused as if they did not exist.
     my_queue, my_order = mine["queue"]["id"], mine["order"]["id"]
+    FSM = FOOD_ORDER_FSM  # noqa: N806
     refusals = [
         ("/v1/tickets", {"queue_id": queue, "type_definition_id": my_order}, 404, "not_found"),
         ("/v1/tickets", {"queue_id": my_queue, "type_definition_id": order}, 400, "validation_error"),
@@ -126,7 +127,7 @@ async def test_another_tenant_cannot_reach_any_ticket_resource(
         ("/v1/queues", {"name": "X", "allowed_type_definition_ids": [order]}, 400, "validation_error"),
         (
             "/v1/type-definitions",
-            {"type_code": "combo", "type_name": "C", "fsm_schema": FOOD_ORDER_FSM, "item_definition_ids": [drink]},
+            {"type_code": "combo", "type_name": "C", "fsm_schema": FSM, "item_definition_ids": [drink]},
             400,
             "validation_error",
         ),

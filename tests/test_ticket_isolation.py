@@ -114,7 +114,7 @@ async def test_another_tenant_cannot_reach_any_ticket_resource(
 
     # B's ids given inside A's bodies are refused as if they did not exist.
     my_queue, my_order = mine["queue"]["id"], mine["order"]["id"]
-    FSM = FOOD_ORDER_FSM  # noqa: N806
+    FSM = FOOD_ORDER_FSM
     refusals = [
         ("/v1/tickets", {"queue_id": queue, "type_definition_id": my_order}, 404, "not_found"),
         ("/v1/tickets", {"queue_id": my_queue, "type_definition_id": order}, 400, "validation_error"),

@@ -237,6 +237,32 @@ async def test_concurrent_reorders_and_calls_keep_positions_gap_free(
     assert {row["id"] for row in waiting} == set(ids) - called
 
 
+async def test_mixed_concurrent_line_changes_keep_both_lines_gap_free(
+    client: httpx.AsyncClient, api: Api
+) -> None:
+    """Reorders, calls, cancels, forwards out and in, and new tickets, all at once on two lines."""
+    t, queue_id, order_id, ids = await coffee(client, api, tickets=30)
+    other = await t.queue("Other")
+    incoming = [(await t.ticket(other["id"], order_id))["id"] for _ in range(6)]
+    jobs = [reorder(client, t, ids[i], position=(i * 5) % 25 + 1) for i in range(10, 22)]
+    jobs += [call(client, t, queue_id) for _ in range(3)]
+    jobs += [client.delete(f"/v1/tickets/{ids[i]}", headers=t.h) for i in (5, 6, 7)]
+    jobs += [forward(client, t, ids[i], target_queue_id=other["id"], position=2) for i in (22, 23)]
+    jobs += [
+        forward(client, t, ticket_id, target_queue_id=queue_id, position=3) for ticket_id in incoming[:4]
+    ]
+    jobs += [
+        client.post("/v1/tickets", json={"queue_id": queue_id, "type_definition_id": order_id}, headers=t.h)
+    ]
+    results = await asyncio.gather(*jobs)
+    for response in results:
+        assert response.status_code in (200, 201, 400), response.text  # 400: the ticket was called meanwhile
+    for line_id, expected in ((queue_id, 30 - 3 - 3 - 2 + 4 + 1), (other["id"], 6 - 4 + 2)):
+        waiting = await line_of(t, line_id)
+        assert [row["position"] for row in waiting] == list(range(1, len(waiting) + 1))
+        assert len(waiting) == expected, line_id
+
+
 # --- forward ----------------------------------------------------------------------------------------------
 
 

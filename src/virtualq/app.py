@@ -18,6 +18,8 @@ from virtualq.config import Settings
 from virtualq.customers.router import router as customers_router
 from virtualq.db import create_pool
 from virtualq.employees.router import router as employees_router
+from virtualq.events.hub import EventHub, publish
+from virtualq.events.router import router as events_router
 from virtualq.health.router import router as health_router
 from virtualq.kit.exception_handlers import install_exception_handlers
 from virtualq.kit.metrics import Metrics, PoolCollector
@@ -27,6 +29,8 @@ from virtualq.queues.router import router as queues_router
 from virtualq.tenants.router import router as tenants_router
 from virtualq.tickets.router import router as tickets_router
 from virtualq.type_definitions.router import router as type_definitions_router
+from virtualq.webhooks.router import router as webhooks_router
+from virtualq.webhooks.worker import WebhookWorker
 
 log = get_logger("virtualq.app")
 
@@ -50,11 +54,33 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, database_dsn)
         app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
+        hub = EventHub(
+            app.state.pool,
+            database_dsn,
+            app.state.metrics,
+            redis=app.state.redis,
+            poll_seconds=settings.event_poll_seconds,
+            buffer_size=settings.stream_buffer_events,
+        )
+        worker = WebhookWorker(app.state.pool, settings, app.state.metrics)
+        hub.listeners.append(worker.wake)
+        app.state.event_hub, app.state.webhook_worker = hub, worker
+        if app.state.redis is not None:
+            redis = app.state.redis
+
+            async def on_events_committed() -> None:
+                await publish(redis)
+
+            app.state.on_events_committed = on_events_committed
+        await hub.start()
+        await worker.start()
         log.info("started", env=settings.env, redis=settings.redis_url is not None)
         try:
-            async with sweeper.running(app.state.pool, settings.sweeper_interval_seconds):
+            async with sweeper.running(app.state.pool, settings.sweeper_interval_seconds, settings):
                 yield
         finally:
+            await worker.stop()
+            await hub.stop()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await app.state.pool.close()
@@ -72,6 +98,7 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.pool = None
     app.state.redis = None
+    app.state.on_events_committed = None
     app.state.head_revision = migrate.head_revision()
     app.state.metrics = metrics = Metrics()
     metrics.registry.register(PoolCollector(lambda: app.state.pool))
@@ -87,6 +114,8 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
         type_definitions_router,
         queues_router,
         tickets_router,
+        events_router,
+        webhooks_router,
     ):
         app.include_router(router)
 

@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     auto_migrate: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     sweeper_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
+    event_retention_days: float = Field(default=7.0, gt=0, le=3650)
+    event_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    stream_buffer_events: int = Field(default=1000, ge=10, le=100_000)
+    webhook_allow_private_targets: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    webhook_retry_base_seconds: float = Field(default=10.0, gt=0, le=3600)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    webhook_retry_window_seconds: float = Field(default=86400.0, gt=0, le=30 * 86400)
 
     @field_validator("log_level", "env", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any, cast
 
 import asyncpg
@@ -75,6 +76,10 @@ async def fetch_returning(conn: Connection, sql: str, *args: Any) -> Record:
     return row
 
 
+# Set by the event log's writers; after a commit, the app tells other processes (Redis) that events arrived.
+EVENTS_WRITTEN: ContextVar[bool] = ContextVar("events_written", default=False)
+
+
 def get_pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
@@ -86,8 +91,13 @@ async def _read_connection(request: Request) -> AsyncIterator[Connection]:
 
 
 async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
+    EVENTS_WRITTEN.set(False)
     async with acquire(get_pool(request), transaction=True) as conn:
         yield conn
+    if EVENTS_WRITTEN.get():
+        notify = request.app.state.on_events_committed
+        if notify is not None:
+            await notify()
 
 
 # scope="function": the transaction commits before the response is sent, so a 2xx means committed.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,9 @@ from typing import Any
 import asyncpg
 import structlog
 
+from virtualq.config import Settings
 from virtualq.db import Connection, acquire, fetch_returning
+from virtualq.events import repository as event_log
 from virtualq.events import repository as events
 from virtualq.fsm import Category
 from virtualq.kit import clock
@@ -29,6 +32,7 @@ from virtualq.kit.ids import new_id
 from virtualq.tickets import repository as tickets
 from virtualq.tickets.rules import effects_of
 from virtualq.tickets.service import _compile, event_data, record_state_change
+from virtualq.webhooks import repository as webhook_log
 
 log = structlog.get_logger("virtualq.sweeper")
 EXPIRE_TRANSITION = "expire"
@@ -160,10 +164,28 @@ async def sweep_once(pool: asyncpg.Pool, now: datetime | None = None, batch: int
     return result
 
 
-async def run_forever(pool: asyncpg.Pool, interval_seconds: float) -> None:
-    """Sweep every `interval_seconds` until cancelled; a failed pass is logged and retried next time."""
+PRUNE_EVERY_SECONDS = 3600.0
+
+
+async def prune(pool: asyncpg.Pool, retention_days: float) -> tuple[int, int]:
+    """Drop events and finished webhook deliveries older than the retention period."""
+    async with acquire(pool, transaction=False) as conn:
+        pruned_events = await event_log.prune(conn, retention_days)
+        pruned_deliveries = await webhook_log.prune(conn, retention_days)
+    return pruned_events, pruned_deliveries
+
+
+async def run_forever(pool: asyncpg.Pool, interval_seconds: float, settings: Settings | None = None) -> None:
+    """Sweep every `interval_seconds` until cancelled; a failed pass is logged and retried next time.
+    Once an hour, also prune the event log and the webhook delivery log."""
+    last_prune = 0.0
     while True:
         try:
+            if settings is not None and time.monotonic() - last_prune >= PRUNE_EVERY_SECONDS:
+                last_prune = time.monotonic()
+                pruned = await prune(pool, settings.event_retention_days)
+                if any(pruned):
+                    log.info("pruned", events=pruned[0], deliveries=pruned[1])
             result = await sweep_once(pool)
             if result.total:
                 log.info(
@@ -180,12 +202,12 @@ async def run_forever(pool: asyncpg.Pool, interval_seconds: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(pool: asyncpg.Pool, interval_seconds: float) -> Any:
+async def running(pool: asyncpg.Pool, interval_seconds: float, settings: Settings | None = None) -> Any:
     """Run the sweeper for the duration of the block (not at all when the interval is 0)."""
     if interval_seconds <= 0:
         yield None
         return
-    task = asyncio.create_task(run_forever(pool, interval_seconds), name="virtualq-sweeper")
+    task = asyncio.create_task(run_forever(pool, interval_seconds, settings), name="virtualq-sweeper")
     try:
         yield task
     finally:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from virtualq.db import Connection
+from virtualq.db import EVENTS_WRITTEN, Connection, Record
+from virtualq.events.cursor import Cursor
+from virtualq.kit.sql import Where
 
 # As a CTE fragment: `INSERT INTO events ... SELECT ... FROM <cte>` inside a mutation's statement.
 INSERT_COLUMNS = "INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)"
+
+ENVELOPE_COLUMNS = "tx_id::text::bigint AS tx, id, type, tenant_id, queue_id, ticket_id, occurred_at, data"
+# Only events of transactions that can no longer commit anything that sorts earlier.
+SETTLED = "tx_id < pg_snapshot_xmin(pg_current_snapshot())"
 
 
 async def record(
@@ -23,3 +30,81 @@ async def record(
     await conn.execute(
         f"{INSERT_COLUMNS} VALUES ($1, $2, $3, $4, $5)", tenant_id, event_type, queue_id, ticket_id, data
     )
+    EVENTS_WRITTEN.set(True)
+
+
+async def record_for_item(
+    conn: Connection, tenant_id: uuid.UUID, event_type: str, ticket_id: uuid.UUID, data: dict[str, Any]
+) -> None:
+    """An item event, filed under the item's ticket and that ticket's current queue."""
+    await conn.execute(
+        f"""{INSERT_COLUMNS}
+            SELECT $1, $2, queue_id, id, $4 FROM tickets WHERE tenant_id = $1 AND id = $3""",
+        tenant_id,
+        event_type,
+        ticket_id,
+        data,
+    )
+    EVENTS_WRITTEN.set(True)
+
+
+async def read(
+    conn: Connection,
+    *,
+    tenant_id: uuid.UUID | None,
+    after: Cursor,
+    until: Cursor | None = None,
+    types: Sequence[str] = (),
+    queue_id: uuid.UUID | None = None,
+    ticket_id: uuid.UUID | None = None,
+    limit: int = 100,
+) -> list[Record]:
+    """Settled events after `after` (and at most `until`), in cursor order. tenant_id None: every tenant
+    (the in-process event hub only)."""
+    where = Where()
+    where.add_if("tenant_id = {}", tenant_id)
+    where.args += [str(after[0]), after[1]]
+    n = len(where.args)
+    where.add_constant(f"(tx_id, id) > (${n - 1}::xid8, ${n}::bigint)")
+    if until is not None:
+        where.args += [str(until[0]), until[1]]
+        n = len(where.args)
+        where.add_constant(f"(tx_id, id) <= (${n - 1}::xid8, ${n}::bigint)")
+    where.add_constant(SETTLED)
+    if types:
+        where.add("type = ANY ({}::text[])", list(types))
+    where.add_if("queue_id = {}", queue_id)
+    where.add_if("ticket_id = {}", ticket_id)
+    where.args.append(limit)
+    rows: list[Record] = await conn.fetch(
+        f"SELECT {ENVELOPE_COLUMNS} FROM events {where.sql} ORDER BY tx_id, id LIMIT ${len(where.args)}",
+        *where.args,
+    )
+    return rows
+
+
+async def horizon(conn: Connection) -> Cursor:
+    """The newest settled event's cursor: everything at or before it is final."""
+    row = await conn.fetchrow(
+        f"""SELECT tx_id::text::bigint AS tx, id FROM events WHERE {SETTLED}
+             ORDER BY tx_id DESC, id DESC LIMIT 1"""
+    )
+    return (row["tx"], row["id"]) if row else (0, 0)
+
+
+async def unsettled_after(conn: Connection, after: Cursor) -> bool:
+    """Committed events past `after` that are not settled yet (an older transaction is still running)."""
+    found: bool = await conn.fetchval(
+        f"""SELECT EXISTS (SELECT 1 FROM events
+                           WHERE (tx_id, id) > ($1::xid8, $2::bigint) AND NOT ({SETTLED}))""",
+        str(after[0]),
+        after[1],
+    )
+    return found
+
+
+async def prune(conn: Connection, older_than_days: float) -> int:
+    result: str = await conn.execute(
+        "DELETE FROM events WHERE occurred_at < now() - make_interval(secs => $1)", older_than_days * 86400
+    )
+    return int(result.split()[-1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -46,6 +46,26 @@ class Metrics:
             "HTTP request latency by route template and status.",
             ["method", "route", "status"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.stream_clients = Gauge(
+            "virtualq_stream_clients", "Connected event-stream clients.", registry=self.registry
+        )
+        self.events_dispatched = Counter(
+            "virtualq_events_dispatched_total",
+            "Events read from the log and offered to stream clients.",
+            registry=self.registry,
+        )
+        self.stream_drops = Counter(
+            "virtualq_stream_clients_dropped_total",
+            "Stream clients dropped because they fell too far behind.",
+            registry=self.registry,
+        )
+        self.webhook_attempts = Counter(
+            "virtualq_webhook_attempts_total",
+            "Webhook delivery attempts by outcome (succeeded, retry, failed).",
+            ["outcome"],
             registry=self.registry,
         )
 

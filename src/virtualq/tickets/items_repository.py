@@ -78,7 +78,7 @@ async def get_item(conn: Connection, tenant_id: uuid.UUID, item_id: uuid.UUID) -
 
 async def lock_item_with_type(conn: Connection, tenant_id: uuid.UUID, item_id: uuid.UUID) -> Record | None:
     row: Record | None = await conn.fetchrow(
-        """SELECT i.id, i.current_state, i.item_type_definition_id, td.version AS type_version,
+        """SELECT i.id, i.ticket_id, i.current_state, i.item_type_definition_id, td.version AS type_version,
                   td.fsm_schema, td.custom_fields_schema
              FROM ticket_items i JOIN type_definitions td ON td.id = i.item_type_definition_id
             WHERE i.tenant_id = $1 AND i.id = $2 AND NOT i.is_deleted

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
 from virtualq.errors import InvalidTransition, TypeNotAllowed, ValidationFailed, not_found
+from virtualq.events import repository as events
 from virtualq.fsm import TransitionRejected
 from virtualq.kit.ids import new_id
 from virtualq.tickets import items_repository as repository
@@ -45,7 +47,7 @@ async def add_item(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, b
     machine = compiled_type.machine
     state = machine.init if machine else None
     effects = effects_of(None, machine.category(machine.init)) if machine else None
-    return await repository.insert_item(
+    row = await repository.insert_item(
         conn,
         tenant_id=ctx.tenant_id,
         item_id=new_id(),
@@ -55,6 +57,18 @@ async def add_item(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, b
         effects=effects,
         fields=body.model_dump(),
     )
+    await events.record_for_item(conn, ctx.tenant_id, "item.created", ticket_id, _item_data(row))
+    return row
+
+
+def _item_data(row: Record, **extra: Any) -> dict[str, Any]:
+    return {
+        "item_id": str(row["id"]),
+        "item_type_definition_id": str(row["item_type_definition_id"]),
+        "current_state": row["current_state"],
+        "quantity": row["quantity"],
+        **extra,
+    }
 
 
 async def list_items(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> list[Record]:
@@ -99,8 +113,11 @@ async def update_item(conn: Connection, ctx: TenantContext, item_id: uuid.UUID, 
 
 
 async def delete_item(conn: Connection, ctx: TenantContext, item_id: uuid.UUID) -> None:
-    await _locked(conn, ctx, item_id)
+    locked = await _locked(conn, ctx, item_id)
     await repository.delete_item(conn, ctx.tenant_id, item_id)
+    await events.record_for_item(
+        conn, ctx.tenant_id, "item.deleted", locked["ticket_id"], {"item_id": str(item_id)}
+    )
 
 
 async def transition_item(
@@ -131,7 +148,7 @@ async def transition_item(
                 "valid_transitions": exc.valid_transitions,
             },
         ) from None
-    return await repository.apply_item_transition(
+    row = await repository.apply_item_transition(
         conn,
         tenant_id=ctx.tenant_id,
         item_id=item_id,
@@ -143,6 +160,14 @@ async def transition_item(
         employee_id=request.employee_id or ctx.principal.employee_id,
         notes=request.notes,
     )
+    await events.record_for_item(
+        conn,
+        ctx.tenant_id,
+        "item.state_changed",
+        row["ticket_id"],
+        _item_data(row, previous_state=current, transition=request.transition),
+    )
+    return row
 
 
 async def item_history(conn: Connection, ctx: TenantContext, item_id: uuid.UUID) -> list[Record]:

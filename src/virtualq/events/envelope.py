@@ -1,0 +1,61 @@
+"""The event envelope (PRODUCT §5) and its display-safe form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from virtualq.db import Record
+from virtualq.events.cursor import Cursor, format_cursor
+
+# What a display-role key may see of an event's data: codes, states and positions, nothing about a person.
+DISPLAY_SAFE_DATA = frozenset(
+    {
+        "display_code",
+        "number",
+        "current_state",
+        "state_category",
+        "previous_state",
+        "transition",
+        "type_definition_id",
+        "version",
+        "position",
+        "previous_position",
+        "queue_id",
+        "previous_queue_id",
+        "outcome",
+        "max_wait_minutes",
+        "waiting_minutes",
+    }
+)
+
+
+def cursor_of(row: Record) -> Cursor:
+    return (row["tx"], row["id"])
+
+
+def envelope(row: Record) -> dict[str, Any]:
+    return {
+        "id": format_cursor(cursor_of(row)),
+        "type": row["type"],
+        "tenant_id": row["tenant_id"],
+        "queue_id": row["queue_id"],
+        "ticket_id": row["ticket_id"],
+        "occurred_at": row["occurred_at"],
+        "data": row["data"],
+    }
+
+
+def display_safe(event: dict[str, Any]) -> dict[str, Any]:
+    data = {key: value for key, value in event["data"].items() if key in DISPLAY_SAFE_DATA}
+    return {**event, "data": data}
+
+
+def sse_message(event: dict[str, Any]) -> bytes:
+    """One Server-Sent Events message: id, event type, and the envelope as JSON on one line."""
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        event["id"].encode(),
+        event["type"].encode(),
+        orjson.dumps(event),
+    )

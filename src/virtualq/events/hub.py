@@ -1,0 +1,221 @@
+"""The in-process event hub: reads new events from the log once and hands them to this process's stream
+clients (and wakes the webhook worker).
+
+It wakes on a notification — PostgreSQL LISTEN/NOTIFY (a trigger on `events`), or Redis pub/sub when
+REDIS_URL is set — and also polls every `poll_seconds`, so a lost notification only delays delivery. The log
+in PostgreSQL is the source of truth: the hub keeps only a cursor.
+
+Each client has a bounded buffer; a client that falls `buffer_size` events behind is dropped (its stream ends)
+and resumes from its last event id, so a slow client cannot grow the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from virtualq.db import acquire
+from virtualq.events import repository
+from virtualq.events.cursor import Cursor
+from virtualq.events.envelope import cursor_of, display_safe, envelope
+from virtualq.kit.metrics import Metrics
+
+log = structlog.get_logger("virtualq.events")
+CHANNEL = "virtualq_events"
+REDIS_CHANNEL = "virtualq:events"
+BATCH = 500
+BEHIND_RETRY_SECONDS = 0.02
+
+
+@dataclass(eq=False)
+class Subscriber:
+    tenant_id: uuid.UUID
+    display: bool
+    queue_id: uuid.UUID | None
+    ticket_id: uuid.UUID | None
+    types: frozenset[str]
+    start: Cursor
+    buffer: asyncio.Queue[dict[str, Any] | None]
+    dropped: bool = False
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        return (
+            (not self.types or event["type"] in self.types)
+            and (self.queue_id is None or event["queue_id"] == self.queue_id)
+            and (self.ticket_id is None or event["ticket_id"] == self.ticket_id)
+        )
+
+
+@dataclass
+class EventHub:
+    pool: asyncpg.Pool
+    dsn: str
+    metrics: Metrics
+    redis: Any = None
+    poll_seconds: float = 1.0
+    buffer_size: int = 1000
+    cursor: Cursor = (0, 0)
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+    _subscribers: dict[uuid.UUID, set[Subscriber]] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _listen_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        async with acquire(self.pool, transaction=False) as conn:
+            self.cursor = await repository.horizon(conn)
+        self._task = asyncio.create_task(self._run(), name="virtualq-event-hub")
+        self._listen_task = asyncio.create_task(self._listen(), name="virtualq-event-listener")
+
+    async def stop(self) -> None:
+        for task in (self._listen_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for subscribers in self._subscribers.values():
+            for subscriber in subscribers:
+                self._close(subscriber)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- subscriptions --------------------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        display: bool,
+        queue_id: uuid.UUID | None = None,
+        ticket_id: uuid.UUID | None = None,
+        types: frozenset[str] = frozenset(),
+    ) -> Subscriber:
+        """From now on, every event past `subscriber.start` reaches the subscriber's buffer."""
+        subscriber = Subscriber(
+            tenant_id, display, queue_id, ticket_id, types, self.cursor, asyncio.Queue(self.buffer_size)
+        )
+        self._subscribers.setdefault(tenant_id, set()).add(subscriber)
+        self.metrics.stream_clients.inc()
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscribers = self._subscribers.get(subscriber.tenant_id)
+        if subscribers is not None and subscriber in subscribers:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._subscribers[subscriber.tenant_id]
+            self.metrics.stream_clients.dec()
+
+    def _close(self, subscriber: Subscriber) -> None:
+        """End the subscriber's stream: empty its buffer and leave the end marker."""
+        while not subscriber.buffer.empty():
+            subscriber.buffer.get_nowait()
+        subscriber.buffer.put_nowait(None)
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+            self._wake.clear()
+            try:
+                behind = await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be away; the next wake or poll tries again
+                log.warning("event_hub_read_failed", exc_info=True)
+                await asyncio.sleep(self.poll_seconds)
+                continue
+            if behind:
+                # Committed events wait behind an older transaction still running: look again shortly.
+                await asyncio.sleep(BEHIND_RETRY_SECONDS)
+                self._wake.set()
+
+    async def _drain(self) -> bool:
+        async with acquire(self.pool, transaction=False) as conn:
+            while True:
+                rows = await repository.read(conn, tenant_id=None, after=self.cursor, limit=BATCH)
+                if rows:
+                    self._dispatch(rows)
+                    self.cursor = cursor_of(rows[-1])
+                    for listener in self.listeners:
+                        listener()
+                if len(rows) < BATCH:
+                    return await repository.unsettled_after(conn, self.cursor)
+
+    def _dispatch(self, rows: list[Any]) -> None:
+        self.metrics.events_dispatched.inc(len(rows))
+        for row in rows:
+            subscribers = self._subscribers.get(row["tenant_id"])
+            if not subscribers:
+                continue
+            event = envelope(row)
+            safe: dict[str, Any] | None = None
+            for subscriber in list(subscribers):
+                if subscriber.dropped or not subscriber.wants(event):
+                    continue
+                if subscriber.display:
+                    safe = safe or display_safe(event)
+                try:
+                    subscriber.buffer.put_nowait(safe if subscriber.display else event)
+                except asyncio.QueueFull:
+                    subscriber.dropped = True
+                    self.metrics.stream_drops.inc()
+                    self._close(subscriber)
+
+    # --- notifications --------------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Wake on notifications; reconnect with a pause when the source goes away."""
+        while True:
+            try:
+                if self.redis is not None:
+                    await self._listen_redis()
+                else:
+                    await self._listen_postgres()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("event_listener_lost", exc_info=True)
+            await asyncio.sleep(self.poll_seconds)
+
+    async def _listen_postgres(self) -> None:
+        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "virtualq-listener"})
+        lost = asyncio.Event()
+        try:
+            await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+            conn.add_termination_listener(lambda _: lost.set())
+            self._wake.set()  # catch up on anything committed while we were not listening
+            await lost.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _listen_redis(self) -> None:
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(REDIS_CHANNEL)
+            self._wake.set()
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    self._wake.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
+async def publish(redis: Any) -> None:
+    """Tell every process's hub (through Redis) that events were committed."""
+    try:
+        await redis.publish(REDIS_CHANNEL, b"1")
+    except Exception:  # a lost notification only delays delivery until the next poll
+        log.warning("event_publish_failed", exc_info=True)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from virtualq.auth.principal import Role, TenantAnyRole, TenantStaff
+from virtualq.db import ReadConn, acquire, get_pool
+from virtualq.events import repository
+from virtualq.events.cursor import Cursor, parse
+from virtualq.events.envelope import display_safe, envelope, sse_message
+from virtualq.events.hub import EventHub, Subscriber
+from virtualq.events.schemas import EventPage
+from virtualq.kit.routing import READ_ERRORS
+
+router = APIRouter(tags=["events"])
+HEARTBEAT_SECONDS = 15.0
+REPLAY_BATCH = 500
+
+EventType = Annotated[str, Query(max_length=64, pattern=r"^[a-z_]+\.[a-z_]+$")]
+
+
+@router.get("/v1/events", response_model=EventPage, responses=READ_ERRORS)
+async def list_events(
+    ctx: TenantStaff,
+    conn: ReadConn,
+    after: Annotated[str | None, Query(description="An event id; events after it are returned.")] = None,
+    type: Annotated[list[EventType], Query(max_length=20, description="Repeatable.")] = [],  # noqa: B006
+    queue_id: uuid.UUID | None = None,
+    ticket_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """Page through the tenant's event log in order. Keep the last `id` and pass it as `after` next time;
+    the log never inserts an event before a cursor you have seen. Kept for the retention period (7 days)."""
+    start = parse(after) or (0, 0)
+    rows = await repository.read(
+        conn,
+        tenant_id=ctx.tenant_id,
+        after=start,
+        types=type,
+        queue_id=queue_id,
+        ticket_id=ticket_id,
+        limit=limit,
+    )
+    events = [envelope(row) for row in rows]
+    return {"data": events, "next_cursor": events[-1]["id"] if events else (after or None)}
+
+
+@router.get(
+    "/v1/events/stream",
+    responses={**READ_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "An SSE stream."}},
+    response_class=StreamingResponse,
+)
+async def stream_events(
+    request: Request,
+    ctx: TenantAnyRole,
+    after: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)] = None,
+    type: Annotated[list[EventType], Query(max_length=20, description="Repeatable.")] = [],  # noqa: B006
+    queue_id: uuid.UUID | None = None,
+    ticket_id: uuid.UUID | None = None,
+) -> StreamingResponse:
+    """Server-Sent Events: `id: <event id>`, `event: <type>`, `data: <envelope>`.
+
+    A new connection receives events committed after it connected; with `Last-Event-ID` (browsers send it
+    when they reconnect) or `after=`, everything after that event first — no gap, no duplicate. A comment
+    line every 15 s keeps proxies from closing the connection. A client that falls 1,000 events behind is
+    disconnected and resumes from its last id. Display-role keys receive codes and states only.
+    """
+    resume = parse(last_event_id, "Last-Event-ID") if last_event_id else parse(after)
+    hub: EventHub = request.app.state.event_hub
+    subscriber = hub.subscribe(
+        ctx.tenant_id,
+        display=ctx.principal.role is Role.DISPLAY,
+        queue_id=queue_id,
+        ticket_id=ticket_id,
+        types=frozenset(type),
+    )
+    return StreamingResponse(
+        _stream(request, hub, subscriber, resume),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(
+    request: Request, hub: EventHub, subscriber: Subscriber, resume: Cursor | None
+) -> AsyncIterator[bytes]:
+    try:
+        yield b": connected\n\n"
+        if resume is not None and resume < subscriber.start:
+            async for message in _replay(request, subscriber, resume):
+                yield message
+        while True:
+            try:
+                event = await asyncio.wait_for(subscriber.buffer.get(), timeout=HEARTBEAT_SECONDS)
+            except TimeoutError:
+                yield b": heartbeat\n\n"
+                continue
+            if event is None:  # dropped for falling behind, or the server is stopping
+                return
+            yield sse_message(event)
+    finally:
+        hub.unsubscribe(subscriber)
+
+
+async def _replay(request: Request, subscriber: Subscriber, resume: Cursor) -> AsyncIterator[bytes]:
+    """The events between the client's cursor and the moment it subscribed, from the log."""
+    position = resume
+    while True:
+        async with acquire(get_pool(request), transaction=False) as conn:
+            rows = await repository.read(
+                conn,
+                tenant_id=subscriber.tenant_id,
+                after=position,
+                until=subscriber.start,
+                types=sorted(subscriber.types),
+                queue_id=subscriber.queue_id,
+                ticket_id=subscriber.ticket_id,
+                limit=REPLAY_BATCH,
+            )
+        for row in rows:
+            event = envelope(row)
+            yield sse_message(display_safe(event) if subscriber.display else event)
+        if len(rows) < REPLAY_BATCH:
+            return
+        position = (rows[-1]["tx"], rows[-1]["id"])

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from virtualq.kit.schemas import OutputModel
+
+
+class Event(OutputModel):
+    id: str = Field(
+        description="Ordered cursor: pass it back as `after` or `Last-Event-ID`.", examples=["812-33"]
+    )
+    type: str = Field(examples=["ticket.state_changed"])
+    tenant_id: uuid.UUID
+    queue_id: uuid.UUID | None
+    ticket_id: uuid.UUID | None
+    occurred_at: datetime
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    data: list[Event]
+    next_cursor: str | None = Field(
+        description="Pass as `after` to continue; equal to the last event's id, or your `after` if none came."
+    )

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from virtualq.auth.principal import TenantAdmin
+from virtualq.db import ReadConn, WriteConn
+from virtualq.kit.pagination import PageQuery, page_envelope
+from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS
+from virtualq.kit.schemas import Page
+from virtualq.webhooks import service
+from virtualq.webhooks.schemas import Delivery, Webhook, WebhookCreate, WebhookCreated, WebhookUpdate
+
+router = APIRouter(tags=["webhooks"])
+
+
+def _allow_private(request: Request) -> bool:
+    allowed: bool = request.app.state.settings.webhook_allow_private_targets
+    return allowed
+
+
+@router.post("/v1/webhooks", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated,
+             responses=WRITE_ERRORS)  # fmt: skip
+async def create_webhook(body: WebhookCreate, request: Request, ctx: TenantAdmin, conn: WriteConn) -> Any:
+    """Subscribe a URL to event types (empty: all). The signing secret is in this response only.
+    URLs that resolve to private or loopback addresses are refused unless the server allows them."""
+    return await service.create(conn, ctx, body, _allow_private(request))
+
+
+@router.get("/v1/webhooks", response_model=Page[Webhook], responses=READ_ERRORS)
+async def list_webhooks(ctx: TenantAdmin, conn: ReadConn, page: PageQuery) -> Any:
+    rows, total = await service.list_page(conn, ctx, page)
+    return page_envelope(rows, total, page)
+
+
+@router.get("/v1/webhooks/{webhook_id}", response_model=Webhook, responses=READ_ERRORS)
+async def get_webhook(webhook_id: uuid.UUID, ctx: TenantAdmin, conn: ReadConn) -> Any:
+    return await service.get(conn, ctx, webhook_id)
+
+
+@router.patch("/v1/webhooks/{webhook_id}", response_model=Webhook, responses=WRITE_ERRORS)
+@router.put("/v1/webhooks/{webhook_id}", response_model=Webhook, responses=WRITE_ERRORS)
+async def update_webhook(
+    webhook_id: uuid.UUID, body: WebhookUpdate, request: Request, ctx: TenantAdmin, conn: WriteConn
+) -> Any:
+    return await service.update(conn, ctx, webhook_id, body, _allow_private(request))
+
+
+@router.delete("/v1/webhooks/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
+async def deactivate_webhook(webhook_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -> Response:
+    """Stop delivering: the subscription is deactivated (its delivery log stays readable)."""
+    await service.deactivate(conn, ctx, webhook_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/v1/webhooks/{webhook_id}/deliveries", response_model=Page[Delivery], responses=READ_ERRORS)
+async def list_deliveries(
+    webhook_id: uuid.UUID,
+    ctx: TenantAdmin,
+    conn: ReadConn,
+    page: PageQuery,
+    status_filter: Annotated[Literal["pending", "succeeded", "failed"] | None, Query(alias="status")] = None,
+) -> Any:
+    """Newest first, each with every attempt (status code, error, duration)."""
+    rows, total = await service.deliveries(conn, ctx, webhook_id, status_filter, page)
+    return page_envelope(rows, total, page)
+
+
+@router.get(
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}", response_model=Delivery, responses=READ_ERRORS
+)
+async def get_delivery(
+    webhook_id: uuid.UUID, delivery_id: uuid.UUID, ctx: TenantAdmin, conn: ReadConn
+) -> Any:
+    return await service.get_delivery(conn, ctx, webhook_id, delivery_id)
+
+
+@router.post(
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    response_model=Delivery,
+    responses=WRITE_ERRORS,
+)
+async def redeliver(
+    webhook_id: uuid.UUID, delivery_id: uuid.UUID, request: Request, ctx: TenantAdmin, conn: WriteConn
+) -> Any:
+    """Send this delivery again now (same delivery id), with a fresh retry window."""
+    result = await service.redeliver(conn, ctx, webhook_id, delivery_id)
+    request.app.state.webhook_worker.wake()
+    return result
+
+
+@router.post(
+    "/v1/webhooks/{webhook_id}/test", status_code=status.HTTP_201_CREATED, response_model=Delivery,
+    responses=WRITE_ERRORS,
+)  # fmt: skip
+async def test_webhook(webhook_id: uuid.UUID, request: Request, ctx: TenantAdmin, conn: WriteConn) -> Any:
+    """Queue a `webhook.test` delivery to this subscription; follow it in the delivery log."""
+    result = await service.send_test(conn, ctx, webhook_id)
+    request.app.state.webhook_worker.wake()
+    return result

@@ -1,0 +1,58 @@
+"""Refuse webhook targets on private, loopback and other internal addresses (unless configured)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+
+class TargetRefused(ValueError):
+    pass
+
+
+def _internal(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+def check_url_shape(url: str) -> str:
+    """The host of an http(s) URL without credentials; TargetRefused otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise TargetRefused("url must be http:// or https://")
+    if not parts.hostname:
+        raise TargetRefused("url has no host")
+    if parts.username or parts.password:
+        raise TargetRefused("url may not carry credentials")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise TargetRefused("url has an invalid port") from None
+    return parts.hostname
+
+
+async def check_target(url: str, allow_private: bool) -> None:
+    """Resolve the URL's host; refuse when any address is internal and that is not allowed."""
+    host = check_url_shape(url)
+    if allow_private:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        raise TargetRefused(f"cannot resolve {host}") from None
+    for info in infos:
+        address = str(info[4][0])
+        if _internal(address):
+            raise TargetRefused(f"{host} resolves to a private or loopback address ({address})")

@@ -1,0 +1,162 @@
+"""Delivers webhooks from inside each server process; several processes share the work safely.
+
+Due deliveries are claimed with FOR UPDATE SKIP LOCKED and leased in the same statement; the HTTP call runs
+outside any transaction; the outcome is recorded afterwards. A process that dies mid-call leaves a lease
+that expires, and another process retries: delivery is at least once, with a stable X-VirtualQ-Delivery id
+so receivers can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import structlog
+
+from virtualq import __version__
+from virtualq.config import Settings
+from virtualq.db import acquire
+from virtualq.kit.metrics import Metrics
+from virtualq.webhooks import repository
+from virtualq.webhooks.ssrf import TargetRefused, check_target
+
+log = structlog.get_logger("virtualq.webhooks")
+BATCH = 50
+CONCURRENCY = 16
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (docs/webhooks.md)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Exponential with "equal jitter": half the step fixed, half random."""
+    step: float = min(cap, base * 2.0 ** max(0, attempt - 1))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+@dataclass
+class WebhookWorker:
+    pool: asyncpg.Pool
+    settings: Settings
+    metrics: Metrics
+    client: httpx.AsyncClient | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self.client = httpx.AsyncClient(
+            timeout=self.settings.webhook_timeout_seconds,
+            follow_redirects=False,
+            headers={"User-Agent": f"VirtualQ-Webhooks/{__version__}"},
+        )
+        self._task = asyncio.create_task(self._run(), name="virtualq-webhooks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                worked = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("webhook_worker_failed", exc_info=True)
+                worked = 0
+            if worked < BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.event_poll_seconds)
+                self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Claim and attempt one batch of due deliveries; returns how many."""
+        lease = self.settings.webhook_timeout_seconds + 30
+        async with acquire(self.pool, transaction=False) as conn:
+            claimed = await repository.claim(conn, BATCH, lease)
+        if not claimed:
+            return 0
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(row: Any) -> None:
+            async with semaphore:
+                await self._attempt(row)
+
+        await asyncio.gather(*(one(row) for row in claimed))
+        return len(claimed)
+
+    async def _attempt(self, row: Any) -> None:
+        assert self.client is not None
+        body = orjson.dumps(row["payload"])
+        status_code: int | None = None
+        error: str | None = None
+        started = time.perf_counter()
+        permanent = False
+        if not row["is_active"]:
+            error, permanent = "the subscription is inactive", True
+        else:
+            try:
+                await check_target(row["url"], self.settings.webhook_allow_private_targets)
+                timestamp = int(time.time())
+                response = await self.client.post(
+                    row["url"],
+                    content=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        "X-VirtualQ-Event": row["event_type"],
+                        "X-VirtualQ-Delivery": str(row["id"]),
+                        "X-VirtualQ-Signature": signature(row["secret"], timestamp, body),
+                    },
+                )
+                status_code = response.status_code
+                if not 200 <= status_code < 300:
+                    error = f"HTTP {status_code}"
+            except TargetRefused as exc:
+                error, permanent = f"refused: {exc}", True
+            except httpx.TimeoutException:
+                error = "timed out"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        settings = self.settings
+        if error is None:
+            status, retry_in = "succeeded", None
+        elif permanent or row["age_seconds"] >= settings.webhook_retry_window_seconds:
+            status, retry_in = "failed", None
+        else:
+            status = "pending"
+            retry_in = backoff_seconds(
+                row["attempts"], settings.webhook_retry_base_seconds, settings.webhook_retry_max_seconds
+            )
+        self.metrics.webhook_attempts.labels("retry" if status == "pending" else status).inc()
+        async with acquire(self.pool, transaction=False) as conn:
+            await repository.record_attempt(
+                conn,
+                tenant_id=row["tenant_id"],
+                delivery_id=row["id"],
+                attempt=row["attempts"],
+                status=status,
+                status_code=status_code,
+                error=error,
+                duration_ms=duration_ms,
+                retry_in_seconds=retry_in,
+            )

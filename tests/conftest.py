@@ -81,6 +81,14 @@ def make_settings(**overrides: Any) -> Settings:
         "db_pool_max_size": 20,
         "log_level": "warning",
         "sweeper_interval_seconds": 0,
+        "event_poll_seconds": 0.2,
+        # Webhook tests run their own apps with delivery on; loopback receivers are allowed in tests.
+        "webhook_delivery": False,
+        "webhook_allow_private_targets": True,
+        "webhook_timeout_seconds": 1.0,
+        "webhook_retry_base_seconds": 0.05,
+        "webhook_retry_max_seconds": 0.2,
+        "webhook_retry_window_seconds": 3.0,
     }
     values.update(overrides)
     return Settings(**values)

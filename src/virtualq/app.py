@@ -73,7 +73,8 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
 
             app.state.on_events_committed = on_events_committed
         await hub.start()
-        await worker.start()
+        if settings.webhook_delivery:
+            await worker.start()
         log.info("started", env=settings.env, redis=settings.redis_url is not None)
         try:
             async with sweeper.running(app.state.pool, settings.sweeper_interval_seconds, settings):

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(default=7.0, gt=0, le=3650)
     event_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     stream_buffer_events: int = Field(default=1000, ge=10, le=100_000)
+    webhook_delivery: bool = True
     webhook_allow_private_targets: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     webhook_retry_base_seconds: float = Field(default=10.0, gt=0, le=3600)

@@ -39,12 +39,16 @@ def envelope(row: Record) -> dict[str, Any]:
     return {
         "id": format_cursor(cursor_of(row)),
         "type": row["type"],
-        "tenant_id": row["tenant_id"],
-        "queue_id": row["queue_id"],
-        "ticket_id": row["ticket_id"],
+        "tenant_id": str(row["tenant_id"]),
+        "queue_id": _text(row["queue_id"]),
+        "ticket_id": _text(row["ticket_id"]),
         "occurred_at": row["occurred_at"],
         "data": row["data"],
     }
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def display_safe(event: dict[str, Any]) -> dict[str, Any]:

@@ -48,8 +48,8 @@ class Subscriber:
     def wants(self, event: dict[str, Any]) -> bool:
         return (
             (not self.types or event["type"] in self.types)
-            and (self.queue_id is None or event["queue_id"] == self.queue_id)
-            and (self.ticket_id is None or event["ticket_id"] == self.ticket_id)
+            and (self.queue_id is None or event["queue_id"] == str(self.queue_id))
+            and (self.ticket_id is None or event["ticket_id"] == str(self.ticket_id))
         )
 
 
@@ -141,21 +141,25 @@ class EventHub:
                 self._wake.set()
 
     async def _drain(self) -> bool:
+        # A batch never exceeds half a buffer, and clients get the loop between batches: a client that
+        # keeps up is never dropped by one burst.
+        batch = max(1, min(BATCH, self.buffer_size // 2))
         async with acquire(self.pool, transaction=False) as conn:
             while True:
-                rows = await repository.read(conn, tenant_id=None, after=self.cursor, limit=BATCH)
+                rows = await repository.read(conn, tenant_id=None, after=self.cursor, limit=batch)
                 if rows:
                     self._dispatch(rows)
                     self.cursor = cursor_of(rows[-1])
                     for listener in self.listeners:
                         listener()
-                if len(rows) < BATCH:
+                    await asyncio.sleep(0)
+                if len(rows) < batch:
                     return await repository.unsettled_after(conn, self.cursor)
 
     def _dispatch(self, rows: list[Any]) -> None:
         self.metrics.events_dispatched.inc(len(rows))
         for row in rows:
-            subscribers = self._subscribers.get(row["tenant_id"])
+            subscribers = self._subscribers.get(uuid.UUID(str(row["tenant_id"])))
             if not subscribers:
                 continue
             event = envelope(row)

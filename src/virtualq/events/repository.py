@@ -63,11 +63,11 @@ async def read(
     (the in-process event hub only)."""
     where = Where()
     where.add_if("tenant_id = {}", tenant_id)
-    where.args += [str(after[0]), after[1]]
+    where.args += [after[0], after[1]]
     n = len(where.args)
     where.add_constant(f"(tx_id, id) > (${n - 1}::xid8, ${n}::bigint)")
     if until is not None:
-        where.args += [str(until[0]), until[1]]
+        where.args += [until[0], until[1]]
         n = len(where.args)
         where.add_constant(f"(tx_id, id) <= (${n - 1}::xid8, ${n}::bigint)")
     where.add_constant(SETTLED)
@@ -97,7 +97,7 @@ async def unsettled_after(conn: Connection, after: Cursor) -> bool:
     found: bool = await conn.fetchval(
         f"""SELECT EXISTS (SELECT 1 FROM events
                            WHERE (tx_id, id) > ($1::xid8, $2::bigint) AND NOT ({SETTLED}))""",
-        str(after[0]),
+        after[0],
         after[1],
     )
     return found

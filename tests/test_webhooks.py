@@ -1,0 +1,315 @@
+"""Webhooks against a real HTTP receiver on loopback (PRODUCT §5): signatures, retries with backoff,
+failure, restarts mid-retry, redelivery, the test event, SSRF refusal, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import make_settings
+from tests.helpers import Api, assert_error, auth
+from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from virtualq.app import create_app
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """A tiny HTTP server: answers each POST with the next scripted behaviour (a status code, "timeout"
+    or "close"), then with `default`."""
+
+    script: list[int | str] = field(default_factory=list)
+    default: int | str = 200
+    requests: list[Received] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readline()
+            headers: dict[str, str] = {}
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            self.requests.append(Received(headers, body, time.monotonic()))
+            behaviour = self.script.pop(0) if self.script else self.default
+            if behaviour == "timeout":
+                await asyncio.sleep(3)
+            elif behaviour != "close":
+                writer.write(
+                    f"HTTP/1.1 {behaviour} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+                )
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            assert time.monotonic() < deadline, f"received {len(self.requests)} of {count}"
+            await asyncio.sleep(0.02)
+        return self.requests
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@asynccontextmanager
+async def delivering(database_dsn: str, **settings: Any) -> AsyncIterator[Any]:
+    """A server process's worth of app with webhook delivery on (the shared test app has it off)."""
+    application = create_app(make_settings(webhook_delivery=True, **settings), dsn=database_dsn)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def shop(client: httpx.AsyncClient, api: Api) -> tuple[Tenant, str, str]:
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    queue = await t.queue("Main")
+    return t, queue["id"], order["id"]
+
+
+async def subscribe(client: httpx.AsyncClient, t: Tenant, url: str, *types: str) -> dict[str, Any]:
+    body = {"url": url, "event_types": list(types)}
+    return ok(await client.post("/v1/webhooks", json=body, headers=t.h), 201)
+
+
+async def deliveries(client: httpx.AsyncClient, t: Tenant, hook: dict[str, Any]) -> list[dict[str, Any]]:
+    page = ok(await client.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"limit": 100}, headers=t.h))
+    return list(page["data"])
+
+
+async def settled(
+    client: httpx.AsyncClient,
+    t: Tenant,
+    hook: dict[str, Any],
+    count: int,
+    timeout: float = 8.0,  # noqa: ASYNC109
+) -> list[dict[str, Any]]:
+    """Wait until `count` deliveries are no longer pending."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await deliveries(client, t, hook)
+        if len(found) >= count and all(d["status"] != "pending" for d in found):
+            return found
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.05)
+
+
+def verify(secret: str, received: Received) -> bool:
+    """What a receiver does (docs/webhooks.md)."""
+    parts = dict(item.split("=", 1) for item in received.headers["x-virtualq-signature"].split(","))
+    expected = hmac.new(
+        secret.encode(), f"{parts['t']}.".encode() + received.body, hashlib.sha256
+    ).hexdigest()
+    fresh = abs(time.time() - int(parts["t"])) < 300
+    return fresh and hmac.compare_digest(expected, parts["v1"])
+
+
+async def test_signed_delivery_of_subscribed_events(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, receiver: Receiver
+) -> None:
+    t, queue, order = await shop(client, api)
+    hook = await subscribe(client, t, receiver.url, "ticket.created", "ticket.completed")
+    assert hook["secret"].startswith("whsec_")
+    assert "secret" not in ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))
+    inactive = await subscribe(client, t, receiver.url)
+    ok(await client.patch(f"/v1/webhooks/{inactive['id']}", json={"is_active": False}, headers=t.h))
+    async with delivering(database_dsn):
+        ticket = await t.ticket(queue, order)
+        await t.move(ticket["id"], "start_preparation")  # not subscribed
+        (request,) = await receiver.wait_for(1)
+        assert verify(hook["secret"], request)
+        assert not verify("whsec_wrong", request)
+        assert request.headers["x-virtualq-event"] == "ticket.created"
+        assert request.headers["content-type"] == "application/json"
+        envelope = json.loads(request.body)
+        logged = ok(await client.get("/v1/events", params={"ticket_id": ticket["id"]}, headers=t.h))["data"][
+            0
+        ]
+        assert envelope["id"] == logged["id"]
+        assert envelope["type"] == "ticket.created"
+        assert (envelope["ticket_id"], envelope["queue_id"], envelope["tenant_id"]) == (
+            ticket["id"],
+            queue,
+            t.id,
+        )
+        assert envelope["data"]["display_code"] == ticket["display_code"]
+        (delivery,) = await settled(client, t, hook, 1)
+        assert request.headers["x-virtualq-delivery"] == delivery["id"]
+        assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == (
+            "succeeded",
+            1,
+            200,
+        )
+        assert delivery["event_id"] == logged["id"]
+        assert delivery["attempt_log"][0]["status_code"] == 200
+        assert delivery["attempt_log"][0]["duration_ms"] >= 0
+        await asyncio.sleep(0.3)
+    assert len(receiver.requests) == 1  # nothing for the unsubscribed type, nothing for the inactive hook
+    assert await deliveries(client, t, inactive) == []
+
+
+async def test_failures_are_retried_with_backoff_until_success(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, receiver: Receiver
+) -> None:
+    t, queue, order = await shop(client, api)
+    hook = await subscribe(client, t, receiver.url, "ticket.created")
+    receiver.script = [500, "timeout", "close", 503]
+    async with delivering(database_dsn, webhook_retry_window_seconds=30):
+        await t.ticket(queue, order)
+        requests = await receiver.wait_for(5, timeout=10)
+        (delivery,) = await settled(client, t, hook, 1)
+    assert delivery["status"] == "succeeded"
+    assert delivery["attempts"] == 5
+    log = delivery["attempt_log"]
+    assert [a["status_code"] for a in log] == [500, None, None, 503, 200]
+    assert log[1]["error"] == "timed out"
+    assert log[2]["error"] is not None
+    assert {r.headers["x-virtualq-delivery"] for r in requests} == {delivery["id"]}  # the same id each time
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
+    assert all(gap > 0.02 for gap in gaps)  # never hammered: each retry waited
+
+
+async def test_a_receiver_that_never_answers_is_marked_failed(
+    client: httpx.AsyncClient, api: Api, database_dsn: str
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]  # nothing listens there once the socket closes
+    t, queue, order = await shop(client, api)
+    hook = await subscribe(client, t, f"http://127.0.0.1:{closed_port}/hook", "ticket.created")
+    async with delivering(database_dsn, webhook_retry_window_seconds=1.0):
+        await t.ticket(queue, order)
+        (delivery,) = await settled(client, t, hook, 1, timeout=10)
+    assert delivery["status"] == "failed"
+    assert delivery["attempts"] >= 2
+    assert all(a["status_code"] is None and a["error"] for a in delivery["attempt_log"])
+    assert delivery["next_attempt_at"] is None
+
+
+async def test_a_restart_mid_retry_loses_nothing_and_redelivery_works(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, receiver: Receiver
+) -> None:
+    t, queue, order = await shop(client, api)
+    hook = await subscribe(client, t, receiver.url, "ticket.created")
+    receiver.default = 500
+    async with delivering(database_dsn, webhook_retry_base_seconds=0.5, webhook_retry_window_seconds=60):
+        await t.ticket(queue, order)
+        await receiver.wait_for(1)
+    # The server stopped with the delivery pending; the next one picks it up.
+    (pending,) = await deliveries(client, t, hook)
+    assert (pending["status"], pending["attempts"]) == ("pending", 1)
+    receiver.default = 200
+    async with delivering(database_dsn, webhook_retry_window_seconds=60):
+        (delivery,) = await settled(client, t, hook, 1)
+        assert (delivery["status"], delivery["attempts"]) == ("succeeded", 2)
+        first_body = receiver.requests[-1].body
+
+        again = ok(
+            await client.post(f"/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/redeliver", headers=t.h)
+        )
+        assert again["status"] == "pending"
+        await receiver.wait_for(3)
+        (delivery,) = await settled(client, t, hook, 1)
+        assert delivery["attempts"] == 3
+        assert receiver.requests[-1].body == first_body
+        assert receiver.requests[-1].headers["x-virtualq-delivery"] == delivery["id"]
+
+        test = ok(await client.post(f"/v1/webhooks/{hook['id']}/test", headers=t.h), 201)
+        assert test["event_type"] == "webhook.test"
+        await receiver.wait_for(4)
+        assert json.loads(receiver.requests[-1].body)["type"] == "webhook.test"
+        assert receiver.requests[-1].headers["x-virtualq-event"] == "webhook.test"
+        assert verify(hook["secret"], receiver.requests[-1])
+
+
+async def test_private_and_loopback_targets_are_refused_by_default(
+    client: httpx.AsyncClient, api: Api, database_dsn: str
+) -> None:
+    t, _, _ = await shop(client, api)
+    strict = create_app(make_settings(webhook_allow_private_targets=False), dsn=database_dsn)
+    async with (
+        strict.router.lifespan_context(strict),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=strict), base_url="http://testserver") as http,
+    ):
+        for url in (
+            "http://127.0.0.1:8080/hook",
+            "http://localhost/hook",
+            "http://10.1.2.3/hook",
+            "http://192.168.0.10/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+            "http://0.0.0.0/hook",
+            "ftp://example.com/hook",
+            "http://user:pass@example.com/hook",
+            "not a url at all",
+        ):
+            response = await http.post("/v1/webhooks", json={"url": url}, headers=t.h)
+            assert_error(response, 400, "validation_error")
+        hook = ok(await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/x"}, headers=t.h), 201)
+        response = await http.patch(
+            f"/v1/webhooks/{hook['id']}", json={"url": "http://10.0.0.1/"}, headers=t.h
+        )
+        assert_error(response, 400, "validation_error")
+    listed = ok(await client.get("/v1/webhooks", headers=t.h))
+    assert [h["url"] for h in listed["data"]] == ["http://127.0.0.1:9/x"]
+
+
+async def test_webhooks_are_admin_only_and_tenant_isolated(client: httpx.AsyncClient, api: Api) -> None:
+    t, _, _ = await shop(client, api)
+    hook = await subscribe(client, t, "http://127.0.0.1:9/hook")
+    stranger, _, _ = await shop(client, api)
+    for method, path, body in (
+        ("GET", f"/v1/webhooks/{hook['id']}", None),
+        ("PATCH", f"/v1/webhooks/{hook['id']}", {"is_active": False}),
+        ("DELETE", f"/v1/webhooks/{hook['id']}", None),
+        ("GET", f"/v1/webhooks/{hook['id']}/deliveries", None),
+        ("POST", f"/v1/webhooks/{hook['id']}/test", None),
+    ):
+        assert_error(await client.request(method, path, json=body, headers=stranger.h), 404, "not_found")
+    assert ok(await client.get("/v1/webhooks", headers=stranger.h))["data"] == []
+    staff = await api.key("tenant", "staff", key=t.world.tenant_admin, tenant_id=t.id)
+    assert_error(await client.get("/v1/webhooks", headers=auth(staff)), 403, "forbidden")
+    for bad in ({"url": "http://127.0.0.1:9/", "event_types": ["ticket.exploded"]}, {"url": 5}, {"nope": 1}):
+        assert_error(await client.post("/v1/webhooks", json=bad, headers=t.h), 400, "validation_error")
+    assert ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))["is_active"] is True
+    assert (await client.delete(f"/v1/webhooks/{hook['id']}", headers=t.h)).status_code == 204
+    assert ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))["is_active"] is False

@@ -1,4 +1,4 @@
-.PHONY: run test check openapi bench format
+.PHONY: run test check openapi bench bench-stream format
 
 run:     ## start the server on http://127.0.0.1:8080 (embedded PostgreSQL unless DATABASE_URL is set)
 	bash scripts/run
@@ -17,3 +17,6 @@ format:  ## apply ruff's formatting and safe fixes
 
 bench:   ## run the benchmark suite against a fresh server (see bench/README.md)
 	bash scripts/bootstrap && .venv/bin/python bench/run.py
+
+bench-stream:   ## 1,000 SSE clients and webhook throughput against a fresh server (see bench/README.md)
+	bash scripts/bootstrap && .venv/bin/python bench/stream.py

@@ -116,7 +116,9 @@ async def _execute(dsn: str, sql: str) -> None:
 
 
 @contextmanager
-def server(dsn: str, port: int, workers: int) -> Iterator[subprocess.Popen[bytes]]:
+def server(
+    dsn: str, port: int, workers: int, extra: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -127,6 +129,7 @@ def server(dsn: str, port: int, workers: int) -> Iterator[subprocess.Popen[bytes
         "DB_POOL_MAX_SIZE": "20",
         "WEB_CONCURRENCY": str(workers),
         "AUTO_MIGRATE": "false",
+        **(extra or {}),
     }
     process = subprocess.Popen(
         [str(ROOT / ".venv/bin/virtualq"), "serve"], env=env, stdout=subprocess.DEVNULL

@@ -170,7 +170,8 @@ async def stream_bench(port: int, pid: int, clients: int, rate: float, seconds: 
         f"p99 {percentile(from_answer, 0.99):.1f} ms (negative: it arrived before the answer)"
     )
     print(
-        f"  server RSS: idle {idle:.0f} MB, {clients} connected {connected_rss:.0f} MB, load {peak_rss:.0f} MB"
+        f"  server RSS: idle {idle:.0f} MB, {clients} connected {connected_rss:.0f} MB, "
+        f"load {peak_rss:.0f} MB"
     )
 
 

@@ -445,3 +445,19 @@ async def test_two_processes_share_events(
             process.terminate()
         for process in (a, b):
             process.wait(timeout=30)
+
+
+async def test_old_events_and_finished_deliveries_are_pruned(
+    client: httpx.AsyncClient, api: Api, app: Any, db: asyncpg.Connection
+) -> None:
+    from virtualq import sweeper
+
+    t, queue, order = await coffee(client, api)
+    old, recent = await t.ticket(queue, order), await t.ticket(queue, order)
+    await db.execute(
+        "UPDATE events SET occurred_at = now() - interval '8 days' WHERE ticket_id = $1", uuid.UUID(old["id"])
+    )
+    pruned_events, _ = await sweeper.prune(app.state.pool, retention_days=7)
+    assert pruned_events >= 1
+    assert await events_for(db, old["id"]) == []
+    assert await events_for(db, recent["id"]) == ["ticket.created"]

@@ -24,7 +24,7 @@ import structlog
 from virtualq.db import acquire
 from virtualq.events import repository
 from virtualq.events.cursor import Cursor
-from virtualq.events.envelope import cursor_of, display_safe, envelope
+from virtualq.events.envelope import cursor_of, display_safe, envelope, sse_message
 from virtualq.kit.metrics import Metrics
 
 log = structlog.get_logger("virtualq.events")
@@ -42,7 +42,7 @@ class Subscriber:
     ticket_id: uuid.UUID | None
     types: frozenset[str]
     start: Cursor
-    buffer: asyncio.Queue[dict[str, Any] | None]
+    buffer: asyncio.Queue[bytes | None]  # ready-to-send SSE messages; None ends the stream
     dropped: bool = False
 
     def wants(self, event: dict[str, Any]) -> bool:
@@ -163,14 +163,18 @@ class EventHub:
             if not subscribers:
                 continue
             event = envelope(row)
-            safe: dict[str, Any] | None = None
+            # Each message is encoded once per event, however many clients receive it.
+            full: bytes | None = None
+            safe: bytes | None = None
             for subscriber in list(subscribers):
                 if subscriber.dropped or not subscriber.wants(event):
                     continue
                 if subscriber.display:
-                    safe = safe or display_safe(event)
+                    safe = safe or sse_message(display_safe(event))
+                else:
+                    full = full or sse_message(event)
                 try:
-                    subscriber.buffer.put_nowait(safe if subscriber.display else event)
+                    subscriber.buffer.put_nowait(safe if subscriber.display else full)
                 except asyncio.QueueFull:
                     subscriber.dropped = True
                     self.metrics.stream_drops.inc()

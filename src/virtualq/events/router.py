@@ -103,7 +103,7 @@ async def _stream(
                 continue
             if event is None:  # dropped for falling behind, or the server is stopping
                 return
-            yield sse_message(event)
+            yield event
     finally:
         hub.unsubscribe(subscriber)
 

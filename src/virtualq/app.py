@@ -29,6 +29,8 @@ from virtualq.queues.router import router as queues_router
 from virtualq.tenants.router import router as tenants_router
 from virtualq.tickets.router import router as tickets_router
 from virtualq.type_definitions.router import router as type_definitions_router
+from virtualq.web.router import pages as web_pages
+from virtualq.web.router import public as public_router
 from virtualq.webhooks.router import router as webhooks_router
 from virtualq.webhooks.worker import WebhookWorker
 
@@ -117,6 +119,8 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
         tickets_router,
         events_router,
         webhooks_router,
+        public_router,
+        web_pages,
     ):
         app.include_router(router)
 

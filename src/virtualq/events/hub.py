@@ -32,6 +32,7 @@ CHANNEL = "virtualq_events"
 REDIS_CHANNEL = "virtualq:events"
 BATCH = 500
 BEHIND_RETRY_SECONDS = 0.02
+PING = b"event: changed\ndata: {}\n\n"
 
 
 @dataclass(eq=False)
@@ -44,8 +45,13 @@ class Subscriber:
     start: Cursor
     buffer: asyncio.Queue[bytes | None]  # ready-to-send SSE messages; None ends the stream
     dropped: bool = False
+    # Instead of the filters above: any predicate, and a bare "changed" ping instead of the event.
+    match: Callable[[dict[str, Any]], bool] | None = None
+    ping_only: bool = False
 
     def wants(self, event: dict[str, Any]) -> bool:
+        if self.match is not None:
+            return self.match(event)
         return (
             (not self.types or event["type"] in self.types)
             and (self.queue_id is None or event["queue_id"] == str(self.queue_id))
@@ -97,10 +103,20 @@ class EventHub:
         queue_id: uuid.UUID | None = None,
         ticket_id: uuid.UUID | None = None,
         types: frozenset[str] = frozenset(),
+        match: Callable[[dict[str, Any]], bool] | None = None,
+        ping_only: bool = False,
     ) -> Subscriber:
         """From now on, every event past `subscriber.start` reaches the subscriber's buffer."""
         subscriber = Subscriber(
-            tenant_id, display, queue_id, ticket_id, types, self.cursor, asyncio.Queue(self.buffer_size)
+            tenant_id,
+            display,
+            queue_id,
+            ticket_id,
+            types,
+            self.cursor,
+            asyncio.Queue(self.buffer_size),
+            match=match,
+            ping_only=ping_only,
         )
         self._subscribers.setdefault(tenant_id, set()).add(subscriber)
         self.metrics.stream_clients.inc()
@@ -169,12 +185,14 @@ class EventHub:
             for subscriber in list(subscribers):
                 if subscriber.dropped or not subscriber.wants(event):
                     continue
-                if subscriber.display:
-                    safe = safe or sse_message(display_safe(event))
+                if subscriber.ping_only:
+                    message = PING
+                elif subscriber.display:
+                    message = safe = safe or sse_message(display_safe(event))
                 else:
-                    full = full or sse_message(event)
+                    message = full = full or sse_message(event)
                 try:
-                    subscriber.buffer.put_nowait(safe if subscriber.display else full)
+                    subscriber.buffer.put_nowait(message)
                 except asyncio.QueueFull:
                     subscriber.dropped = True
                     self.metrics.stream_drops.inc()

@@ -197,7 +197,7 @@ def _redact(ctx: TenantContext, row: dict[str, Any], show_wait_time: bool) -> di
     """What a display-role key may see: no personal data, and no estimates when the queue hides them."""
     if ctx.principal.role is not Role.DISPLAY:
         return row
-    row.update(customer_id=None, employee_id=None, custom_data={})
+    row.update(customer_id=None, employee_id=None, custom_data={}, customer_page=None)
     if not show_wait_time:
         row.update(
             estimated_wait_minutes=None, original_estimated_wait_minutes=None, actual_wait_minutes=None

@@ -85,6 +85,10 @@ class Ticket(OutputModel):
     version: int
     created_at: datetime
     updated_at: datetime
+    customer_page: str | None = Field(
+        description="The customer's own live ticket page (path with its secret token); give it to the "
+        "customer. Null for display-role keys."
+    )
 
 
 class TransitionedTicket(Ticket):

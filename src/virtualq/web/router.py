@@ -1,0 +1,173 @@
+"""Pages, the customer's ticket API (token-protected, no API key), and static assets."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from virtualq.db import ReadConn, acquire, get_pool
+from virtualq.errors import not_found
+from virtualq.events.hub import EventHub
+from virtualq.kit.routing import error_responses
+from virtualq.queues.estimates import Estimator
+
+PAGES = Path(__file__).parent / "pages"
+STATIC = Path(__file__).parent / "static"
+HEARTBEAT_SECONDS = 15.0
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",  # the ticket token and keys never leak through Referer
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'"
+    ),
+}
+
+pages = APIRouter(include_in_schema=False)
+public = APIRouter(tags=["customer"])
+
+Token = Annotated[
+    str | None, Query(max_length=128, description="The token from the ticket's customer_page link.")
+]
+TokenHeader = Annotated[str | None, Header(alias="X-Ticket-Token", max_length=128, include_in_schema=False)]
+
+
+def _page(name: str) -> FileResponse:
+    return FileResponse(PAGES / name, media_type="text/html", headers=PAGE_HEADERS)
+
+
+@pages.get("/display/queues/{queue_id}")
+async def display_page(queue_id: uuid.UUID) -> FileResponse:
+    return _page("display.html")
+
+
+@pages.get("/console/queues/{queue_id}")
+async def console_page(queue_id: uuid.UUID) -> FileResponse:
+    return _page("console.html")
+
+
+@pages.get("/t/{ticket_id}")
+async def ticket_page(ticket_id: uuid.UUID) -> FileResponse:
+    return _page("ticket.html")
+
+
+@pages.get("/static/{name}")
+async def static_file(name: str) -> FileResponse:
+    path = STATIC / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise not_found("file")
+    media = {"js": "text/javascript", "css": "text/css"}.get(
+        name.rsplit(".", 1)[-1], "application/octet-stream"
+    )
+    return FileResponse(
+        path, media_type=media, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    )
+
+
+class PublicTicket(BaseModel):
+    id: uuid.UUID
+    display_code: str
+    queue_id: uuid.UUID
+    queue_name: str
+    current_state: str
+    state_category: str
+    position: int | None = Field(description="1 = next; null once called.")
+    estimated_wait_minutes: int | None = Field(description="Null when the queue hides wait times.")
+    show_wait_time: bool
+    updated_at: Any
+
+
+PUBLIC_SQL = """
+SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
+       t.estimated_wait_minutes, t.public_token, t.updated_at, q.name AS queue_name, q.show_wait_time,
+       q.wait_estimation_method, q.manual_wait_minutes, q.id AS q_id,
+       CASE WHEN t.state_category = 'waiting' THEN
+         (SELECT count(*) + 1 FROM tickets w WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
+             AND w.state_category = 'waiting' AND w.sort_key < t.sort_key) END AS position
+  FROM tickets t JOIN queues q ON q.tenant_id = t.tenant_id AND q.id = t.queue_id
+ WHERE t.id = $1
+"""
+
+
+async def _ticket_by_token(conn: Any, ticket_id: uuid.UUID, token: str | None) -> Any:
+    row = await conn.fetchrow(PUBLIC_SQL, ticket_id)
+    # The same answer for a wrong token as for no ticket: nothing to probe.
+    if row is None or not token or not hmac.compare_digest(row["public_token"].encode(), token.encode()):
+        raise not_found("ticket")
+    return row
+
+
+@public.get(
+    "/v1/public/tickets/{ticket_id}", response_model=PublicTicket, responses=error_responses(400, 404)
+)
+async def public_ticket(
+    ticket_id: uuid.UUID, conn: ReadConn, token: Token = None, x_ticket_token: TokenHeader = None
+) -> Any:
+    """A customer's own ticket, by the token in its link (no API key): code, state, place, estimate."""
+    row = await _ticket_by_token(conn, ticket_id, x_ticket_token or token)
+    estimator = Estimator(conn, row["tenant_id"])
+    estimator.remember_queue(
+        {
+            "id": row["q_id"],
+            "wait_estimation_method": row["wait_estimation_method"],
+            "manual_wait_minutes": row["manual_wait_minutes"],
+            "show_wait_time": row["show_wait_time"],
+        }
+    )
+    (live,) = await estimator.annotate([row])
+    return {
+        **{key: live[key] for key in ("id", "display_code", "queue_id", "queue_name", "current_state")},
+        "state_category": live["state_category"],
+        "position": live["position"],
+        "estimated_wait_minutes": live["estimated_wait_minutes"] if row["show_wait_time"] else None,
+        "show_wait_time": row["show_wait_time"],
+        "updated_at": live["updated_at"],
+    }
+
+
+@public.get(
+    "/v1/public/tickets/{ticket_id}/stream",
+    response_class=StreamingResponse,
+    responses={**error_responses(400, 404), 200: {"content": {"text/event-stream": {}}}},
+)
+async def public_ticket_stream(
+    ticket_id: uuid.UUID, request: Request, token: Token = None, x_ticket_token: TokenHeader = None
+) -> StreamingResponse:
+    """`event: changed` whenever something that can move this ticket happens (its own changes, or any
+    change in its queue): the page then reads `/v1/public/tickets/{id}` again. Nothing about other tickets
+    is sent."""
+    async with acquire(get_pool(request), transaction=False) as conn:
+        row = await _ticket_by_token(conn, ticket_id, x_ticket_token or token)
+    hub: EventHub = request.app.state.event_hub
+    ticket, queue = str(row["id"]), str(row["queue_id"])
+    subscriber = hub.subscribe(
+        row["tenant_id"],
+        display=True,
+        match=lambda event: event["ticket_id"] == ticket or event["queue_id"] == queue,
+        ping_only=True,
+    )
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            yield b": connected\n\n"
+            while True:
+                try:
+                    message = await asyncio.wait_for(subscriber.buffer.get(), timeout=HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    yield b": heartbeat\n\n"
+                    continue
+                if message is None:
+                    return
+                yield message
+        finally:
+            hub.unsubscribe(subscriber)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

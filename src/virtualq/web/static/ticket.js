@@ -1,0 +1,49 @@
+// A customer's own ticket: code, state, place in line, estimate, and the moment it's their turn.
+"use strict";
+(() => {
+  const id = location.pathname.split("/").pop();
+  const token = new URLSearchParams(location.search).get("token") || "";
+  const headers = { "X-Ticket-Token": token };
+  const code = document.getElementById("code");
+  const queue = document.getElementById("queue");
+  const state = document.getElementById("state");
+  const place = document.getElementById("place");
+  const turn = document.getElementById("turn");
+  const status = document.getElementById("status");
+  let following = null;
+  let queueId = null;
+
+  async function refresh() {
+    try {
+      const ticket = await VQ.api("/v1/public/tickets/" + id, { headers });
+      code.textContent = ticket.display_code;
+      queue.textContent = ticket.queue_name;
+      state.textContent = ticket.current_state.replace(/_/g, " ");
+      document.body.dataset.category = ticket.state_category;
+      if (ticket.state_category === "waiting") {
+        const wait = ticket.show_wait_time && ticket.estimated_wait_minutes !== null ? " · about " + ticket.estimated_wait_minutes + " min" : "";
+        place.textContent = (ticket.position === 1 ? "You are next" : "Number " + ticket.position + " in line") + wait;
+        turn.textContent = "";
+      } else if (ticket.state_category === "in_service" || ticket.state_category === "ready") {
+        place.textContent = "";
+        turn.textContent = ticket.state_category === "ready" ? "It's ready — it's your turn!" : "It's your turn!";
+      } else {
+        place.textContent = "";
+        turn.textContent = ticket.state_category === "done" ? "All done. Thank you!" : "This ticket was cancelled.";
+      }
+      status.textContent = "";
+      if (queueId !== ticket.queue_id) {  // first load, or forwarded to another queue: follow that one
+        queueId = ticket.queue_id;
+        if (following) following.stop();
+        following = VQ.follow("/v1/public/tickets/" + id + "/stream", headers, later, {
+          onOpen: (reconnected) => { if (reconnected) refresh(); },
+          onDown: () => { status.textContent = "Reconnecting…"; },
+        });
+      }
+    } catch (error) {
+      status.textContent = error.status === 404 ? "This ticket link is not valid." : "Cannot reach the server: " + error.message;
+    }
+  }
+  const later = VQ.debounce(refresh, 30);
+  refresh();
+})();

@@ -189,6 +189,41 @@ def cmd_openapi(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Create the demo tenants through the API (in process) and print the pages' URLs."""
+    import httpx
+
+    from virtualq import demo, migrate
+    from virtualq.app import create_app
+
+    settings, _ = _development_admin_key(settings)
+    if settings.admin_api_key is None:
+        print("virtualq demo needs ADMIN_API_KEY in production", file=sys.stderr)
+        return 2
+    admin_key = settings.admin_api_key.get_secret_value()
+    quiet = settings.model_copy(update={"sweeper_interval_seconds": 0, "webhook_delivery": False})
+    base = args.base_url or f"http://{settings.host}:{settings.port}"
+
+    async def run(dsn: str) -> list[demo.Place]:
+        app = create_app(quiet, dsn=dsn)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://demo") as client,
+        ):
+            return await demo.build(client, admin_key)
+
+    with database(settings) as dsn:
+        migrate.upgrade(dsn)
+        places = asyncio.run(run(dsn))
+    print(f"Demo data created. Start the server (make run) and open, at {base}:")
+    for place in places:
+        print(f"\n{place.name}")
+        for page, url in demo.urls(base, place).items():
+            print(f"  {page:<9}{url}")
+        print("  keys     " + "  ".join(f"{role}={key}" for role, key in place.keys.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virtualq", description="VirtualQ virtual-queue server.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant-id")
     create.add_argument("--employee-id")
     create.set_defaults(handler=cmd_api_key_create)
+
+    demo = commands.add_parser(
+        "demo", help="create a coffee chain and a DMV office with keys; print page URLs"
+    )
+    demo.add_argument("--base-url", help="where the server is reached (default http://HOST:PORT)")
+    demo.set_defaults(handler=cmd_demo)
 
     openapi = commands.add_parser("openapi", help="write the OpenAPI document")
     openapi.add_argument("--output", default="openapi.yaml", help="file path, or - for stdout")

@@ -123,3 +123,47 @@ def api(client: httpx.AsyncClient) -> Any:
     from tests.helpers import Api
 
     return Api(client, ADMIN_KEY)
+
+
+class LiveServer:
+    """The session's app served over real HTTP on loopback; stop() and start() simulate a restart."""
+
+    def __init__(self, app: Any) -> None:
+        import socket
+
+        self.app = app
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, lifespan="off", log_level="warning"
+        )
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        assert self._task is not None
+        self._server.should_exit = True
+        self._server.force_exit = True  # open event streams would otherwise keep it waiting
+        # Like a process that dies: every open connection is cut, not left hanging.
+        for connection in list(self._server.server_state.connections):
+            connection.transport.close()
+        await self._task
+
+
+@pytest.fixture(scope="session")
+async def live_server(app: Any) -> AsyncIterator[LiveServer]:
+    server = LiveServer(app)
+    await server.start()
+    yield server
+    await server.stop()

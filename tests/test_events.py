@@ -13,14 +13,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from tests.conftest import ADMIN_KEY
 from tests.helpers import Api, assert_error, auth
@@ -40,19 +39,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-async def base_url(app: Any) -> AsyncIterator[str]:
-    """The session's app served over real HTTP on loopback (streaming needs a real connection)."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+@pytest.fixture
+def base_url(live_server: Any) -> str:
+    return str(live_server.url)
 
 
 class Stream:

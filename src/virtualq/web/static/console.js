@@ -43,7 +43,8 @@
 
   function row(ticket, fsm) {
     const post = (path, body) => VQ.api(path, { key, method: "POST", body });
-    const buttons = transitionsFrom(fsm, ticket.current_state).map((name) =>
+    // "cancel" has its own button (DELETE applies whichever transition cancels from this state).
+    const buttons = transitionsFrom(fsm, ticket.current_state).filter((name) => name !== "cancel").map((name) =>
       VQ.el("button", { type: "button", "data-transition": name, text: name.replace(/_/g, " "),
         onclick: () => act(ticket.display_code + ": " + name, () => post("/v1/tickets/" + ticket.id + "/transition", { transition: name })) }));
     const forwardTo = VQ.el("select", { "aria-label": "Forward " + ticket.display_code + " to" },
@@ -65,8 +66,8 @@
         VQ.el("button", { type: "button", class: "cancel", text: "cancel",
           onclick: () => act("Cancelled " + ticket.display_code, () => VQ.api("/v1/tickets/" + ticket.id, { key, method: "DELETE" })) })),
       VQ.el("td", {}, ...moves),
-      VQ.el("td", {}, forwardTo, queues.length > 1 ? VQ.el("button", { type: "button", text: "forward",
-        onclick: () => act("Forwarded " + ticket.display_code, () => post("/v1/tickets/" + ticket.id + "/forward", { target_queue_id: forwardTo.value })) }) : null),
+      VQ.el("td", {}, ...(queues.length > 1 ? [forwardTo, VQ.el("button", { type: "button", text: "forward",
+        onclick: () => act("Forwarded " + ticket.display_code, () => post("/v1/tickets/" + ticket.id + "/forward", { target_queue_id: forwardTo.value })) })] : [])),
       VQ.el("td", {}, assignTo, VQ.el("button", { type: "button", text: "assign",
         onclick: () => act("Assigned " + ticket.display_code, () => assignTo.value
           ? post("/v1/tickets/" + ticket.id + "/assign", { employee_id: assignTo.value })

@@ -38,6 +38,11 @@
           VQ.el("h2", { text: feed.queue_name + (feed.is_active ? "" : " — closed") }),
           VQ.el("div", { class: "columns" }, ...columns));
       }));
+      if (!recent.length) {  // on first load, the tickets already called stand in for the latest calls
+        for (const feed of feeds) for (const t of [...feed.groups.ready, ...feed.groups.in_service]) recent.push(t.display_code);
+        recent.splice(5);
+        calling.replaceChildren(...recent.map((c) => VQ.el("li", { text: c })));
+      }
       status.textContent = "";
     } catch (error) {
       status.textContent = "Cannot reach the server: " + error.message;

@@ -48,11 +48,15 @@ const VQ = (() => {
           onOpen(attempt > 0);
           attempt = 0;
           const reader = response.body.getReader();
+          // The server sends a heartbeat every 15 s: silence for 45 s means a dead connection.
+          let watchdog = setTimeout(() => controller.abort(), 45000);
           const decoder = new TextDecoder();
           let buffer = "";
           for (;;) {
             const { value, done } = await reader.read();
             if (done) break;
+            clearTimeout(watchdog);
+            watchdog = setTimeout(() => controller.abort(), 45000);
             buffer += decoder.decode(value, { stream: true });
             let end;
             while ((end = buffer.indexOf("\n\n")) >= 0) {

@@ -1,0 +1,249 @@
+"""The three pages in headless Chromium (Debian's `chromium`, driven by Playwright): live updates without
+reload, recovery after a server restart, the console's buttons, the customer's page, privacy, accessibility.
+
+Set SCREENSHOT_DIR to keep screenshots of the pages (the ones in docs/ were made that way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.conftest import LiveServer
+from tests.helpers import Api, auth
+from tests.test_ticket_flows import Tenant, ok
+from virtualq.demo import DRINK_FSM, ORDER_FSM
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FAST = 1000  # ms: "within a second"
+SHOTS = os.environ.get("SCREENSHOT_DIR")
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    assert os.path.exists(CHROMIUM), (  # noqa: ASYNC240 - once, before the browser starts
+        "Debian's chromium is needed: apt-get install chromium (scripts/test does)"
+    )
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1400, "height": 800})
+    opened = await context.new_page()
+    yield opened
+    await context.close()
+
+
+class Shop:
+    def __init__(self, t: Tenant, queue: dict[str, Any], order: dict[str, Any], keys: dict[str, str]) -> None:
+        self.t, self.queue, self.order, self.keys = t, queue, order, keys
+
+    async def ticket(self, **fields: Any) -> dict[str, Any]:
+        return await self.t.ticket(self.queue["id"], self.order["id"], **fields)
+
+
+async def shop(client: httpx.AsyncClient, api: Api) -> Shop:
+    t = await Tenant.create(client, api)
+    drink = await t.type("drink", DRINK_FSM)
+    order = await t.type("food_order", ORDER_FSM, item_definition_ids=[drink["id"]])
+    queue = await t.queue("Main counter", ticket_prefix="C")
+    keys = {
+        role: await api.key("tenant", role, key=t.world.tenant_admin, tenant_id=t.id)
+        for role in ("staff", "display")
+    }
+    return Shop(t, queue, order, keys)
+
+
+async def person(shop: Shop, fname: str, lname: str, email: str, phone: str) -> dict[str, Any]:
+    body = {"fname": fname, "lname": lname, "email": email, "phone": phone}
+    return ok(await shop.t.client.post("/v1/customers", json=body, headers=shop.t.h), 201)
+
+
+async def no_serious_violations(page: Page) -> None:
+    results = await Axe().run(page)
+    serious = [v for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert serious == [], [(v["id"], v["help"], [n["target"] for n in v["nodes"]]) for v in serious]
+
+
+async def shot(page: Page, name: str) -> None:
+    if SHOTS:
+        await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))  # playwright creates the folder
+
+
+async def test_wall_display_follows_the_line_live_and_shows_no_personal_data(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    s = await shop(client, api)
+    john = await person(s, "John", "Smithson", "john.smithson@example.com", "+1 206 555 0199")
+    first = await s.ticket(customer_id=john["id"])
+    bodies: list[str] = []
+
+    async def keep(response: Any) -> None:
+        if "/v1/" in response.url and "stream" not in response.url:
+            bodies.append(await response.text())
+
+    page.on("response", keep)
+    await page.goto(f"{live_server.url}/display/queues/{s.queue['id']}#key={s.keys['display']}")
+    waiting = page.locator(".column.waiting")
+    await expect(waiting.locator(f"[data-code='{first['display_code']}']")).to_contain_text(
+        "John S.", timeout=5000
+    )
+    assert "#key" not in page.url  # the key left the address bar
+    await no_serious_violations(page)
+
+    second = await s.ticket()
+    code = second["display_code"]
+    await expect(waiting.locator(f"[data-code='{code}']")).to_be_visible(timeout=FAST)
+    await s.t.move(second["id"], "start")
+    await expect(page.locator(f".column.in_service [data-code='{code}']")).to_be_visible(timeout=FAST)
+    await expect(waiting.locator(f"[data-code='{code}']")).to_have_count(0, timeout=FAST)
+    await expect(page.locator("#calling")).to_contain_text(code, timeout=FAST)
+    await expect(page.locator("#announcer")).to_contain_text(code, timeout=FAST)
+    await s.t.move(second["id"], "mark_ready")
+    await expect(page.locator(f".column.ready [data-code='{code}']")).to_be_visible(timeout=FAST)
+    await shot(page, "display")
+    await s.t.move(second["id"], "pick_up")
+    await expect(page.locator(f"[data-code='{code}']")).to_have_count(0, timeout=FAST)
+
+    text = await page.content() + "".join(bodies)
+    for secret in ("Smithson", "john.smithson@example.com", "555 0199", john["id"], s.keys["staff"]):
+        assert secret not in text
+
+
+async def test_wall_display_recovers_after_a_server_restart(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    s = await shop(client, api)
+    await page.goto(f"{live_server.url}/display/queues/{s.queue['id']}#key={s.keys['display']}")
+    await expect(page.locator("#queues h2")).to_have_text("Main counter", timeout=5000)
+    await live_server.stop()
+    missed = await s.ticket()  # committed while the display's server is down
+    await asyncio.sleep(0.5)
+    await live_server.start()
+    await expect(page.locator(f"[data-code='{missed['display_code']}']")).to_be_visible(timeout=8000)
+    later = await s.ticket()
+    await expect(page.locator(f"[data-code='{later['display_code']}']")).to_be_visible(timeout=FAST)
+
+
+async def test_several_queues_side_by_side(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    s = await shop(client, api)
+    other = await s.t.queue("Pickup", ticket_prefix="P")
+    await s.t.ticket(other["id"], s.order["id"])
+    await page.goto(
+        f"{live_server.url}/display/queues/{s.queue['id']}?queues={other['id']}#key={s.keys['display']}"
+    )
+    await expect(page.locator("#queues h2")).to_have_text(["Main counter", "Pickup"], timeout=5000)
+    await expect(page.locator("[data-code='P001']")).to_be_visible(timeout=FAST)
+
+
+async def test_staff_console_buttons_make_the_calls(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    s = await shop(client, api)
+    a, b, c = [await s.ticket() for _ in range(3)]
+    await page.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={s.keys['staff']}")
+    rows = page.locator("#line tr")
+    await expect(rows).to_have_count(3, timeout=5000)
+    await no_serious_violations(page)
+
+    await page.get_by_role("button", name="Call next").click()
+    await expect(page.locator(f"tr[data-code='{a['display_code']}'] .state")).to_have_text(
+        "preparing", timeout=FAST
+    )
+    assert (await s.t.get(f"/v1/tickets/{a['id']}"))["current_state"] == "preparing"
+
+    await page.locator(f"tr[data-code='{a['display_code']}'] button[data-transition='mark_ready']").click()
+    await expect(page.locator(f"tr[data-code='{a['display_code']}'] .state")).to_have_text(
+        "ready", timeout=FAST
+    )
+
+    await page.get_by_role("button", name=f"Move {c['display_code']} up").click()
+    await expect(page.locator("#line tr th")).to_have_text(
+        [c["display_code"], b["display_code"], a["display_code"]], timeout=FAST
+    )
+    await shot(page, "console")
+
+    await page.locator(f"tr[data-code='{b['display_code']}'] button.cancel").click()
+    await expect(page.locator(f"tr[data-code='{b['display_code']}']")).to_have_count(0, timeout=FAST)
+    assert (await s.t.get(f"/v1/tickets/{b['id']}"))["state_category"] == "cancelled"
+
+    # A refused action is shown plainly: "ready" has no cancel transition.
+    await page.locator(f"tr[data-code='{a['display_code']}'] button.cancel").click()
+    await expect(page.locator("#message")).to_contain_text("cancel", timeout=FAST)
+    await expect(page.locator("#message")).to_have_class("error")
+
+    # The line also follows changes made elsewhere.
+    d = await s.ticket()
+    await expect(page.locator(f"tr[data-code='{d['display_code']}']")).to_be_visible(timeout=FAST)
+
+
+async def test_customer_page_shows_the_moment_it_is_their_turn(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    s = await shop(client, api)
+    ahead = await s.ticket()
+    mine = await s.ticket()
+    link = mine["customer_page"]
+    assert re.fullmatch(rf"/t/{mine['id']}\?token=[0-9a-f]{{64}}", link)
+    await page.goto(live_server.url + link)
+    await expect(page.locator("#code")).to_have_text(mine["display_code"], timeout=5000)
+    await expect(page.locator("#place")).to_contain_text("Number 2 in line", timeout=FAST)
+    await no_serious_violations(page)
+    await shot(page, "ticket")
+
+    await client.post(f"/v1/queues/{s.queue['id']}/call-next", json={}, headers=s.t.h)  # the one ahead
+    await expect(page.locator("#place")).to_contain_text("You are next", timeout=FAST)
+    assert ahead["id"] != mine["id"]
+    await client.post(f"/v1/queues/{s.queue['id']}/call-next", json={}, headers=s.t.h)
+    await expect(page.locator("#turn")).to_contain_text("your turn", timeout=FAST)
+    await s.t.move(mine["id"], "mark_ready")
+    await expect(page.locator("#turn")).to_contain_text("ready", timeout=FAST)
+
+
+async def test_the_customer_link_opens_only_its_own_ticket(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer
+) -> None:
+    s = await shop(client, api)
+    mine, other = await s.ticket(), await s.ticket()
+    token = mine["customer_page"].split("token=")[1]
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        shown = ok(await http.get(f"/v1/public/tickets/{mine['id']}", headers={"X-Ticket-Token": token}))
+        assert shown["display_code"] == mine["display_code"]
+        assert set(shown) == {
+            "id", "display_code", "queue_id", "queue_name", "current_state", "state_category", "position",
+            "estimated_wait_minutes", "show_wait_time", "updated_at",
+        }  # fmt: skip
+        for ticket_id, given in ((other["id"], token), (mine["id"], "0" * 64), (mine["id"], "")):
+            response = await http.get(f"/v1/public/tickets/{ticket_id}", params={"token": given})
+            assert response.status_code == 404
+        response = await http.get(f"/v1/public/tickets/{other['id']}/stream", params={"token": token})
+        assert response.status_code == 404
+    # A display key never sees the links.
+    listing = ok(await client.get(f"/v1/queues/{s.queue['id']}/tickets", headers=auth(s.keys["display"])))
+    assert all(row["customer_page"] is None for row in listing["data"])

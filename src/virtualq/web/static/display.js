@@ -1,7 +1,7 @@
 // The wall display: columns per category for one or more queues, a "now calling" area, live updates.
 "use strict";
 (() => {
-  const COLUMNS = [["waiting", "Waiting"], ["in_service", "Preparing"], ["ready", "Ready"]];
+  const COLUMNS = [["waiting", "Waiting"], ["in_service", "In progress"], ["ready", "Ready"]];
   const key = VQ.takeKey("display");
   const main = document.getElementById("queues");
   const calling = document.getElementById("calling");

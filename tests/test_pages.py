@@ -247,3 +247,25 @@ async def test_the_customer_link_opens_only_its_own_ticket(
     # A display key never sees the links.
     listing = ok(await client.get(f"/v1/queues/{s.queue['id']}/tickets", headers=auth(s.keys["display"])))
     assert all(row["customer_page"] is None for row in listing["data"])
+
+
+async def test_demo_data_and_its_urls(client: httpx.AsyncClient, live_server: LiveServer, page: Page) -> None:
+    from tests.conftest import ADMIN_KEY
+    from virtualq import demo
+
+    coffee, dmv = await demo.build(client, ADMIN_KEY)
+    assert set(dmv.queues) == {"Registration", "Licences", "Testing"}
+    assert set(coffee.keys) == {"admin", "staff", "display"}
+    for place in (coffee, dmv):
+        urls = demo.urls(live_server.url, place)
+        await page.goto(urls["display"])
+        await expect(page.locator(".column.waiting li").first).to_be_visible(timeout=5000)
+        await no_serious_violations(page)
+        await page.goto(urls["customer"])
+        await expect(page.locator("#place")).to_contain_text("in line", timeout=5000)
+        await page.goto(urls["console"])
+        await expect(page.locator("#line tr").first).to_be_visible(timeout=5000)
+    await page.goto(demo.urls(live_server.url, dmv)["display"])
+    await expect(page.locator("#queues h2")).to_have_text(
+        ["Registration", "Licences", "Testing"], timeout=5000
+    )

@@ -5,6 +5,7 @@ Unexpected exceptions are caught by RequestContextMiddleware, which logs them an
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from virtualq.db import CONNECTION_ERRORS
 from virtualq.errors import ERROR_CODES, AppError
@@ -77,9 +79,31 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 400:
         code = "validation_error"
         message = str(exc.detail) if isinstance(exc.detail, str) else message
-    return _respond(
-        request, exc.status_code, code, message, None, headers=dict(exc.headers) if exc.headers else None
-    )
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette names only the first matching route's methods; the resource may have several routes.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return _respond(request, exc.status_code, code, message, None, headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(route.methods or ())
+    return sorted(methods)
+
+
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Route]:
+    """Routes with methods, through included routers (none of ours has a prefix)."""
+    for route in routes:
+        if isinstance(route, Route):
+            yield route
+        else:
+            nested = getattr(getattr(route, "original_router", None), "routes", None)
+            if nested:
+                yield from _leaf_routes(nested)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import structlog
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtualq.kit.metrics import Metrics
@@ -16,7 +17,7 @@ from virtualq.kit.responses import error_body
 from virtualq.logging import get_logger
 
 REQUEST_ID_HEADER = b"x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNMATCHED_ROUTE = "<unmatched>"
 
 access_log = get_logger("virtualq.access")
@@ -43,7 +44,7 @@ class RequestContextMiddleware:
 
         started = time.perf_counter()
         supplied = _header(scope, REQUEST_ID_HEADER)
-        request_id = supplied if supplied and _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        request_id = supplied if supplied and _VALID_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
@@ -69,14 +70,17 @@ class RequestContextMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     body_too_large = True
-                    # Stop reading here; the app sees an empty end of body and we answer 413 below.
-                    return {"type": "http.request", "body": b"", "more_body": False}
+                    # Fail the read itself: the endpoint never runs, so nothing is written.
+                    raise StarletteHTTPException(status_code=413)
             return message
 
         declared = _header(scope, b"content-length")
         try:
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._send_error(send_with_request_id, 413, request_id)
+            elif "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
+                # PostgreSQL text cannot hold NUL; refuse it before it reaches a query.
+                await self._send_error(send_with_request_id, 400, request_id)
             else:
                 await self.app(
                     scope,

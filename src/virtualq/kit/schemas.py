@@ -18,16 +18,43 @@ from pydantic import (
     StrictBool,
     StrictStr,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
 T = TypeVar("T")
 
 
+MAX_INPUT_DEPTH = 64
+
+
+def _check_raw(value: Any, depth: int = 0) -> None:
+    """NUL characters (PostgreSQL text and jsonb cannot hold them) and absurd nesting, anywhere in a body."""
+    if depth > MAX_INPUT_DEPTH:
+        raise ValueError(f"the body is nested more than {MAX_INPUT_DEPTH} levels deep")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text may not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                raise ValueError("keys may not contain NUL characters")
+            _check_raw(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_raw(item, depth + 1)
+
+
 class InputModel(BaseModel):
-    """Request bodies: unknown fields are an error, not silently dropped."""
+    """Request bodies: unknown fields are errors, not dropped; no NUL characters; bounded nesting."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _reject_unstorable(cls, value: Any) -> Any:
+        _check_raw(value, depth=1)
+        return value
 
 
 class PatchModel(InputModel):

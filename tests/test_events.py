@@ -451,3 +451,33 @@ async def test_old_events_and_finished_deliveries_are_pruned(
     assert pruned_events >= 1
     assert await events_for(db, old["id"]) == []
     assert await events_for(db, recent["id"]) == ["ticket.created"]
+
+
+async def test_a_key_revoked_through_one_process_is_refused_by_the_other_within_a_second(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, tmp_path: Path
+) -> None:
+    t, queue, _ = await coffee(client, api)
+    created = ok(
+        await client.post(
+            "/v1/api-keys",
+            json={"name": "doomed", "scope": "tenant", "role": "staff", "tenant_id": t.id},
+            headers=t.h,
+        ),
+        201,
+    )
+    a, a_url = await asyncio.to_thread(start_server, database_dsn, tmp_path, "a")
+    b, b_url = await asyncio.to_thread(start_server, database_dsn, tmp_path, "b")
+    try:
+        async with httpx.AsyncClient(base_url=a_url) as on_a, httpx.AsyncClient(base_url=b_url) as on_b:
+            ok(await on_a.get(f"/v1/queues/{queue}", headers=auth(created["key"])))  # now cached in A
+            response = await on_b.delete(f"/v1/api-keys/{created['id']}", headers=t.h)
+            assert response.status_code == 204
+            revoked_at = time.monotonic()
+            while (await on_a.get(f"/v1/queues/{queue}", headers=auth(created["key"]))).status_code != 401:
+                assert time.monotonic() - revoked_at < 1.0
+                await asyncio.sleep(0.02)
+    finally:
+        for process in (a, b):
+            process.terminate()
+        for process in (a, b):
+            process.wait(timeout=30)

@@ -16,11 +16,12 @@ from virtualq.accounts.router import router as accounts_router
 from virtualq.auth.router import router as api_keys_router
 from virtualq.config import Settings
 from virtualq.customers.router import router as customers_router
-from virtualq.db import create_pool
+from virtualq.db import acquire, create_pool
 from virtualq.employees.router import router as employees_router
-from virtualq.events.hub import EventHub, publish
+from virtualq.events.hub import CHANNEL, KEYS_CHANGED, EventHub, publish
 from virtualq.events.router import router as events_router
 from virtualq.health.router import router as health_router
+from virtualq.kit.cache import TtlCache
 from virtualq.kit.exception_handlers import install_exception_handlers
 from virtualq.kit.metrics import Metrics, PoolCollector
 from virtualq.kit.middleware import RequestContextMiddleware
@@ -66,6 +67,7 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
         )
         worker = WebhookWorker(app.state.pool, settings, app.state.metrics)
         hub.listeners.append(worker.wake)
+        hub.on_keys_changed = app.state.key_cache.clear
         app.state.event_hub, app.state.webhook_worker = hub, worker
         if app.state.redis is not None:
             redis = app.state.redis
@@ -74,6 +76,19 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
                 await publish(redis)
 
             app.state.on_events_committed = on_events_committed
+
+            async def keys_changed_redis() -> None:
+                await publish(redis, KEYS_CHANGED)
+
+            app.state.on_keys_changed = keys_changed_redis
+        else:
+            pool = app.state.pool
+
+            async def keys_changed_postgres() -> None:
+                async with acquire(pool, transaction=False) as conn:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, KEYS_CHANGED.decode())
+
+            app.state.on_keys_changed = keys_changed_postgres
         await hub.start()
         if settings.webhook_delivery:
             await worker.start()
@@ -102,6 +117,10 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
     app.state.pool = None
     app.state.redis = None
     app.state.on_events_committed = None
+    app.state.on_keys_changed = None
+    # API keys for AUTH_CACHE_SECONDS (a revocation elsewhere is seen within that); tenant -> account kept.
+    app.state.key_cache = TtlCache(settings.auth_cache_seconds)
+    app.state.tenant_accounts = TtlCache(3600.0)
     app.state.head_revision = migrate.head_revision()
     app.state.metrics = metrics = Metrics()
     metrics.registry.register(PoolCollector(lambda: app.state.pool))

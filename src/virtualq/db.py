@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any, cast
@@ -90,10 +90,17 @@ async def _read_connection(request: Request) -> AsyncIterator[Connection]:
         yield conn
 
 
+def after_commit(request: Request, callback: Callable[[], Awaitable[None]]) -> None:
+    """Run `callback` once this request's transaction has committed (not at all if it rolls back)."""
+    request.state.after_commit = [*getattr(request.state, "after_commit", []), callback]
+
+
 async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
     EVENTS_WRITTEN.set(False)
     async with acquire(get_pool(request), transaction=True) as conn:
         yield conn
+    for callback in getattr(request.state, "after_commit", []):
+        await callback()
     if EVENTS_WRITTEN.get():
         notify = request.app.state.on_events_committed
         if notify is not None:

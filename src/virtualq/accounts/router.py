@@ -3,11 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from virtualq.accounts import service
 from virtualq.accounts.schemas import Account, AccountCreate, AccountUpdate
-from virtualq.auth.principal import AdminOnly
+from virtualq.auth.principal import AdminOnly, invalidate_keys
 from virtualq.db import ReadConn, WriteConn
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
@@ -39,14 +39,20 @@ async def get_account(account_id: uuid.UUID, principal: AdminOnly, conn: ReadCon
 @router.patch("/{account_id}", response_model=Account, responses=WRITE_ERRORS)
 @router.put("/{account_id}", response_model=Account, responses=WRITE_ERRORS)
 async def update_account(
-    account_id: uuid.UUID, body: AccountUpdate, principal: AdminOnly, conn: WriteConn
+    account_id: uuid.UUID, body: AccountUpdate, request: Request, principal: AdminOnly, conn: WriteConn
 ) -> Any:
     """Partial update; PUT is accepted with the same meaning."""
-    return await service.update_account(conn, principal, account_id, body)
+    result = await service.update_account(conn, principal, account_id, body)
+    if body.is_active is not None:
+        invalidate_keys(request)
+    return result
 
 
 @router.delete("/{account_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
-async def deactivate_account(account_id: uuid.UUID, principal: AdminOnly, conn: WriteConn) -> Response:
+async def deactivate_account(
+    account_id: uuid.UUID, request: Request, principal: AdminOnly, conn: WriteConn
+) -> Response:
     """Deactivate (soft delete) an account (platform admins)."""
     await service.deactivate_account(conn, principal, account_id)
+    invalidate_keys(request)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -10,8 +10,9 @@ import structlog
 from fastapi import Depends, Header, Query, Request
 
 from virtualq.auth import keys, repository
-from virtualq.db import acquire, get_pool
+from virtualq.db import acquire, after_commit, get_pool
 from virtualq.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from virtualq.kit.cache import MISSING, TtlCache
 
 
 class Scope(StrEnum):
@@ -73,8 +74,14 @@ async def authenticate(request: Request) -> Principal:
     else:
         if not keys.looks_like_key(presented):
             raise Unauthorized("the API key is not valid")
-        async with acquire(get_pool(request), transaction=False) as conn:
-            row = await repository.find_usable_key(conn, keys.hash_key(presented))
+        digest = keys.hash_key(presented)
+        cache: TtlCache = request.app.state.key_cache
+        row = cache.get(digest)
+        if row is MISSING:
+            async with acquire(get_pool(request), transaction=False) as conn:
+                row = await repository.find_usable_key(conn, digest)
+            if row is not None:
+                cache.put(digest, row)
         if row is None:
             raise Unauthorized("the API key is not valid or has been revoked")
         if not row["owner_active"]:
@@ -132,8 +139,13 @@ async def resolve_tenant(
         tenant_id = principal.tenant_id
     if principal.scope is Scope.TENANT and tenant_id != principal.tenant_id:
         raise Forbidden("this API key may not act on that tenant")
-    async with acquire(get_pool(request), transaction=False) as conn:
-        account_id = await repository.tenant_account(conn, tenant_id)
+    accounts: TtlCache = request.app.state.tenant_accounts
+    account_id = accounts.get(tenant_id)
+    if account_id is MISSING:
+        async with acquire(get_pool(request), transaction=False) as conn:
+            account_id = await repository.tenant_account(conn, tenant_id)
+        if account_id is not None:
+            accounts.put(tenant_id, account_id)  # a tenant never changes account
     if account_id is None or not principal.covers_tenant(tenant_id, account_id):
         if principal.is_platform:
             raise NotFound("tenant not found")
@@ -203,3 +215,15 @@ class PrincipalOnly:
 
 MaybeTenantAdmin = Annotated[TenantContext | PrincipalOnly, optional_tenant_context(Role.ADMIN)]
 MaybeTenantStaff = Annotated[TenantContext | PrincipalOnly, optional_tenant_context(Role.ADMIN, Role.STAFF)]
+
+
+def invalidate_keys(request: Request) -> None:
+    """After this request commits, forget cached keys here and tell the other processes."""
+
+    async def clear() -> None:
+        request.app.state.key_cache.clear()
+        notify = request.app.state.on_keys_changed
+        if notify is not None:
+            await notify()
+
+    after_commit(request, clear)

@@ -3,10 +3,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from virtualq.auth import service
-from virtualq.auth.principal import AdminOnly
+from virtualq.auth.principal import AdminOnly, invalidate_keys
 from virtualq.auth.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated
 from virtualq.db import ReadConn, WriteConn
 from virtualq.kit.pagination import PageQuery, page_envelope
@@ -40,7 +40,10 @@ async def get_api_key(key_id: uuid.UUID, principal: AdminOnly, conn: ReadConn) -
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
-async def revoke_api_key(key_id: uuid.UUID, principal: AdminOnly, conn: WriteConn) -> Response:
-    """Revoke a key; requests with it are refused (401) from now on."""
+async def revoke_api_key(
+    key_id: uuid.UUID, request: Request, principal: AdminOnly, conn: WriteConn
+) -> Response:
+    """Revoke a key; requests with it are refused (401) from now on, in every server process."""
     await service.revoke_key(conn, principal, key_id)
+    invalidate_keys(request)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -33,6 +33,8 @@ REDIS_CHANNEL = "virtualq:events"
 BATCH = 500
 BEHIND_RETRY_SECONDS = 0.02
 PING = b"event: changed\ndata: {}\n\n"
+# A notification that API keys (or their accounts/tenants) changed: every process drops its key cache.
+KEYS_CHANGED = b"keys"
 
 
 @dataclass(eq=False)
@@ -69,6 +71,7 @@ class EventHub:
     buffer_size: int = 1000
     cursor: Cursor = (0, 0)
     listeners: list[Callable[[], None]] = field(default_factory=list)
+    on_keys_changed: Callable[[], None] | None = None
     _subscribers: dict[uuid.UUID, set[Subscriber]] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -214,11 +217,18 @@ class EventHub:
                 log.warning("event_listener_lost", exc_info=True)
             await asyncio.sleep(self.poll_seconds)
 
+    def _notified(self, payload: bytes) -> None:
+        if payload == KEYS_CHANGED:
+            if self.on_keys_changed is not None:
+                self.on_keys_changed()
+        else:
+            self._wake.set()
+
     async def _listen_postgres(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "virtualq-listener"})
         lost = asyncio.Event()
         try:
-            await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+            await conn.add_listener(CHANNEL, lambda _c, _p, _ch, payload: self._notified(payload.encode()))
             conn.add_termination_listener(lambda _: lost.set())
             self._wake.set()  # catch up on anything committed while we were not listening
             await lost.wait()
@@ -233,15 +243,15 @@ class EventHub:
             self._wake.set()
             async for message in pubsub.listen():
                 if message.get("type") == "message":
-                    self._wake.set()
+                    self._notified(message.get("data") or b"")
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
 
-async def publish(redis: Any) -> None:
-    """Tell every process's hub (through Redis) that events were committed."""
+async def publish(redis: Any, message: bytes = b"1") -> None:
+    """Tell every process's hub (through Redis) that events were committed (or keys changed)."""
     try:
-        await redis.publish(REDIS_CHANNEL, b"1")
+        await redis.publish(REDIS_CHANNEL, message)
     except Exception:  # a lost notification only delays delivery until the next poll
         log.warning("event_publish_failed", exc_info=True)

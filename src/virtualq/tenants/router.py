@@ -3,9 +3,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
-from virtualq.auth.principal import AdminOnly, StaffOrAdmin
+from virtualq.auth.principal import AdminOnly, StaffOrAdmin, invalidate_keys
 from virtualq.db import ReadConn, WriteConn
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
@@ -58,13 +58,19 @@ async def get_tenant(tenant_id: uuid.UUID, principal: StaffOrAdmin, conn: ReadCo
 @router.patch("/v1/tenants/{tenant_id}", response_model=Tenant, responses=WRITE_ERRORS)
 @router.put("/v1/tenants/{tenant_id}", response_model=Tenant, responses=WRITE_ERRORS)
 async def update_tenant(
-    tenant_id: uuid.UUID, body: TenantUpdate, principal: AdminOnly, conn: WriteConn
+    tenant_id: uuid.UUID, body: TenantUpdate, request: Request, principal: AdminOnly, conn: WriteConn
 ) -> Any:
     """Partial update; PUT is accepted with the same meaning."""
-    return await service.update_tenant(conn, principal, tenant_id, body)
+    result = await service.update_tenant(conn, principal, tenant_id, body)
+    if body.is_active is not None:
+        invalidate_keys(request)
+    return result
 
 
 @router.delete("/v1/tenants/{tenant_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
-async def deactivate_tenant(tenant_id: uuid.UUID, principal: AdminOnly, conn: WriteConn) -> Response:
+async def deactivate_tenant(
+    tenant_id: uuid.UUID, request: Request, principal: AdminOnly, conn: WriteConn
+) -> Response:
     await service.deactivate_tenant(conn, principal, tenant_id)
+    invalidate_keys(request)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,7 +47,9 @@ Every error is `{"error", "message", "details", "request_id"}`.
 """
 
 
-def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, dsn: str | None = None, query_logger: Callable[[Any], None] | None = None
+) -> FastAPI:
     """`dsn` overrides settings.database_url (the CLI passes the embedded server's)."""
     database_dsn = dsn or settings.database_url
     if database_dsn is None:
@@ -55,7 +57,7 @@ def create_app(settings: Settings, dsn: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings, database_dsn)
+        app.state.pool = await create_pool(settings, database_dsn, query_logger)
         app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
         hub = EventHub(
             app.state.pool,

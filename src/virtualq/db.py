@@ -39,13 +39,32 @@ async def _init_connection(conn: Connection) -> None:
         )
 
 
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+class PooledConnection(asyncpg.Connection):
+    """No reset statement when a connection goes back to the pool: the app never leaves session state
+    behind (no SET, LISTEN, advisory locks or cursors on pooled connections), and asyncpg's default reset
+    (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) costs a round trip per request."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+async def create_pool(
+    settings: Settings, dsn: str, query_logger: Callable[[Any], None] | None = None
+) -> asyncpg.Pool:
+    """`query_logger` sees every statement (tests count queries per request with it)."""
+
+    async def init(conn: Connection) -> None:
+        await _init_connection(conn)
+        if query_logger is not None:
+            conn.add_query_logger(query_logger)
+
     pool = await asyncpg.create_pool(
         dsn,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         command_timeout=settings.db_command_timeout_seconds,
-        init=_init_connection,
+        init=init,
+        connection_class=PooledConnection,
         server_settings={"application_name": "virtualq", "timezone": "UTC"},
     )
     assert pool is not None

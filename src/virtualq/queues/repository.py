@@ -46,6 +46,18 @@ async def get(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Re
     return row
 
 
+async def get_with_timezone(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
+    """The queue and its tenant's timezone (ticket numbers count per local day), in one round trip."""
+    row: Record | None = await conn.fetchrow(
+        f"""SELECT {", ".join("q." + column.strip() for column in COLUMNS.split(","))}, te.timezone
+              FROM queues q JOIN tenants te ON te.id = q.tenant_id
+             WHERE q.tenant_id = $1 AND q.id = $2""",
+        tenant_id,
+        queue_id,
+    )
+    return row
+
+
 async def list_page(
     conn: Connection, tenant_id: uuid.UUID, filters: CommonFilters, params: PageParams
 ) -> tuple[list[Record], int]:

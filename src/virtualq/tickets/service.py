@@ -54,7 +54,7 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
         raise ValidationFailed(
             "tenant_id in the body disagrees with the tenant context", {"field": "tenant_id"}
         )
-    queue = await queues.get(conn, ctx.tenant_id, body.queue_id)
+    queue = await queues.get_with_timezone(conn, ctx.tenant_id, body.queue_id)
     if queue is None:
         raise not_found("queue")
     if not queue["is_active"]:
@@ -96,7 +96,7 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
         raise ValidationFailed(
             "references_ticket_id names no ticket of this tenant", {"field": "references_ticket_id"}
         )
-    timezone = await conn.fetchval("SELECT timezone FROM tenants WHERE id = $1", ctx.tenant_id)
+    timezone = queue["timezone"]
     machine = compiled_type.machine
     category = machine.category(machine.init)
     ticket_id = new_id()

@@ -1,0 +1,166 @@
+"""Round trips per request on the main endpoints, and no N+1: a request's query count does not grow with the
+number of tickets it returns. Also EXPLAIN checks that the main queries use their indexes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import make_settings
+from tests.helpers import Api, auth
+from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from virtualq.app import create_app
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def __call__(self, record: Any) -> None:
+        # The event hub reads the log in the background; it is not part of any request.
+        query = " ".join(record.query.split())
+        if "FROM events WHERE (tx_id, id) >" in query:  # the hub's reads, not part of any request
+            return
+        if "typeinfo_tree" in query or "'jit'" in query:  # asyncpg's once-per-connection type introspection
+            return
+        self.queries.append(query)
+
+
+@pytest.fixture(scope="module")
+async def counted(database_dsn: str) -> AsyncIterator[tuple[httpx.AsyncClient, Counter]]:
+    counter = Counter()
+    application = create_app(make_settings(), dsn=database_dsn, query_logger=counter)
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://counted") as http,
+    ):
+        yield http, counter
+
+
+async def count(counter: Counter, request: Any) -> tuple[int, httpx.Response]:
+    counter.queries.clear()
+    response = await request
+    return len(counter.queries), response
+
+
+# Round trips each endpoint makes once the API key and tenant are cached, BEGIN and COMMIT included
+# (docs/performance.md). A change that adds one fails here and has to say why.
+BUDGET = {
+    "create ticket": 8,  # BEGIN, queue+timezone, type, insert+history, departures, settle, event, COMMIT
+    "transition": 5,  # BEGIN, lock, update+history, event, COMMIT (no estimate once out of the line)
+    "get ticket": 3,  # ticket, estimate (queue settings + departures)
+    "queue tickets": 3,  # queue, page, departures
+    "monitor": 4,  # queue, waiting types, departures, the feed as JSON
+    "call next": 6,  # BEGIN, queue, lock first, update+history, event, COMMIT
+}
+
+
+async def test_round_trips_per_request_and_no_n_plus_one(
+    counted: tuple[httpx.AsyncClient, Counter], api: Api, client: httpx.AsyncClient
+) -> None:
+    http, counter = counted
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    queue = await t.queue("Main")
+    h = auth(t.world.tenant_admin)
+
+    def create() -> Any:
+        return http.post(
+            "/v1/tickets", json={"queue_id": queue["id"], "type_definition_id": order["id"]}, headers=h
+        )
+
+    async def measure() -> dict[str, int]:
+        seen: dict[str, int] = {}
+        seen["create ticket"], response = await count(counter, create())
+        ticket = ok(response, 201)
+        seen["get ticket"], _ = await count(counter, http.get(f"/v1/tickets/{ticket['id']}", headers=h))
+        seen["queue tickets"], _ = await count(
+            counter, http.get(f"/v1/queues/{queue['id']}/tickets", headers=h)
+        )
+        seen["monitor"], _ = await count(counter, http.get(f"/v1/queues/{queue['id']}/monitor", headers=h))
+        body = {"transition": "start_preparation"}
+        seen["transition"], _ = await count(
+            counter, http.post(f"/v1/tickets/{ticket['id']}/transition", json=body, headers=h)
+        )
+        seen["call next"], _ = await count(
+            counter, http.post(f"/v1/queues/{queue['id']}/call-next", json={}, headers=h)
+        )
+        return seen
+
+    ok(await create(), 201)
+    await measure()  # warm up: the API key and tenant cached, asyncpg's type introspection done
+    seen = await measure()
+    over = {name: (seen[name], limit) for name, limit in BUDGET.items() if seen[name] > limit}
+    assert over == {}, (over, seen)
+
+    # Ten times the tickets, the same number of statements.
+    small = {name: seen[name] for name in ("queue tickets", "monitor")}
+    for _ in range(30):
+        ok(await create(), 201)
+    large = {
+        "queue tickets": (await count(counter, http.get(f"/v1/queues/{queue['id']}/tickets", headers=h)))[0],
+        "monitor": (await count(counter, http.get(f"/v1/queues/{queue['id']}/monitor", headers=h)))[0],
+    }
+    assert large == small
+    listed, _ = await count(counter, http.get("/v1/tickets", params={"limit": 100}, headers=h))
+    assert listed <= 3  # the page, then one estimate load per queue on it
+
+
+async def plan(db: asyncpg.Connection, sql: str, *args: Any) -> str:
+    await db.execute("SET enable_seqscan = off")  # small test tables: ask which index the planner can use
+    try:
+        rows = await db.fetch(f"EXPLAIN {sql}", *args)
+    finally:
+        await db.execute("RESET enable_seqscan")
+    return "\n".join(row[0] for row in rows)
+
+
+async def test_main_queries_use_their_indexes(db: asyncpg.Connection) -> None:
+    tenant, queue, ticket = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    checks = {
+        "tickets": ("SELECT * FROM tickets WHERE tenant_id = $1 AND id = $2", tenant, ticket),
+        "tickets_waiting_line_idx": (
+            "SELECT id FROM tickets WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting' "
+            "ORDER BY sort_key LIMIT 1 FOR UPDATE SKIP LOCKED",
+            tenant,
+            queue,
+        ),
+        "tickets_active_idx": (
+            "SELECT id FROM tickets WHERE tenant_id = $1 AND queue_id = $2 "
+            "AND state_category NOT IN ('done', 'cancelled') ORDER BY state_category, sort_key",
+            tenant,
+            queue,
+        ),
+        "tickets_queue_departures_idx": (
+            "SELECT created_at, started_at FROM tickets WHERE tenant_id = $1 AND queue_id = $2 "
+            "AND started_at IS NOT NULL ORDER BY started_at DESC LIMIT 4",
+            tenant,
+            queue,
+        ),
+        "ticket_history_ticket_idx": (
+            "SELECT * FROM ticket_history WHERE tenant_id = $1 AND ticket_id = $2 ORDER BY id",
+            tenant,
+            ticket,
+        ),
+        "events_tenant_tx_cursor_idx": (
+            "SELECT * FROM events WHERE tenant_id = $1 AND (tx_id, id) > ('0'::xid8, 0) "
+            "ORDER BY tx_id, id LIMIT 100",
+            tenant,
+        ),
+        "api_keys": ("SELECT * FROM api_keys WHERE key_hash = $1", b"x" * 32),  # its unique index
+        "webhook_deliveries_due_idx": (
+            "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now() "
+            "ORDER BY next_attempt_at LIMIT 50",
+        ),
+    }
+    for index, (sql, *args) in checks.items():
+        shown = await plan(db, sql, *args)
+        assert "Seq Scan" not in shown, (index, shown)
+        assert "Index" in shown, (index, shown)
+        if index.endswith("_idx"):  # among equally good indexes an empty table's planner may pick another
+            assert index in shown or "tickets_" in shown, (index, shown)

@@ -31,7 +31,7 @@ from virtualq.kit import clock
 from virtualq.kit.ids import new_id
 from virtualq.tickets import repository as tickets
 from virtualq.tickets.rules import effects_of
-from virtualq.tickets.service import _compile, event_data, record_state_change
+from virtualq.tickets.service import _compile, event_data
 from virtualq.webhooks import repository as webhook_log
 
 log = structlog.get_logger("virtualq.sweeper")
@@ -115,7 +115,6 @@ async def _handle_expiry(conn: Connection, row: Any, now: datetime) -> str:
             row["id"],
             now,
         )
-        await record_state_change(conn, row["tenant_id"], changed, EXPIRE_TRANSITION)
         outcome, summary = "transitioned", changed
     else:
         summary = await fetch_returning(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from virtualq.db import Connection, Record, fetch_returning
+from virtualq.db import EVENTS_WRITTEN, Connection, Record, fetch_returning
 from virtualq.kit.pagination import PageParams, fetch_page
 from virtualq.kit.sql import Where
 from virtualq.tickets.rules import Effects
@@ -169,8 +169,10 @@ async def apply_transition(
     actor_employee_id: uuid.UUID | None,
     notes: str | None,
 ) -> Record:
-    """Change the state (and assignee), set the timestamps, and write the history row — one statement."""
+    """Change the state (and assignee), set the timestamps, write the history row and the events
+    (ticket.state_changed, plus ticket.completed or ticket.cancelled on reaching those) — one statement."""
     timestamps = TIMESTAMP_ASSIGNMENTS.format(leaves="$6", ready="$7", done="$8", cancelled="$9")
+    EVENTS_WRITTEN.set(True)
     return await fetch_returning(
         conn,
         f"""
@@ -184,6 +186,19 @@ async def apply_transition(
             INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
                                         employee_id, notes)
             SELECT tenant_id, $11, id, $5, current_state, $12, $14, $13 FROM t
+        ), d AS (
+            SELECT tenant_id, queue_id, id, state_category, jsonb_build_object(
+                       'display_code', display_code, 'number', number, 'current_state', current_state,
+                       'state_category', state_category, 'type_definition_id', type_definition_id,
+                       'version', version, 'previous_state', $5::text, 'transition', $12::text) AS data
+              FROM t
+        ), e AS (
+            INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
+            SELECT tenant_id, 'ticket.state_changed', queue_id, id, data FROM d
+            UNION ALL
+            SELECT tenant_id, CASE state_category WHEN 'done' THEN 'ticket.completed'
+                                                  ELSE 'ticket.cancelled' END, queue_id, id, data
+              FROM d WHERE state_category IN ('done', 'cancelled')
         )
         SELECT {TICKET_COLUMNS}, {POSITION}, $5::text AS previous_state FROM t
         """,

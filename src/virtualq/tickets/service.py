@@ -225,21 +225,7 @@ async def _apply(
         actor_employee_id=employee_id or ctx.principal.employee_id,
         notes=notes,
     )
-    await record_state_change(conn, ctx.tenant_id, row, transition)
     return await annotated(conn, ctx, row)
-
-
-async def record_state_change(conn: Connection, tenant_id: uuid.UUID, row: Record, transition: str) -> None:
-    """ticket.state_changed, plus ticket.completed / ticket.cancelled when the ticket reaches those."""
-    data = event_data(row, previous_state=row["previous_state"], transition=transition)
-    await events.record(
-        conn, tenant_id, "ticket.state_changed", queue_id=row["queue_id"], ticket_id=row["id"], data=data
-    )
-    closing = {"done": "ticket.completed", "cancelled": "ticket.cancelled"}.get(row["state_category"])
-    if closing is not None:
-        await events.record(
-            conn, tenant_id, closing, queue_id=row["queue_id"], ticket_id=row["id"], data=data
-        )
 
 
 async def cancel_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> dict[str, Any]:

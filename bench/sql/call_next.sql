@@ -33,15 +33,17 @@ WITH t AS (
 ), h AS (
     INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition, employee_id, notes)
     SELECT tenant_id, uuidv7(), id, 'waiting', current_state, 'serve', NULL, NULL FROM t
+), e AS (
+    INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
+    SELECT tenant_id, 'ticket.state_changed', queue_id, id,
+           jsonb_build_object('display_code', display_code, 'number', number, 'current_state', current_state,
+                              'state_category', state_category, 'version', version) FROM t
 )
 SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
        t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
        t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
        t.version, t.created_at, t.updated_at, NULL::bigint AS position, 'waiting'::text AS previous_state FROM t;
--- events/repository.record
-INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
-VALUES (:tenant_id, 'ticket.state_changed', :drain_queue, :called_id, '{"display_code": "D001", "number": 1}');
 -- queues/estimates.Estimator (the ticket is no longer waiting, so no departures are loaded)
 SELECT id, wait_estimation_method, manual_wait_minutes, show_wait_time
   FROM queues WHERE tenant_id = :tenant_id AND id = ANY(ARRAY[:drain_queue]::uuid[]);

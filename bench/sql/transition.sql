@@ -29,6 +29,11 @@ WITH t AS (
 ), h AS (
     INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition, employee_id, notes)
     SELECT tenant_id, uuidv7(), id, 'x', current_state, 'serve', NULL, NULL FROM t
+), e AS (
+    INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
+    SELECT tenant_id, 'ticket.state_changed', queue_id, id,
+           jsonb_build_object('display_code', display_code, 'number', number, 'current_state', current_state,
+                              'state_category', state_category, 'version', version) FROM t
 )
 SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
@@ -38,9 +43,6 @@ SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_
        CASE WHEN t.state_category = 'waiting' THEN
          (SELECT count(*) + 1 FROM tickets w WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
              AND w.state_category = 'waiting' AND w.sort_key < t.sort_key) END AS position, 'x'::text AS previous_state FROM t;
--- events/repository.record
-INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
-VALUES (:tenant_id, 'ticket.state_changed', :line_queue, :ticket_id, '{"display_code": "A001", "number": 1, "current_state": "x"}');
 -- queues/estimates.Estimator: the queue's estimation settings
 SELECT id, wait_estimation_method, manual_wait_minutes, show_wait_time
   FROM queues WHERE tenant_id = :tenant_id AND id = ANY(ARRAY[:line_queue]::uuid[]);

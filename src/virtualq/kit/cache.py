@@ -39,6 +39,9 @@ class TtlCache:
         while len(self._entries) > self.max_size:
             self._entries.popitem(last=False)
 
+    def delete(self, key: Any) -> None:
+        self._entries.pop(key, None)
+
     def clear(self) -> None:
         self._entries.clear()
 

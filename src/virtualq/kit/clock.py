@@ -21,3 +21,7 @@ def set_now(value: datetime | None) -> None:
     if value is not None and value.tzinfo is None:
         raise ValueError("the clock needs a timezone-aware datetime")
     _fixed = value
+
+
+def is_pinned() -> bool:
+    return _fixed is not None

@@ -24,6 +24,7 @@ from typing import Any
 
 from virtualq.db import Connection, Record
 from virtualq.kit import clock
+from virtualq.kit.cache import MISSING, TtlCache
 
 # With fewer busy intervals than this, the history is too thin to trust: fall back (docs/estimates.md).
 MIN_SAMPLES = 3
@@ -181,6 +182,17 @@ QUEUE_SETTINGS_SQL = """SELECT id, wait_estimation_method, manual_wait_minutes, 
                           FROM queues WHERE tenant_id = $1 AND id = ANY($2::uuid[])"""
 
 
+# Paces per (tenant, queue): {type id: minutes per ticket}. A pace only changes when a ticket leaves the line
+# (forget_queue is called then, in this process) or the queue's settings change; other processes' changes
+# are seen within PACE_CACHE_SECONDS.
+PACE_CACHE_SECONDS = 1.0
+_pace_cache = TtlCache(PACE_CACHE_SECONDS, max_size=20_000)
+
+
+def forget_queue(tenant_id: uuid.UUID, queue_id: uuid.UUID) -> None:
+    _pace_cache.delete((tenant_id, queue_id))
+
+
 class Estimator:
     """Computes live estimates for rows of one tenant, loading each queue's pace once per request."""
 
@@ -200,10 +212,16 @@ class Estimator:
         self.show_wait_time[queue["id"]] = queue["show_wait_time"]
 
     async def paces_for(self, pairs: Iterable[tuple[uuid.UUID, uuid.UUID]]) -> None:
-        """Load the pace of every (queue, type) pair not loaded yet."""
+        """Load the pace of every (queue, type) pair not loaded yet (from the shared cache if it has it)."""
+        cached = not clock.is_pinned()  # a pinned clock (tests, tools) always computes afresh
         missing: dict[uuid.UUID, set[uuid.UUID]] = {}
         for queue_id, type_id in pairs:
-            if (queue_id, type_id) not in self._paces:
+            if (queue_id, type_id) in self._paces:
+                continue
+            known = _pace_cache.get((self.tenant_id, queue_id)) if cached else MISSING
+            if known is not MISSING and type_id in known:
+                self._paces[(queue_id, type_id)] = known[type_id]
+            else:
                 missing.setdefault(queue_id, set()).add(type_id)
         if not missing:
             return
@@ -218,9 +236,16 @@ class Estimator:
             by_type, queue_wide = await load_departures(
                 self.conn, self.tenant_id, queue_id, type_ids, history_needed(settings.method), self.now
             )
-            for type_id in type_ids:
-                self._paces[(queue_id, type_id)] = pace(
-                    settings, by_type.get(type_id, []), queue_wide, self.now
+            computed = {
+                type_id: pace(settings, by_type.get(type_id, []), queue_wide, self.now)
+                for type_id in type_ids
+            }
+            for type_id, value in computed.items():
+                self._paces[(queue_id, type_id)] = value
+            if cached:
+                known = _pace_cache.get((self.tenant_id, queue_id))
+                _pace_cache.put(
+                    (self.tenant_id, queue_id), {**(known if known is not MISSING else {}), **computed}
                 )
 
     def pace_of(self, queue_id: uuid.UUID, type_id: uuid.UUID) -> float | None:

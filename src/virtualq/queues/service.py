@@ -10,6 +10,7 @@ from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
 from virtualq.kit.schemas import CommonFilters
 from virtualq.queues import repository
+from virtualq.queues.estimates import forget_queue
 from virtualq.queues.schemas import QueueCreate, QueueUpdate
 from virtualq.type_definitions import repository as types
 
@@ -60,6 +61,7 @@ async def update_queue(
         changes["allowed_type_definition_ids"] = list(dict.fromkeys(changes["allowed_type_definition_ids"]))
         await _check_allowed_types(conn, ctx.tenant_id, changes["allowed_type_definition_ids"])
     row = await repository.update(conn, ctx.tenant_id, queue_id, changes)
+    forget_queue(ctx.tenant_id, queue_id)  # its estimation settings may have changed
     await events.record(
         conn,
         ctx.tenant_id,

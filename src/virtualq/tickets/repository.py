@@ -8,6 +8,7 @@ from typing import Any
 from virtualq.db import EVENTS_WRITTEN, Connection, Record, fetch_returning
 from virtualq.kit.pagination import PageParams, fetch_page
 from virtualq.kit.sql import Where
+from virtualq.queues.estimates import forget_queue
 from virtualq.tickets.rules import Effects
 
 TICKET_COLUMNS = """t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
@@ -173,7 +174,7 @@ async def apply_transition(
     (ticket.state_changed, plus ticket.completed or ticket.cancelled on reaching those) — one statement."""
     timestamps = TIMESTAMP_ASSIGNMENTS.format(leaves="$6", ready="$7", done="$8", cancelled="$9")
     EVENTS_WRITTEN.set(True)
-    return await fetch_returning(
+    row = await fetch_returning(
         conn,
         f"""
         WITH t AS (
@@ -217,6 +218,9 @@ async def apply_transition(
         notes,
         actor_employee_id,
     )
+    if effects.leaves_waiting:
+        forget_queue(tenant_id, row["queue_id"])  # a departure changes the line's pace
+    return row
 
 
 async def update_ticket(

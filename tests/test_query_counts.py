@@ -53,9 +53,9 @@ async def count(counter: Counter, request: Any) -> tuple[int, httpx.Response]:
 BUDGET = {
     "create ticket": 8,  # BEGIN, queue+timezone, type, insert+history, departures, settle, event, COMMIT
     "transition": 4,  # BEGIN, lock, update+history+events, COMMIT (no estimate once out of the line)
-    "get ticket": 3,  # ticket, estimate (queue settings + departures)
-    "queue tickets": 3,  # queue, page, departures
-    "monitor": 4,  # queue, waiting types, departures, the feed as JSON
+    "get ticket": 1,  # the ticket (the line's pace is shared between requests for up to a second)
+    "queue tickets": 2,  # queue, page
+    "monitor": 3,  # queue, waiting types, the feed as JSON
     "call next": 5,  # BEGIN, queue, lock first, update+history+events, COMMIT
 }
 

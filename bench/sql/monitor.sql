@@ -32,16 +32,4 @@ WHERE NOT EXISTS (
     SELECT 1 FROM unnest('{}'::text[], '{}'::text[]) AS x(field, value)
      WHERE shown.custom_data ->> x.field = x.value)
 ORDER BY sort_key;
--- queues/estimates.load_departures
-SELECT k.type_id, d.created_at, d.started_at
-  FROM unnest(ARRAY[:type_id]::uuid[]) AS k(type_id)
-  CROSS JOIN LATERAL (
-        SELECT created_at, started_at FROM tickets
-         WHERE tenant_id = :tenant_id AND queue_id = :line_queue AND type_definition_id = k.type_id
-           AND started_at IS NOT NULL AND started_at <= now()
-         ORDER BY started_at DESC LIMIT 4) d
-UNION ALL
-SELECT NULL, created_at, started_at FROM (
-        SELECT created_at, started_at FROM tickets
-         WHERE tenant_id = :tenant_id AND queue_id = :line_queue AND started_at IS NOT NULL AND started_at <= now()
-         ORDER BY started_at DESC LIMIT 4) q;
+-- (the line's pace comes from the shared per-process cache: no estimate queries)

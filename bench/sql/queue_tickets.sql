@@ -22,16 +22,4 @@ SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_
  WHERE t.tenant_id = :tenant_id AND t.queue_id = :line_queue AND t.state_category NOT IN ('done', 'cancelled')
  ORDER BY t.state_category <> 'waiting', t.sort_key
  LIMIT 100 OFFSET 0;
--- queues/estimates.load_departures (average_recent_3: the latest 4 departures, by type and queue-wide)
-SELECT k.type_id, d.created_at, d.started_at
-  FROM unnest(ARRAY[:type_id]::uuid[]) AS k(type_id)
-  CROSS JOIN LATERAL (
-        SELECT created_at, started_at FROM tickets
-         WHERE tenant_id = :tenant_id AND queue_id = :line_queue AND type_definition_id = k.type_id
-           AND started_at IS NOT NULL AND started_at <= now()
-         ORDER BY started_at DESC LIMIT 4) d
-UNION ALL
-SELECT NULL, created_at, started_at FROM (
-        SELECT created_at, started_at FROM tickets
-         WHERE tenant_id = :tenant_id AND queue_id = :line_queue AND started_at IS NOT NULL AND started_at <= now()
-         ORDER BY started_at DESC LIMIT 4) q;
+-- (the line's pace comes from the shared per-process cache: no estimate queries)

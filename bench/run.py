@@ -165,6 +165,28 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+async def bench_tenant(base: str, name: str) -> tuple[dict[str, str], str, str]:
+    """A fresh account and tenant with an admin key, the bench ticket type and one queue:
+    (auth headers, type id, queue id). Shared by bench/stream.py and bench/scale.py."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+
+        async def post(path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+            response = await client.post(path, json=body, headers=headers)
+            response.raise_for_status()
+            result: dict[str, Any] = response.json()
+            return result
+
+        account = await post("/v1/accounts", {"name": name}, admin)
+        tenant = await post("/v1/tenants", {"account_id": account["id"], "name": name}, admin)
+        body = {"name": name, "scope": "tenant", "role": "admin", "tenant_id": tenant["id"]}
+        headers = {"Authorization": f"Bearer {(await post('/v1/api-keys', body, admin))['key']}"}
+        order = {"type_code": "order", "type_name": "Order", "fsm_schema": BENCH_FSM}
+        type_id = (await post("/v1/type-definitions", order, headers))["id"]
+        queue_id = (await post("/v1/queues", {"name": "Line"}, headers))["id"]
+    return headers, type_id, queue_id
+
+
 async def prepare(base: str, dsn: str) -> Setup:
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:

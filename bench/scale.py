@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -24,37 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import json_body, run_load  # noqa: E402
-from bench.run import ADMIN_KEY, BENCH_FSM, database, free_port, server  # noqa: E402
+from bench.run import bench_tenant, database, free_port, server  # noqa: E402
 from virtualq import migrate  # noqa: E402
 
 
 async def setup(base: str) -> tuple[dict[str, str], str, str]:
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-
-        async def post(path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-            response = await client.post(path, json=body, headers=headers)
-            response.raise_for_status()
-            result: dict[str, Any] = response.json()
-            return result
-
-        account = await post("/v1/accounts", {"name": "Scale"}, admin)
-        tenant = await post("/v1/tenants", {"account_id": account["id"], "name": "Scale"}, admin)
-        key = (
-            await post(
-                "/v1/api-keys",
-                {"name": "s", "scope": "tenant", "role": "admin", "tenant_id": tenant["id"]},
-                admin,
-            )
-        )["key"]
-        headers = {"Authorization": f"Bearer {key}"}
-        type_id = (
-            await post(
-                "/v1/type-definitions", {"type_code": "o", "type_name": "O", "fsm_schema": BENCH_FSM}, headers
-            )
-        )["id"]
-        queue_id = (await post("/v1/queues", {"name": "Line"}, headers))["id"]
-    return headers, type_id, queue_id
+    return await bench_tenant(base, "Scale")
 
 
 async def drive(ports: list[int], seconds: float, counters: int) -> None:

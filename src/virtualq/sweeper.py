@@ -57,7 +57,7 @@ SELECT t.tenant_id, t.id, t.current_state, t.state_category, t.type_definition_i
  WHERE t.expires_at <= $1 AND t.expiry_handled_at IS NULL AND t.state_category NOT IN ('done', 'cancelled')
  ORDER BY t.expires_at
  LIMIT $2
-   FOR UPDATE OF t SKIP LOCKED
+   FOR UPDATE OF t SKIP LOCKED FOR SHARE OF td
 """
 
 MARK_WAIT_EXCEEDED = f"""

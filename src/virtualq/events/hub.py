@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ CHANNEL = "virtualq_events"
 REDIS_CHANNEL = "virtualq:events"
 BATCH = 500
 BEHIND_RETRY_SECONDS = 0.02
+HEARTBEAT_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
 PING = b"event: changed\ndata: {}\n\n"
 # A notification that API keys (or their accounts/tenants) changed: every process drops its key cache.
 KEYS_CHANGED = b"keys"
@@ -124,6 +125,22 @@ class EventHub:
         self._subscribers.setdefault(tenant_id, set()).add(subscriber)
         self.metrics.stream_clients.inc()
         return subscriber
+
+    async def messages(self, subscriber: Subscriber) -> AsyncIterator[bytes]:
+        """The subscriber's messages as they come, a heartbeat comment when it is quiet, until it is
+        dropped or the server stops; unsubscribes at the end however the stream ends."""
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(subscriber.buffer.get(), timeout=HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    yield b": heartbeat\n\n"
+                    continue
+                if message is None:
+                    return
+                yield message
+        finally:
+            self.unsubscribe(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscribers = self._subscribers.get(subscriber.tenant_id)

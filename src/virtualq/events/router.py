@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -18,7 +17,6 @@ from virtualq.events.schemas import EventPage
 from virtualq.kit.routing import READ_ERRORS
 
 router = APIRouter(tags=["events"])
-HEARTBEAT_SECONDS = 15.0
 REPLAY_BATCH = 500
 
 EventType = Annotated[str, Query(max_length=64, pattern=r"^[a-z_]+\.[a-z_]+$")]
@@ -95,17 +93,10 @@ async def _stream(
         if resume is not None and resume < subscriber.start:
             async for message in _replay(request, subscriber, resume):
                 yield message
-        while True:
-            try:
-                event = await asyncio.wait_for(subscriber.buffer.get(), timeout=HEARTBEAT_SECONDS)
-            except TimeoutError:
-                yield b": heartbeat\n\n"
-                continue
-            if event is None:  # dropped for falling behind, or the server is stopping
-                return
-            yield event
+        async for message in hub.messages(subscriber):
+            yield message
     finally:
-        hub.unsubscribe(subscriber)
+        hub.unsubscribe(subscriber)  # also when the client leaves during the replay
 
 
 async def _replay(request: Request, subscriber: Subscriber, resume: Cursor) -> AsyncIterator[bytes]:

@@ -82,7 +82,7 @@ async def lock_item_with_type(conn: Connection, tenant_id: uuid.UUID, item_id: u
                   td.fsm_schema, td.custom_fields_schema
              FROM ticket_items i JOIN type_definitions td ON td.id = i.item_type_definition_id
             WHERE i.tenant_id = $1 AND i.id = $2 AND NOT i.is_deleted
-              FOR UPDATE OF i""",
+              FOR UPDATE OF i FOR SHARE OF td""",
         tenant_id,
         item_id,
     )

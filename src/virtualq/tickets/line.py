@@ -9,7 +9,6 @@ from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
 from virtualq.errors import (
     Conflict,
-    InvalidTransition,
     QueueDisabled,
     QueueEmpty,
     TypeNotAllowed,
@@ -20,8 +19,9 @@ from virtualq.events import repository as events
 from virtualq.fsm import Category
 from virtualq.queues import repository as queues
 from virtualq.tickets import line_repository as line
+from virtualq.tickets import repository as tickets
 from virtualq.tickets.schemas import CallNextRequest, ForwardRequest, ReorderRequest
-from virtualq.tickets.service import _apply, _compile, annotated, check_employee, event_data
+from virtualq.tickets.service import _apply, _compile, annotated, check_employee, event_data, no_way
 
 # Call next never cancels by default: it prefers service, then ready, then done (docs/decisions.md).
 CALL_TARGETS = (Category.IN_SERVICE, Category.READY, Category.DONE)
@@ -51,20 +51,13 @@ async def call_next(
             if transition is not None:
                 break
     if transition is None:
-        raise InvalidTransition(
-            f"no transition leads from {locked['current_state']!r} out of the waiting line",
-            {
-                "current_state": locked["current_state"],
-                "transition": None,
-                "valid_transitions": machine.transitions_from(locked["current_state"]),
-            },
-        )
+        raise no_way(machine, locked["current_state"], "out of the waiting line")
     employee_id = body.employee_id or ctx.principal.employee_id
     return await _apply(conn, ctx, locked, machine, transition, employee_id, body.notes)
 
 
 async def _locked(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> Record:
-    locked = await line.lock_ticket(conn, ctx.tenant_id, ticket_id)
+    locked = await tickets.lock_ticket_with_type(conn, ctx.tenant_id, ticket_id)
     if locked is None:
         raise not_found("ticket")
     return locked

@@ -12,11 +12,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from virtualq.db import Connection, Record, fetch_returning
-from virtualq.tickets.repository import POSITION, TICKET_COLUMNS
-
-LOCKED_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.type_definition_id,
-    t.queue_id, t.version, t.created_at, t.sort_key, td.version AS type_version, td.fsm_schema,
-    td.custom_fields_schema"""
+from virtualq.tickets.repository import LOCKED_COLUMNS, POSITION, TICKET_COLUMNS
 
 
 async def lock_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
@@ -27,21 +23,9 @@ async def lock_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: u
              WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category = 'waiting'
              ORDER BY t.sort_key
              LIMIT 1
-               FOR UPDATE OF t SKIP LOCKED""",
+               FOR UPDATE OF t SKIP LOCKED FOR SHARE OF td""",
         tenant_id,
         queue_id,
-    )
-    return row
-
-
-async def lock_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> Record | None:
-    row: Record | None = await conn.fetchrow(
-        f"""SELECT {LOCKED_COLUMNS}
-              FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
-             WHERE t.tenant_id = $1 AND t.id = $2
-               FOR UPDATE OF t""",
-        tenant_id,
-        ticket_id,
     )
     return row
 

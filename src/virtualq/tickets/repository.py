@@ -17,6 +17,11 @@ TICKET_COLUMNS = """t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.numbe
     t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
     t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page"""
 
+# What a change needs of the ticket it locks: its state, line, version and type (machine and schema).
+LOCKED_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.type_definition_id,
+    t.queue_id, t.version, t.created_at, t.sort_key, td.version AS type_version, td.fsm_schema,
+    td.custom_fields_schema"""
+
 # The 1-based rank among the queue's waiting tickets (uses tickets_waiting_line_idx).
 POSITION = """CASE WHEN t.state_category = 'waiting' THEN
     (SELECT count(*) + 1 FROM tickets w
@@ -144,11 +149,10 @@ async def lock_ticket_with_type(
 ) -> Record | None:
     """The ticket, row-locked until the transaction ends (serialises changes to one ticket), with its type."""
     row: Record | None = await conn.fetchrow(
-        """SELECT t.id, t.current_state, t.state_category, t.type_definition_id, t.queue_id, t.version,
-                  t.created_at, td.version AS type_version, td.fsm_schema, td.custom_fields_schema
-             FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
-            WHERE t.tenant_id = $1 AND t.id = $2
-              FOR UPDATE OF t""",
+        f"""SELECT {LOCKED_COLUMNS}
+              FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
+             WHERE t.tenant_id = $1 AND t.id = $2
+               FOR UPDATE OF t FOR SHARE OF td""",
         tenant_id,
         ticket_id,
     )

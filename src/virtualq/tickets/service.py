@@ -228,19 +228,20 @@ async def _apply(
     return await annotated(conn, ctx, row)
 
 
+def no_way(machine: Machine, state: str, where: str) -> InvalidTransition:
+    """400 invalid_transition when no transition leads from `state` where an operation needs to go."""
+    return InvalidTransition(
+        f"no transition leads from {state!r} {where}",
+        {"current_state": state, "transition": None, "valid_transitions": machine.transitions_from(state)},
+    )
+
+
 async def cancel_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> dict[str, Any]:
     """Apply the transition from the current state into a cancelled-category state."""
     locked, machine = await _locked_machine(conn, ctx, ticket_id)
     transition = machine.cancel_transition(locked["current_state"])
     if transition is None:
-        raise InvalidTransition(
-            f"no transition leads from {locked['current_state']!r} to a cancelled state",
-            {
-                "current_state": locked["current_state"],
-                "transition": None,
-                "valid_transitions": machine.transitions_from(locked["current_state"]),
-            },
-        )
+        raise no_way(machine, locked["current_state"], "to a cancelled state")
     return await _apply(conn, ctx, locked, machine, transition, None, None)
 
 

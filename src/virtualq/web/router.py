@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +20,6 @@ from virtualq.queues.estimates import Estimator
 
 PAGES = Path(__file__).parent / "pages"
 STATIC = Path(__file__).parent / "static"
-HEARTBEAT_SECONDS = 15.0
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the ticket token and keys never leak through Referer
@@ -158,14 +156,7 @@ async def public_ticket_stream(
     async def stream() -> AsyncIterator[bytes]:
         try:
             yield b": connected\n\n"
-            while True:
-                try:
-                    message = await asyncio.wait_for(subscriber.buffer.get(), timeout=HEARTBEAT_SECONDS)
-                except TimeoutError:
-                    yield b": heartbeat\n\n"
-                    continue
-                if message is None:
-                    return
+            async for message in hub.messages(subscriber):
                 yield message
         finally:
             hub.unsubscribe(subscriber)

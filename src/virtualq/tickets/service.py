@@ -127,6 +127,8 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
         ticket["original_estimated_wait_minutes"] = settled["original_estimated_wait_minutes"]
         if ticket["estimated_wait_minutes"] is None:
             ticket["estimated_wait_minutes"] = minutes_for(settled["position"], pace)
+    else:
+        ticket["estimated_wait_minutes"] = None  # not in line: no live estimate (its original is kept)
     await events.record(
         conn,
         ctx.tenant_id,

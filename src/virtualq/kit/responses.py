@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
+from starlette.responses import Response
 
 from virtualq.errors import ERROR_CODES
 
@@ -21,3 +23,26 @@ def error_body(
             "request_id": request_id,
         }
     )
+
+
+def _default(value: Any) -> str:
+    """What orjson does not know natively (asyncpg's UUID type, Decimal) is written as its text."""
+    return str(value)
+
+
+def fields_of(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(model.model_fields)
+
+
+def trusted_json(payload: Any) -> Response:
+    """A JSON response for data that already has the response model's shape and types (rows this code built
+    from the database): serialised directly, without validating it again. Datetimes come out as Pydantic
+    writes them (RFC 3339, `Z` for UTC)."""
+    return Response(
+        orjson.dumps(payload, default=_default, option=orjson.OPT_UTC_Z), media_type="application/json"
+    )
+
+
+def project(row: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """Only the model's fields, in its order (database rows carry helper columns too)."""
+    return {name: row[name] for name in fields}

@@ -10,6 +10,7 @@ from virtualq.auth.principal import Role, TenantAnyRole, TenantContext, TenantSt
 from virtualq.db import ReadConn, WriteConn
 from virtualq.fsm import Category
 from virtualq.kit.pagination import PageQuery, page_envelope
+from virtualq.kit.responses import fields_of, project, trusted_json
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, error_responses
 from virtualq.kit.schemas import Page
 from virtualq.tickets import items_service, line, service
@@ -38,6 +39,8 @@ router = APIRouter(tags=["tickets"])
 TRANSITION_ERRORS = error_responses(400, 401, 403, 404, 409, 413)
 # Fields a display-role key never sees: they identify or describe a person.
 PERSONAL_FIELDS = ("customer_id", "custom_data", "employee_id")
+# The hot read endpoints send rows as they are (no second validation); the models still document them.
+TICKET_FIELDS = fields_of(Ticket)
 
 
 def _ticket_filters(
@@ -78,7 +81,7 @@ async def list_tickets(
     filters: Annotated[TicketFilters, Depends(_ticket_filters)],
 ) -> Any:
     rows, total = await service.list_tickets(conn, ctx, filters.model_dump(exclude_none=True), page)
-    return page_envelope(rows, total, page)
+    return trusted_json(page_envelope([project(row, TICKET_FIELDS) for row in rows], total, page))
 
 
 @router.post("/v1/tickets/count", response_model=TicketCount, responses=READ_ERRORS)
@@ -89,7 +92,7 @@ async def count_tickets(body: TicketFilters, ctx: TenantStaff, conn: ReadConn) -
 
 @router.get("/v1/tickets/{ticket_id}", response_model=Ticket, responses=READ_ERRORS)
 async def get_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
-    return await service.get_ticket(conn, ctx, ticket_id)
+    return trusted_json(project(await service.get_ticket(conn, ctx, ticket_id), TICKET_FIELDS))
 
 
 @router.patch("/v1/tickets/{ticket_id}", response_model=Ticket, responses=WRITE_ERRORS)
@@ -190,7 +193,8 @@ async def queue_tickets(queue_id: uuid.UUID, ctx: TenantAnyRole, conn: ReadConn,
     Display-role keys get no personal data (customer, custom data, employee are null/empty), and no
     estimates when the queue's show_wait_time is false."""
     rows, total, show_wait_time = await service.queue_tickets(conn, ctx, queue_id, page)
-    return page_envelope([_redact(ctx, row, show_wait_time) for row in rows], total, page)
+    data = [project(_redact(ctx, row, show_wait_time), TICKET_FIELDS) for row in rows]
+    return trusted_json(page_envelope(data, total, page))
 
 
 def _redact(ctx: TenantContext, row: dict[str, Any], show_wait_time: bool) -> dict[str, Any]:

@@ -280,16 +280,27 @@ async def queue_tickets(
     conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, params: PageParams
 ) -> tuple[list[Record], int]:
     """Active tickets in line order: waiting ones by position, then those being served."""
+    # Waiting tickets first (by the line's index), then those in service or ready; only the rows up to the
+    # end of the page are read, and a waiting ticket's position is its rank in that order.
     rows = await conn.fetch(
         f"""
-        SELECT {TICKET_COLUMNS},
-               CASE WHEN t.state_category = 'waiting'
-                    THEN row_number() OVER (PARTITION BY t.state_category = 'waiting' ORDER BY t.sort_key)
-               END AS position,
-               count(*) OVER () AS _total
-          FROM tickets t
-         WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category NOT IN ('done', 'cancelled')
-         ORDER BY t.state_category <> 'waiting', t.sort_key
+        WITH head AS (
+            (SELECT t.*, 0 AS grp FROM tickets t
+              WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category = 'waiting'
+              ORDER BY t.sort_key LIMIT $3::bigint + $4::bigint)
+            UNION ALL
+            (SELECT t.*, 1 AS grp FROM tickets t
+              WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category IN ('in_service', 'ready')
+              ORDER BY t.sort_key LIMIT $3::bigint + $4::bigint)
+        ), ranked AS (
+            SELECT t.*, row_number() OVER (ORDER BY t.grp, t.sort_key) AS rank FROM head t
+        )
+        SELECT {TICKET_COLUMNS}, CASE WHEN t.grp = 0 THEN t.rank END AS position,
+               (SELECT count(*) FROM tickets c
+                 WHERE c.tenant_id = $1 AND c.queue_id = $2
+                   AND c.state_category NOT IN ('done', 'cancelled')) AS _total
+          FROM ranked t
+         ORDER BY t.rank
          LIMIT $3 OFFSET $4
         """,
         tenant_id,

@@ -81,6 +81,8 @@ def make_settings(**overrides: Any) -> Settings:
         "db_pool_max_size": 20,
         "log_level": "warning",
         "sweeper_interval_seconds": 0,
+        # Tests send far more than 100 requests a minute with one key; test_rate_limits turns limits on.
+        "rate_limit_per_minute": 0,
         "event_poll_seconds": 0.2,
         # Webhook tests run their own apps with delivery on; loopback receivers are allowed in tests.
         "webhook_delivery": False,

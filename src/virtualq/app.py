@@ -25,6 +25,7 @@ from virtualq.kit.cache import TtlCache
 from virtualq.kit.exception_handlers import install_exception_handlers
 from virtualq.kit.metrics import Metrics, PoolCollector
 from virtualq.kit.middleware import RequestContextMiddleware
+from virtualq.kit.ratelimit import RateLimiter
 from virtualq.logging import get_logger
 from virtualq.queues.router import router as queues_router
 from virtualq.tenants.router import router as tenants_router
@@ -59,6 +60,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, database_dsn, query_logger)
         app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
+        # Its own client with short timeouts: a Redis that hangs must not hold requests up.
+        limiter_redis = (
+            aioredis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            if settings.redis_url
+            else None
+        )
+        app.state.rate_limiter = RateLimiter(limiter_redis)
         hub = EventHub(
             app.state.pool,
             database_dsn,
@@ -103,6 +111,8 @@ def create_app(
             await hub.stop()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
+            if limiter_redis is not None:
+                await limiter_redis.aclose()
             await app.state.pool.close()
             app.state.pool = None
             log.info("stopped")
@@ -120,6 +130,7 @@ def create_app(
     app.state.redis = None
     app.state.on_events_committed = None
     app.state.on_keys_changed = None
+    app.state.rate_limiter = RateLimiter(None)
     # API keys for AUTH_CACHE_SECONDS (a revocation elsewhere is seen within that); tenant -> account kept.
     app.state.key_cache = TtlCache(settings.auth_cache_seconds)
     app.state.tenant_accounts = TtlCache(3600.0)

@@ -11,8 +11,9 @@ from fastapi import Depends, Header, Query, Request
 
 from virtualq.auth import keys, repository
 from virtualq.db import acquire, after_commit, get_pool
-from virtualq.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from virtualq.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 from virtualq.kit.cache import MISSING, TtlCache
+from virtualq.kit.ratelimit import Policy
 
 
 class Scope(StrEnum):
@@ -66,7 +67,9 @@ async def authenticate(request: Request) -> Principal:
     presented = _presented_key(request)
     if not presented:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
-    admin_key = request.app.state.settings.admin_api_key
+    settings = request.app.state.settings
+    admin_key = settings.admin_api_key
+    limits: tuple[int | None, int | None] = (None, None)
     if admin_key is not None and hmac.compare_digest(
         presented.encode(), admin_key.get_secret_value().encode()
     ):
@@ -94,13 +97,41 @@ async def authenticate(request: Request) -> Principal:
             tenant_id=row["tenant_id"],
             employee_id=row["employee_id"],
         )
+        limits = (row["rate_limit_per_minute"], row["rate_limit_burst"])
     request.state.principal = principal
     if principal.tenant_id is not None:
         request.state.tenant_id = str(principal.tenant_id)
-    structlog.contextvars.bind_contextvars(
-        api_key_id=str(principal.key_id) if principal.key_id else "env-admin"
-    )
+    key_label = str(principal.key_id) if principal.key_id else "env-admin"
+    structlog.contextvars.bind_contextvars(api_key_id=key_label)
+    policy = rate_policy(settings.rate_limit_per_minute, settings.rate_limit_burst, *limits)
+    if policy is not None:
+        decision = await request.app.state.rate_limiter.take(key_label, policy)
+        # The middleware puts the X-RateLimit-* headers (and Retry-After) on whatever the answer is.
+        request.state.rate_limit = decision
+        if not decision.allowed:
+            raise RateLimited(
+                f"too many requests for this API key; retry in {decision.retry_after} s",
+                {"retry_after": decision.retry_after, "limit": decision.limit},
+            )
     return principal
+
+
+def rate_policy(
+    default_per_minute: int, default_burst: int, key_per_minute: int | None, key_burst: int | None
+) -> Policy | None:
+    """The key's bucket, or None when it is not limited (limits off for the server, or 0 for the key)."""
+    if default_per_minute == 0 or default_burst == 0:
+        return None
+    per_minute = default_per_minute if key_per_minute is None else key_per_minute
+    if per_minute == 0:
+        return None
+    if key_burst is not None:
+        burst = key_burst
+    elif key_per_minute is None:
+        burst = default_burst
+    else:
+        burst = 2 * key_per_minute
+    return Policy(per_minute=per_minute, burst=burst)
 
 
 def require_roles(*roles: Role) -> object:

@@ -9,7 +9,7 @@ from virtualq.kit.sql import Where
 
 COLUMNS = (
     "id, name, key_prefix, scope, role, account_id, tenant_id, employee_id, created_by, revoked_at, "
-    "created_at, updated_at"
+    "rate_limit_per_minute, rate_limit_burst, created_at, updated_at"
 )
 
 
@@ -17,6 +17,7 @@ async def find_usable_key(conn: Connection, key_hash: bytes) -> Record | None:
     """The unrevoked key with this digest, and whether its account (and tenant) are active."""
     row: Record | None = await conn.fetchrow(
         """SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
+                  k.rate_limit_per_minute, k.rate_limit_burst,
                   coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
              FROM api_keys k
              LEFT JOIN accounts a ON a.id = k.account_id
@@ -40,8 +41,8 @@ async def insert(
     return await fetch_returning(
         conn,
         f"""INSERT INTO api_keys (id, name, key_prefix, key_hash, scope, role, account_id, tenant_id,
-                                  employee_id, created_by)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}""",
+                                  employee_id, created_by, rate_limit_per_minute, rate_limit_burst)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}""",
         key_id,
         fields["name"],
         prefix,
@@ -52,6 +53,8 @@ async def insert(
         fields.get("tenant_id"),
         fields.get("employee_id"),
         fields.get("created_by"),
+        fields.get("rate_limit_per_minute"),
+        fields.get("rate_limit_burst"),
     )
 
 
@@ -62,6 +65,16 @@ async def get(conn: Connection, key_id: uuid.UUID) -> Record | None:
 
 async def list_page(conn: Connection, where: Where, params: PageParams) -> tuple[list[Record], int]:
     return await fetch_page(conn, f"SELECT {COLUMNS} FROM api_keys", where, "created_at, id", params)
+
+
+async def set_limits(conn: Connection, key_id: uuid.UUID, changes: dict[str, int | None]) -> Record:
+    assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=2))
+    return await fetch_returning(
+        conn,
+        f"UPDATE api_keys SET {assignments}, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}",
+        key_id,
+        *changes.values(),
+    )
 
 
 async def revoke(conn: Connection, key_id: uuid.UUID) -> None:

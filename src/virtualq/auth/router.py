@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from virtualq.auth import service
 from virtualq.auth.principal import AdminOnly, invalidate_keys
-from virtualq.auth.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated
+from virtualq.auth.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyLimits
 from virtualq.db import ReadConn, WriteConn
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS
@@ -37,6 +37,17 @@ async def list_api_keys(
 @router.get("/{key_id}", response_model=ApiKey, responses=READ_ERRORS)
 async def get_api_key(key_id: uuid.UUID, principal: AdminOnly, conn: ReadConn) -> Any:
     return await service.get_key(conn, principal, key_id)
+
+
+@router.patch("/{key_id}", response_model=ApiKey, responses=WRITE_ERRORS)
+@router.put("/{key_id}", response_model=ApiKey, responses=WRITE_ERRORS)
+async def update_api_key(
+    key_id: uuid.UUID, body: ApiKeyLimits, request: Request, principal: AdminOnly, conn: WriteConn
+) -> Any:
+    """Change a key's rate limits (platform admins). Takes effect in every server process within a second."""
+    row = await service.set_limits(conn, principal, key_id, body)
+    invalidate_keys(request)
+    return row
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)

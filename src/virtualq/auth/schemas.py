@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
@@ -18,6 +19,8 @@ class ApiKeyCreate(InputModel):
     )
     tenant_id: uuid.UUID | None = Field(default=None, description="Required for tenant scope.")
     employee_id: uuid.UUID | None = Field(default=None, description="Attributes a tenant key's actions.")
+    rate_limit_per_minute: RatePerMinute = None
+    rate_limit_burst: RateBurst = None
 
     @model_validator(mode="after")
     def _shape_matches_scope(self) -> ApiKeyCreate:
@@ -30,6 +33,35 @@ class ApiKeyCreate(InputModel):
         return self
 
 
+RatePerMinute = Annotated[
+    int | None,
+    Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="Sustained requests per minute for this key (platform admins only); 0: not limited; "
+        "null: the server's RATE_LIMIT_PER_MINUTE.",
+    ),
+]
+RateBurst = Annotated[
+    int | None,
+    Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Requests this key may send at once (the bucket size; platform admins only); null: the "
+        "server's RATE_LIMIT_BURST, or twice the key's own per-minute limit when only that is set.",
+    ),
+]
+
+
+class ApiKeyLimits(InputModel):
+    """Change a key's rate limits (platform admins only). A field left out is unchanged; null resets it."""
+
+    rate_limit_per_minute: RatePerMinute = None
+    rate_limit_burst: RateBurst = None
+
+
 class ApiKey(OutputModel):
     id: uuid.UUID
     name: str
@@ -40,6 +72,8 @@ class ApiKey(OutputModel):
     tenant_id: uuid.UUID | None
     employee_id: uuid.UUID | None
     revoked_at: datetime | None
+    rate_limit_per_minute: int | None
+    rate_limit_burst: int | None
     created_at: datetime
     updated_at: datetime
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from virtualq.auth import keys, repository
 from virtualq.auth.principal import Principal, Scope
-from virtualq.auth.schemas import ApiKeyCreate
+from virtualq.auth.schemas import ApiKeyCreate, ApiKeyLimits
 from virtualq.db import Connection, Record
 from virtualq.errors import Forbidden, ValidationFailed, not_found
 from virtualq.kit.ids import new_id
@@ -51,7 +51,14 @@ async def _resolve_owner(conn: Connection, principal: Principal, body: ApiKeyCre
     return {"account_id": account_id}
 
 
+def _check_may_set_limits(principal: Principal) -> None:
+    if not principal.is_platform:
+        raise Forbidden("only platform admins set rate limits on keys")
+
+
 async def create_key(conn: Connection, principal: Principal, body: ApiKeyCreate) -> tuple[Record, str]:
+    if body.rate_limit_per_minute is not None or body.rate_limit_burst is not None:
+        _check_may_set_limits(principal)
     owner = await _resolve_owner(conn, principal, body)
     secret = keys.generate_key()
     fields = {
@@ -60,6 +67,8 @@ async def create_key(conn: Connection, principal: Principal, body: ApiKeyCreate)
         "role": body.role.value,
         "employee_id": body.employee_id,
         "created_by": principal.key_id,
+        "rate_limit_per_minute": body.rate_limit_per_minute,
+        "rate_limit_burst": body.rate_limit_burst,
         **owner,
     }
     row = await repository.insert(conn, new_id(), keys.hash_key(secret), keys.display_prefix(secret), fields)
@@ -97,6 +106,15 @@ async def get_key(conn: Connection, principal: Principal, key_id: uuid.UUID) -> 
     if row is None or not _visible(principal, row):
         raise not_found("API key")
     return row
+
+
+async def set_limits(conn: Connection, principal: Principal, key_id: uuid.UUID, body: ApiKeyLimits) -> Record:
+    _check_may_set_limits(principal)
+    await get_key(conn, principal, key_id)
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise ValidationFailed("nothing to change: send rate_limit_per_minute and/or rate_limit_burst")
+    return await repository.set_limits(conn, key_id, changes)
 
 
 async def revoke_key(conn: Connection, principal: Principal, key_id: uuid.UUID) -> None:

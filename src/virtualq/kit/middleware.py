@@ -60,7 +60,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                decision = state.get("rate_limit")
+                if decision is not None:
+                    headers.extend(decision.headers())
+                message["headers"] = headers
             await send(message)
 
         async def receive_with_limit() -> Message:

@@ -23,6 +23,7 @@ from virtualq.events.router import router as events_router
 from virtualq.health.router import router as health_router
 from virtualq.kit.cache import TtlCache
 from virtualq.kit.exception_handlers import install_exception_handlers
+from virtualq.kit.idempotency import IdempotencyMiddleware
 from virtualq.kit.metrics import Metrics, PoolCollector
 from virtualq.kit.middleware import RequestContextMiddleware
 from virtualq.kit.ratelimit import RateLimiter
@@ -174,12 +175,15 @@ def create_app(
             ],
             expose_headers=["X-Request-ID", "ETag"],
         )
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
+    from virtualq.kit.routing import ErrorBody
+
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -190,15 +194,36 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "description": "An API key: `Authorization: Bearer vq_...`.",
     }
     components["securitySchemes"]["apiKeyHeader"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-    for path, operations in schema.get("paths", {}).items():
-        if path in ("/healthz", "/readyz", "/metrics"):
-            continue
-        for operation in operations.values():
-            operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
-            # Our validation failures are 400 with the error envelope, never FastAPI's 422.
-            operation.get("responses", {}).pop("422", None)
-    schemas = components.get("schemas", {})
+    schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+    schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    # The errors (PRODUCT §6) that do not depend on what an operation does; routes document their own.
+    common_errors = {
+        "409": "Conflicts with existing data, or an Idempotency-Key reused with a different request "
+        "(conflict, idempotency_conflict).",
+        "413": "Request body too large (payload_too_large).",
+        "429": "Over this API key's rate limit (rate_limited); retry after `Retry-After` seconds.",
+        "503": "The database is unavailable (unavailable); retry after `Retry-After` seconds.",
+    }
+    for path, operations in schema.get("paths", {}).items():
+        if path in ("/healthz", "/metrics"):
+            continue  # answered without the database or a key
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            # Our validation failures are 400 with the error envelope, never FastAPI's 422.
+            responses.pop("422", None)
+            statuses = ["503"]  # every other operation reads the database, which may be unavailable
+            if path != "/readyz" and not path.startswith("/v1/public/"):
+                operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+                statuses.append("429")  # every API key is rate limited
+                if method == "post":
+                    statuses.append("409")  # an Idempotency-Key reused with another request
+            if "requestBody" in operation:
+                statuses.append("413")
+            for status in statuses:
+                if status not in responses:
+                    responses[status] = {"description": common_errors[status], "content": error}
     app.openapi_schema = schema
     return schema

@@ -84,6 +84,17 @@ async def acquire(pool: asyncpg.Pool, *, transaction: bool) -> AsyncIterator[Con
                 yield conn
         else:
             yield conn
+    except Exception as exc:
+        # The server went away mid-request and asyncpg reported it as a closed connection or a protocol
+        # state error (InterfaceError, InternalClientError) rather than a connection error: that is
+        # "unavailable" (503), not a bug (500). Errors already answered with 503 pass unchanged.
+        try:
+            gone = conn.is_closed()
+        except asyncpg.InterfaceError:  # the pool has already taken back a connection that closed
+            gone = True
+        if gone and not isinstance(exc, (Unavailable, *CONNECTION_ERRORS, asyncpg.PostgresConnectionError)):
+            raise Unavailable("the database is unavailable") from exc
+        raise
     finally:
         await conn_cm.__aexit__(None, None, None)
 
@@ -114,16 +125,30 @@ def after_commit(request: Request, callback: Callable[[], Awaitable[None]]) -> N
     request.state.after_commit = [*getattr(request.state, "after_commit", []), callback]
 
 
+# An idempotent POST's claim becomes 'committed' in the same transaction as its work (kit/idempotency.py).
+MARK_IDEMPOTENCY_COMMITTED = "UPDATE idempotency_keys SET state = 'committed' WHERE owner = $1 AND key = $2"
+
+
 async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
     EVENTS_WRITTEN.set(False)
     async with acquire(get_pool(request), transaction=True) as conn:
         yield conn
-    for callback in getattr(request.state, "after_commit", []):
-        await callback()
-    if EVENTS_WRITTEN.get():
-        notify = request.app.state.on_events_committed
-        if notify is not None:
-            await notify()
+        claim = getattr(request.state, "idempotency", None)
+        if claim is not None:
+            await conn.execute(MARK_IDEMPOTENCY_COMMITTED, *claim)
+    # Committed: a failure from here on (a notification, a cache flush elsewhere) must not turn the answer
+    # into an error, or the client would retry a change that stands.
+    callbacks = list(getattr(request.state, "after_commit", []))
+    notify = request.app.state.on_events_committed
+    if EVENTS_WRITTEN.get() and notify is not None:
+        callbacks.append(notify)
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            import structlog
+
+            structlog.get_logger("virtualq.db").warning("after_commit_failed", exc_info=True)
 
 
 # scope="function": the transaction commits before the response is sent, so a 2xx means committed.

@@ -54,6 +54,9 @@ def configure_logging(level: str = "info", json: bool = False) -> None:
     # Our middleware writes the access log; uvicorn's would repeat it without request ids.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+    # httpx logs every webhook call with its full URL at INFO: a URL can carry the receiver's own secret
+    # (a token in the path or query). Attempts are recorded in the delivery log instead.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True

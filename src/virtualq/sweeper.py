@@ -167,10 +167,12 @@ PRUNE_EVERY_SECONDS = 3600.0
 
 
 async def prune(pool: asyncpg.Pool, retention_days: float) -> tuple[int, int]:
-    """Drop events and finished webhook deliveries older than the retention period."""
+    """Drop events and finished webhook deliveries older than the retention period, and idempotency keys
+    past their 24 hours."""
     async with acquire(pool, transaction=False) as conn:
         pruned_events = await event_log.prune(conn, retention_days)
         pruned_deliveries = await webhook_log.prune(conn, retention_days)
+        await conn.execute("DELETE FROM idempotency_keys WHERE expires_at < now()")
     return pruned_events, pruned_deliveries
 
 

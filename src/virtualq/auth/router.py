@@ -17,8 +17,10 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated, responses=WRITE_ERRORS)
-async def create_api_key(body: ApiKeyCreate, principal: AdminOnly, conn: WriteConn) -> Any:
-    """Issue a key within the caller's scope. The secret `key` is returned once and stored only as a hash."""
+async def create_api_key(body: ApiKeyCreate, request: Request, principal: AdminOnly, conn: WriteConn) -> Any:
+    """Issue a key within the caller's scope. The secret `key` is returned once and stored only as a hash
+    (a retry with the same Idempotency-Key gets the key's record, not the secret again)."""
+    request.state.idempotency_redact = "key"
     row, secret = await service.create_key(conn, principal, body)
     return {**dict(row), "key": secret}
 

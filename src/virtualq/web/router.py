@@ -60,7 +60,11 @@ async def ticket_page(ticket_id: uuid.UUID) -> FileResponse:
 @pages.get("/static/{name}")
 async def static_file(name: str) -> FileResponse:
     path = STATIC / name
-    if "/" in name or name.startswith(".") or not path.is_file():
+    try:
+        found = "/" not in name and not name.startswith(".") and path.is_file()
+    except OSError:  # a name too long for the file system, say: no such file either
+        found = False
+    if not found:
         raise not_found("file")
     media = {"js": "text/javascript", "css": "text/css"}.get(
         name.rsplit(".", 1)[-1], "application/octet-stream"

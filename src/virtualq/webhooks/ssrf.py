@@ -29,7 +29,10 @@ def _internal(address: str) -> bool:
 
 def check_url_shape(url: str) -> str:
     """The host of an http(s) URL without credentials; TargetRefused otherwise."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        raise TargetRefused("url is not a valid URL") from None
     if parts.scheme not in ("http", "https"):
         raise TargetRefused("url must be http:// or https://")
     if not parts.hostname:

@@ -1,0 +1,306 @@
+"""Idempotency keys (PRODUCT §6): a POST with `Idempotency-Key` runs once; retries get the first answer.
+
+The key belongs to the credential that sent it (a digest of the API key, the same digest `api_keys` stores),
+so two callers never share keys, and a revoked key cannot replay anything. The flow:
+
+1. Claim (owner, key) with an INSERT; the request's fingerprint (method, path, query, tenant, body) is kept.
+2. The request runs; its own transaction marks the claim `committed` (db._write_transaction), so a crash after
+   the commit can never lead to the work being done twice.
+3. The answer is stored (2xx, or anything once the work committed); on another failure the claim is dropped
+   so the request can be retried.
+
+Concurrent retries of the same key wait for the first one and answer with its stored response. A retry with
+a different body is 409 `idempotency_conflict`. Keys are kept 24 hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from virtualq.auth import keys
+from virtualq.db import CONNECTION_ERRORS, acquire
+from virtualq.errors import Unavailable
+from virtualq.kit.responses import error_body
+from virtualq.logging import get_logger
+
+HEADER = b"idempotency-key"
+KEEP = "24 hours"
+LEASE_SECONDS = 60  # longer than any request may run (DB_COMMAND_TIMEOUT_SECONDS is 30 by default)
+WAIT_SECONDS = 35.0
+POLL_SECONDS = 0.02
+STORED_HEADERS = (b"content-type", b"location", b"etag")
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    Unavailable,
+    asyncpg.PostgresConnectionError,
+    *CONNECTION_ERRORS,
+)
+log = get_logger("virtualq.idempotency")
+_VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+_CLAIM = f"""
+INSERT INTO idempotency_keys (owner, key, fingerprint, lease_until, expires_at)
+VALUES ($1, $2, $3, now() + interval '{LEASE_SECONDS} seconds', now() + interval '{KEEP}')
+ON CONFLICT (owner, key) DO UPDATE
+   SET fingerprint = EXCLUDED.fingerprint, state = 'running', lease_until = EXCLUDED.lease_until,
+       response_status = NULL, response_headers = NULL, response_body = NULL,
+       created_at = now(), expires_at = EXCLUDED.expires_at
+ -- An expired key is free again; so is one whose request died before its work committed.
+ WHERE idempotency_keys.expires_at < now()
+    OR (idempotency_keys.state = 'running' AND idempotency_keys.lease_until < now())
+RETURNING true
+"""
+
+_READ = """
+SELECT fingerprint, state, lease_until < now() AS lapsed, response_status, response_headers, response_body,
+       EXISTS (SELECT 1 FROM api_keys WHERE key_hash = $1 AND revoked_at IS NOT NULL) AS revoked
+  FROM idempotency_keys
+ WHERE owner = $1 AND key = $2 AND expires_at >= now()
+"""
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _credential(scope: Scope) -> str | None:
+    authorization = _header(scope, b"authorization")
+    if authorization:
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    api_key = _header(scope, b"x-api-key")
+    return api_key.decode("latin-1") if api_key else None
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        raw_key = _header(scope, HEADER)
+        credential = _credential(scope)
+        if raw_key is None or credential is None:
+            # No key or no credential: the request runs as usual (refused with 401 if unauthenticated).
+            await self.app(scope, receive, send)
+            return
+        key = raw_key.decode("latin-1")
+        if not _VALID_KEY.fullmatch(key):
+            await _send_error(
+                scope,
+                send,
+                400,
+                "validation_error",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                {"field": "Idempotency-Key"},
+            )
+            return
+        try:
+            body = await _read_body(receive)
+        except StarletteHTTPException as exc:  # over the size limit: the outer middleware answers 413
+            await _send_error(scope, send, exc.status_code, "payload_too_large", "too large", {})
+            return
+
+        owner = keys.hash_key(credential)
+        tenant = _header(scope, b"x-tenant-id") or b""
+        fingerprint = hashlib.sha256(
+            b"\0".join((scope["path"].encode(), scope["query_string"], tenant, body))
+        ).digest()
+        pool = scope["app"].state.pool
+        try:
+            await self._run(scope, send, pool, owner, key, fingerprint, body)
+        except DATABASE_DOWN:
+            await _send_error(
+                scope, send, 503, "unavailable", "The database is unavailable; retry shortly.", {}
+            )
+
+    async def _run(
+        self, scope: Scope, send: Send, pool: Any, owner: bytes, key: str, fingerprint: bytes, body: bytes
+    ) -> None:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            async with acquire(pool, transaction=False) as conn:
+                claimed = await conn.fetchval(_CLAIM, owner, key, fingerprint)
+                row = None if claimed else await conn.fetchrow(_READ, owner, key)
+            if claimed:
+                await self._execute(scope, send, pool, owner, key, body)
+                return
+            if row is None:
+                continue  # the holder gave its claim up (or it expired) just now: claim again
+            if row["revoked"]:
+                # Nothing is replayed to a revoked key: the request runs and is refused (401) as usual.
+                await self.app(scope, _replay_request(body), send)
+                return
+            if row["fingerprint"] != fingerprint:
+                await _send_error(
+                    scope,
+                    send,
+                    409,
+                    "idempotency_conflict",
+                    "this Idempotency-Key was used for a different request",
+                    {"field": "Idempotency-Key"},
+                )
+                return
+            if row["state"] == "completed":
+                await _replay(send, row)
+                return
+            if row["state"] == "committed" and row["lapsed"]:
+                await _send_error(
+                    scope,
+                    send,
+                    409,
+                    "idempotency_conflict",
+                    "the request with this Idempotency-Key was carried out, but its answer was lost; "
+                    "look the result up instead of retrying",
+                    {"field": "Idempotency-Key"},
+                )
+                return
+            if time.monotonic() > deadline:
+                await _send_error(
+                    scope,
+                    send,
+                    409,
+                    "idempotency_conflict",
+                    "a request with this Idempotency-Key is still in progress; retry later",
+                    {"field": "Idempotency-Key"},
+                )
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _execute(
+        self, scope: Scope, send: Send, pool: Any, owner: bytes, key: str, body: bytes
+    ) -> None:
+        scope.setdefault("state", {})["idempotency"] = (owner, key)
+        status = 500
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, _replay_request(body), capture)
+        finally:
+            body = b"".join(chunks)
+            redact = scope["state"].get("idempotency_redact")
+            if redact is not None and 200 <= status < 300:
+                body = _redacted(body, redact)
+            try:
+                await _settle(pool, owner, key, status, headers, body)
+            except DATABASE_DOWN as exc:
+                # The claim stays 'running' (or 'committed'); its lease decides what a retry may do.
+                log.warning("could not record the answer of an idempotent request", error=type(exc).__name__)
+
+
+REDACTED = "(shown only in the first response; if it was lost, revoke this key and create another)"
+
+
+def _redacted(body: bytes, field: str) -> bytes:
+    """A secret shown once is not kept: the stored answer names the field without its value."""
+    document = orjson.loads(body)
+    document[field] = REDACTED
+    return orjson.dumps(document)
+
+
+async def _settle(
+    pool: Any, owner: bytes, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    async with acquire(pool, transaction=False) as conn:
+        if 200 <= status < 300:
+            await _store(conn, owner, key, status, headers, body)
+            return
+        # Keep another answer only if the work committed (state 'committed'); otherwise free the key.
+        freed = await conn.fetchval(
+            "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 AND state = 'running' RETURNING true",
+            owner,
+            key,
+        )
+        if not freed:
+            await _store(conn, owner, key, status, headers, body)
+
+
+async def _store(
+    conn: Any, owner: bytes, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    kept = {name.decode(): value.decode("latin-1") for name, value in headers if name in STORED_HEADERS}
+    await conn.execute(
+        """UPDATE idempotency_keys
+              SET state = 'completed', response_status = $3, response_headers = $4, response_body = $5
+            WHERE owner = $1 AND key = $2""",
+        owner,
+        key,
+        status,
+        kept,
+        body,
+    )
+
+
+async def _replay(send: Send, row: Any) -> None:
+    body = bytes(row["response_body"] or b"")
+    headers = [
+        (name.encode(), value.encode("latin-1")) for name, value in (row["response_headers"] or {}).items()
+    ]
+    headers += [(b"content-length", str(len(body)).encode()), (b"idempotent-replayed", b"true")]
+    await send({"type": "http.response.start", "status": row["response_status"], "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _replay_request(body: bytes) -> Receive:
+    """The already-read body, for the app to read again."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # like a client that stays connected until the answer is sent
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            return b"".join(chunks)
+
+
+async def _send_error(
+    scope: Scope, send: Send, status: int, code: str, message: str, details: dict[str, Any]
+) -> None:
+    request_id = scope.get("state", {}).get("request_id")
+    body = error_body(status, code, message, details, request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -77,7 +77,7 @@ async def acquire(pool: asyncpg.Pool, *, transaction: bool) -> AsyncIterator[Con
         conn_cm = pool.acquire(timeout=10)
         conn = cast(Connection, await conn_cm.__aenter__())
     except CONNECTION_ERRORS as exc:
-        raise Unavailable("the database is unavailable") from exc
+        raise Unavailable("The database is unavailable; retry shortly.") from exc
     try:
         if transaction:
             async with conn.transaction():
@@ -93,7 +93,7 @@ async def acquire(pool: asyncpg.Pool, *, transaction: bool) -> AsyncIterator[Con
         except asyncpg.InterfaceError:  # the pool has already taken back a connection that closed
             gone = True
         if gone and not isinstance(exc, (Unavailable, *CONNECTION_ERRORS, asyncpg.PostgresConnectionError)):
-            raise Unavailable("the database is unavailable") from exc
+            raise Unavailable("The database is unavailable; retry shortly.") from exc
         raise
     finally:
         await conn_cm.__aexit__(None, None, None)

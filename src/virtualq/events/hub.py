@@ -34,6 +34,8 @@ BATCH = 500
 BEHIND_RETRY_SECONDS = 0.02
 HEARTBEAT_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
 PING = b"event: changed\ndata: {}\n\n"
+# A publish after a commit waits no longer than this (redis-py's own socket timeout is 5 s).
+PUBLISH_TIMEOUT_SECONDS = 0.5
 # A notification that API keys (or their accounts/tenants) changed: every process drops its key cache.
 KEYS_CHANGED = b"keys"
 
@@ -267,8 +269,11 @@ class EventHub:
 
 
 async def publish(redis: Any, message: bytes = b"1") -> None:
-    """Tell every process's hub (through Redis) that events were committed (or keys changed)."""
+    """Tell every process's hub (through Redis) that events were committed (or keys changed).
+
+    Called after a commit, before the response: bounded, so that a Redis that hangs (paused, partitioned)
+    delays no write by more than PUBLISH_TIMEOUT_SECONDS."""
     try:
-        await redis.publish(REDIS_CHANNEL, message)
+        await asyncio.wait_for(redis.publish(REDIS_CHANNEL, message), PUBLISH_TIMEOUT_SECONDS)
     except Exception:  # a lost notification only delays delivery until the next poll
         log.warning("event_publish_failed", exc_info=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -11,6 +12,8 @@ from virtualq.logging import get_logger
 
 router = APIRouter(tags=["operations"])
 log = get_logger("virtualq.health")
+# A Redis that hangs (paused, partitioned) is reported as unreachable this fast, not after redis-py's 5 s.
+REDIS_PING_TIMEOUT_SECONDS = 1.0
 
 
 @router.get("/healthz")
@@ -34,7 +37,7 @@ async def readyz(request: Request) -> Any:
     redis = request.app.state.redis
     if redis is not None:
         try:
-            await redis.ping()
+            await asyncio.wait_for(redis.ping(), REDIS_PING_TIMEOUT_SECONDS)
             checks["redis"] = "ok"
         except Exception as exc:
             log.warning("readiness check failed", dependency="redis", error=type(exc).__name__)

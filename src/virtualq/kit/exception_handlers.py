@@ -56,7 +56,8 @@ def _describe_validation_errors(exc: RequestValidationError) -> list[dict[str, A
 
 async def _app_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
-    return _respond(request, exc.status_code, exc.code, exc.message, exc.details)
+    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    return _respond(request, exc.status_code, exc.code, exc.message, exc.details, headers=headers)
 
 
 async def _request_validation(request: Request, exc: Exception) -> Response:

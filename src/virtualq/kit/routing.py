@@ -25,6 +25,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "The key's role or scope does not allow this (forbidden).",
         404: "No such resource in the caller's scope (not_found).",
         409: "Conflicts with existing data (conflict).",
+        412: "If-Match names another version of the ticket (precondition_failed); details.etag is current.",
         413: "Request body too large (payload_too_large).",
     }
     return {status: {"model": ErrorBody, "description": descriptions[status]} for status in statuses}

@@ -14,6 +14,7 @@ from virtualq.kit.responses import fields_of, project, trusted_json
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, error_responses
 from virtualq.kit.schemas import Page
 from virtualq.tickets import items_service, line, service
+from virtualq.tickets.etag import IfMatch, check_if_match, tag
 from virtualq.tickets.schemas import (
     AssignRequest,
     CallNextRequest,
@@ -37,6 +38,9 @@ from virtualq.tickets.schemas import (
 
 router = APIRouter(tags=["tickets"])
 TRANSITION_ERRORS = error_responses(400, 401, 403, 404, 409, 413)
+# Mutations of one ticket honour If-Match.
+TICKET_WRITE_ERRORS = {**WRITE_ERRORS, **error_responses(412)}
+TICKET_TRANSITION_ERRORS = {**TRANSITION_ERRORS, **error_responses(412)}
 # Fields a display-role key never sees: they identify or describe a person.
 PERSONAL_FIELDS = ("customer_id", "custom_data", "employee_id")
 # The hot read endpoints send rows as they are (no second validation); the models still document them.
@@ -68,9 +72,9 @@ def _ticket_filters(
 
 
 @router.post("/v1/tickets", status_code=201, response_model=Ticket, responses=TRANSITION_ERRORS)
-async def create_ticket(body: TicketCreate, ctx: TenantStaff, conn: WriteConn) -> Any:
+async def create_ticket(body: TicketCreate, response: Response, ctx: TenantStaff, conn: WriteConn) -> Any:
     """Join a queue: the ticket starts in its machine's init state with a number and a place in line."""
-    return await service.create_ticket(conn, ctx, body)
+    return tag(response, await service.create_ticket(conn, ctx, body))
 
 
 @router.get("/v1/tickets", response_model=Page[Ticket], responses=READ_ERRORS)
@@ -92,30 +96,55 @@ async def count_tickets(body: TicketFilters, ctx: TenantStaff, conn: ReadConn) -
 
 @router.get("/v1/tickets/{ticket_id}", response_model=Ticket, responses=READ_ERRORS)
 async def get_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
-    return trusted_json(project(await service.get_ticket(conn, ctx, ticket_id), TICKET_FIELDS))
+    """The ticket, with its `ETag`: send it back as `If-Match` to change it only if nobody else did."""
+    ticket = await service.get_ticket(conn, ctx, ticket_id)
+    answer = trusted_json(project(ticket, TICKET_FIELDS))
+    tag(answer, ticket)
+    return answer
 
 
-@router.patch("/v1/tickets/{ticket_id}", response_model=Ticket, responses=WRITE_ERRORS)
-@router.put("/v1/tickets/{ticket_id}", response_model=Ticket, responses=WRITE_ERRORS)
-async def update_ticket(ticket_id: uuid.UUID, body: TicketUpdate, ctx: TenantStaff, conn: WriteConn) -> Any:
+@router.patch("/v1/tickets/{ticket_id}", response_model=Ticket, responses=TICKET_WRITE_ERRORS)
+@router.put("/v1/tickets/{ticket_id}", response_model=Ticket, responses=TICKET_WRITE_ERRORS)
+async def update_ticket(
+    ticket_id: uuid.UUID,
+    body: TicketUpdate,
+    response: Response,
+    ctx: TenantStaff,
+    conn: WriteConn,
+    if_match: IfMatch = None,
+) -> Any:
     """Change custom_data (re-validated), estimated_wait_minutes or ttl_minutes; PUT means the same."""
-    return await service.update_ticket(conn, ctx, ticket_id, body)
+    await check_if_match(conn, ctx, ticket_id, if_match)
+    return tag(response, await service.update_ticket(conn, ctx, ticket_id, body))
 
 
-@router.delete("/v1/tickets/{ticket_id}", response_model=TransitionedTicket, responses=TRANSITION_ERRORS)
-async def cancel_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: WriteConn) -> Any:
+@router.delete(
+    "/v1/tickets/{ticket_id}", response_model=TransitionedTicket, responses=TICKET_TRANSITION_ERRORS
+)
+async def cancel_ticket(
+    ticket_id: uuid.UUID, response: Response, ctx: TenantStaff, conn: WriteConn, if_match: IfMatch = None
+) -> Any:
     """Cancel: apply the transition into a cancelled-category state; the ticket stays readable."""
-    return await service.cancel_ticket(conn, ctx, ticket_id)
+    await check_if_match(conn, ctx, ticket_id, if_match)
+    return tag(response, await service.cancel_ticket(conn, ctx, ticket_id))
 
 
 @router.post(
-    "/v1/tickets/{ticket_id}/transition", response_model=TransitionedTicket, responses=TRANSITION_ERRORS
+    "/v1/tickets/{ticket_id}/transition",
+    response_model=TransitionedTicket,
+    responses=TICKET_TRANSITION_ERRORS,
 )
 async def transition_ticket(
-    ticket_id: uuid.UUID, body: TransitionRequest, ctx: TenantStaff, conn: WriteConn
+    ticket_id: uuid.UUID,
+    body: TransitionRequest,
+    response: Response,
+    ctx: TenantStaff,
+    conn: WriteConn,
+    if_match: IfMatch = None,
 ) -> Any:
     """Apply a named transition of the ticket's state machine; 400 invalid_transition lists the valid ones."""
-    return await service.transition_ticket(conn, ctx, ticket_id, body)
+    await check_if_match(conn, ctx, ticket_id, if_match)
+    return tag(response, await service.transition_ticket(conn, ctx, ticket_id, body))
 
 
 @router.get("/v1/tickets/{ticket_id}/history", response_model=list[HistoryEntry], responses=READ_ERRORS)
@@ -130,40 +159,69 @@ async def ticket_history(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn)
     responses=error_responses(400, 401, 403, 404, 413),
     tags=["queues"],
 )
-async def call_next(queue_id: uuid.UUID, body: CallNextRequest, ctx: TenantStaff, conn: WriteConn) -> Any:
+async def call_next(
+    queue_id: uuid.UUID, body: CallNextRequest, response: Response, ctx: TenantStaff, conn: WriteConn
+) -> Any:
     """Take the first waiting ticket and move it out of the line (404 queue_empty when nobody waits).
 
     Two counters calling at the same instant never receive the same ticket. The employee (given, or the one
     the API key is bound to) is assigned and recorded in the history. A disabled queue can still be served.
     """
-    return await line.call_next(conn, ctx, queue_id, body)
+    return tag(response, await line.call_next(conn, ctx, queue_id, body))
 
 
-@router.post("/v1/tickets/{ticket_id}/reorder", response_model=ReorderedTicket, responses=TRANSITION_ERRORS)
+@router.post(
+    "/v1/tickets/{ticket_id}/reorder", response_model=ReorderedTicket, responses=TICKET_TRANSITION_ERRORS
+)
 async def reorder_ticket(
-    ticket_id: uuid.UUID, body: ReorderRequest, ctx: TenantStaff, conn: WriteConn
+    ticket_id: uuid.UUID,
+    body: ReorderRequest,
+    response: Response,
+    ctx: TenantStaff,
+    conn: WriteConn,
+    if_match: IfMatch = None,
 ) -> Any:
     """Move a waiting ticket to a 1-based position (clamped to the line); the others shift."""
-    return await line.reorder(conn, ctx, ticket_id, body)
+    await check_if_match(conn, ctx, ticket_id, if_match)
+    return tag(response, await line.reorder(conn, ctx, ticket_id, body))
 
 
-@router.post("/v1/tickets/{ticket_id}/forward", response_model=ForwardedTicket, responses=TRANSITION_ERRORS)
+@router.post(
+    "/v1/tickets/{ticket_id}/forward", response_model=ForwardedTicket, responses=TICKET_TRANSITION_ERRORS
+)
 async def forward_ticket(
-    ticket_id: uuid.UUID, body: ForwardRequest, ctx: TenantStaff, conn: WriteConn
+    ticket_id: uuid.UUID,
+    body: ForwardRequest,
+    response: Response,
+    ctx: TenantStaff,
+    conn: WriteConn,
+    if_match: IfMatch = None,
 ) -> Any:
     """Send the ticket to another queue of the tenant; it keeps its state, number and display code."""
-    return await line.forward(conn, ctx, ticket_id, body)
+    await check_if_match(conn, ctx, ticket_id, if_match)
+    return tag(response, await line.forward(conn, ctx, ticket_id, body))
 
 
-@router.post("/v1/tickets/{ticket_id}/assign", response_model=Ticket, responses=WRITE_ERRORS)
-async def assign_ticket(ticket_id: uuid.UUID, body: AssignRequest, ctx: TenantStaff, conn: WriteConn) -> Any:
+@router.post("/v1/tickets/{ticket_id}/assign", response_model=Ticket, responses=TICKET_WRITE_ERRORS)
+async def assign_ticket(
+    ticket_id: uuid.UUID,
+    body: AssignRequest,
+    response: Response,
+    ctx: TenantStaff,
+    conn: WriteConn,
+    if_match: IfMatch = None,
+) -> Any:
     """Assign an active employee of the tenant (400 otherwise)."""
-    return await line.assign(conn, ctx, ticket_id, body.employee_id)
+    await check_if_match(conn, ctx, ticket_id, if_match)
+    return tag(response, await line.assign(conn, ctx, ticket_id, body.employee_id))
 
 
-@router.post("/v1/tickets/{ticket_id}/unassign", response_model=Ticket, responses=WRITE_ERRORS)
-async def unassign_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: WriteConn) -> Any:
-    return await line.assign(conn, ctx, ticket_id, None)
+@router.post("/v1/tickets/{ticket_id}/unassign", response_model=Ticket, responses=TICKET_WRITE_ERRORS)
+async def unassign_ticket(
+    ticket_id: uuid.UUID, response: Response, ctx: TenantStaff, conn: WriteConn, if_match: IfMatch = None
+) -> Any:
+    await check_if_match(conn, ctx, ticket_id, if_match)
+    return tag(response, await line.assign(conn, ctx, ticket_id, None))
 
 
 @router.get(

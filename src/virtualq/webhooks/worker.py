@@ -24,14 +24,26 @@ import structlog
 
 from virtualq import __version__
 from virtualq.config import Settings
-from virtualq.db import acquire
+from virtualq.db import CONNECTION_ERRORS, acquire
+from virtualq.errors import Unavailable
 from virtualq.kit.metrics import Metrics
 from virtualq.webhooks import repository
 from virtualq.webhooks.ssrf import TargetRefused, check_target
 
 log = structlog.get_logger("virtualq.webhooks")
-BATCH = 50
 CONCURRENCY = 16
+# Claim no more than can be attempted at once: a claimed delivery is leased (WEBHOOK_TIMEOUT_SECONDS + 30 s),
+# and one that waited for a free slot when the process died would wait out that lease for nothing.
+BATCH = CONCURRENCY
+RECORD_RETRY_FIRST_SECONDS = 0.1
+RECORD_RETRY_MAX_SECONDS = 1.0
+# Failures that mean the database is away for now (recording an outcome is retried), not a wrong query.
+DATABASE_AWAY: tuple[type[Exception], ...] = (
+    Unavailable,
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -95,16 +107,21 @@ class WebhookWorker:
             claimed = await repository.claim(conn, BATCH, lease)
         if not claimed:
             return 0
+        lease_ends = time.monotonic() + lease - 1
         semaphore = asyncio.Semaphore(CONCURRENCY)
 
         async def one(row: Any) -> None:
             async with semaphore:
-                await self._attempt(row)
+                await self._attempt(row, lease_ends)
 
-        await asyncio.gather(*(one(row) for row in claimed))
+        # Every attempt runs to its end even if another fails (none is left running unobserved).
+        outcomes = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                log.warning("webhook_attempt_failed", exc_info=outcome)
         return len(claimed)
 
-    async def _attempt(self, row: Any) -> None:
+    async def _attempt(self, row: Any, lease_ends: float) -> None:
         assert self.client is not None
         body = orjson.dumps(row["payload"])
         status_code: int | None = None
@@ -148,15 +165,33 @@ class WebhookWorker:
                 row["attempts"], settings.webhook_retry_base_seconds, settings.webhook_retry_max_seconds
             )
         self.metrics.webhook_attempts.labels("retry" if status == "pending" else status).inc()
-        async with acquire(self.pool, transaction=False) as conn:
-            await repository.record_attempt(
-                conn,
-                tenant_id=row["tenant_id"],
-                delivery_id=row["id"],
-                attempt=row["attempts"],
-                status=status,
-                status_code=status_code,
-                error=error,
-                duration_ms=duration_ms,
-                retry_in_seconds=retry_in,
-            )
+        outcome = {
+            "tenant_id": row["tenant_id"],
+            "delivery_id": row["id"],
+            "attempt": row["attempts"],
+            "status": status,
+            "status_code": status_code,
+            "error": error,
+            "duration_ms": duration_ms,
+            "retry_in_seconds": retry_in,
+        }
+        await self._record(outcome, lease_ends)
+
+    async def _record(self, outcome: dict[str, Any], lease_ends: float) -> None:
+        """Record an attempt's outcome. While the database is away, keep trying until the delivery's lease
+        ends: dropping the outcome would leave a delivery that succeeded to be sent again once the lease runs
+        out (and the lease is WEBHOOK_TIMEOUT_SECONDS + 30 s). Past the lease, another process may already be
+        retrying it: at least once."""
+        delay = RECORD_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                async with acquire(self.pool, transaction=False) as conn:
+                    await repository.record_attempt(conn, **outcome)
+                return
+            except DATABASE_AWAY:
+                if time.monotonic() + delay >= lease_ends:
+                    delivery = str(outcome["delivery_id"])
+                    log.warning("webhook_outcome_lost", delivery_id=delivery, exc_info=True)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)

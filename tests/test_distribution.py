@@ -150,18 +150,19 @@ async def test_tenant_tables_can_be_distributed_by_tenant_id(db: asyncpg.Connect
 
 
 async def test_the_check_catches_what_citus_refuses(db: asyncpg.Connection) -> None:
-    """The check itself can fail: break each property inside a transaction that is rolled back."""
+    """The check itself can fail: break each property inside a transaction that is rolled back (foreign keys
+    NOT VALID, so rows other tests left behind are not checked against the broken rule)."""
     breakages = {
         "ALTER TABLE events DROP CONSTRAINT events_pkey, ADD PRIMARY KEY (id)": "does not include tenant_id",
         "CREATE UNIQUE INDEX broken ON tickets (public_token)": "does not include tenant_id",
         "ALTER TABLE queue_day_counters DROP CONSTRAINT queue_day_counters_pkey, "
         "ALTER COLUMN tenant_id DROP NOT NULL": "may be NULL",
         "ALTER TABLE ticket_items ADD CONSTRAINT broken FOREIGN KEY (ticket_id, tenant_id) "
-        "REFERENCES tickets (tenant_id, id)": "does not match tenant_id",
+        "REFERENCES tickets (tenant_id, id) NOT VALID": "does not match tenant_id",
         "ALTER TABLE api_keys ADD CONSTRAINT broken FOREIGN KEY (tenant_id, employee_id) "
-        "REFERENCES employees (tenant_id, id)": "a reference table may only reference",
+        "REFERENCES employees (tenant_id, id) NOT VALID": "a reference table may only reference",
         "ALTER TABLE ticket_history ADD CONSTRAINT broken FOREIGN KEY (tenant_id, ticket_id) "
-        "REFERENCES tickets (tenant_id, id) ON DELETE SET NULL": "would write tenant_id",
+        "REFERENCES tickets (tenant_id, id) ON DELETE SET NULL NOT VALID": "would write tenant_id",
     }
     for statement, expected in breakages.items():
         transaction = db.transaction()

@@ -173,10 +173,23 @@ def create_app(
                 "Idempotency-Key",
                 "If-Match",
             ],
-            expose_headers=["X-Request-ID", "ETag"],
+            expose_headers=[
+                "X-Request-ID",
+                "ETag",
+                "Idempotent-Replayed",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
         )
     app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        production=settings.is_production,
+    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

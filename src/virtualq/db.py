@@ -39,13 +39,38 @@ async def _init_connection(conn: Connection) -> None:
         )
 
 
+# Row-level security (migration 0008): which tenant's rows the statements of this task may see. Set from the
+# authenticated tenant (auth.principal.resolve_tenant); '' matches no tenant; SYSTEM is for work that spans
+# tenants and is asked for explicitly, `acquire(..., system=True)`.
+SYSTEM = "system"
+DB_SCOPE: ContextVar[str] = ContextVar("db_scope", default="")
+APP_ROLE = "virtualq_app"
+
+
 class PooledConnection(asyncpg.Connection):
-    """No reset statement when a connection goes back to the pool: the app never leaves session state
-    behind (no SET, LISTEN, advisory locks or cursors on pooled connections), and asyncpg's default reset
+    """No reset statement when a connection goes back to the pool: the app leaves no session state behind
+    except the row-security scope, which `acquire` sets on every use (no SET of its own, LISTEN, advisory
+    locks or cursors on pooled connections), and asyncpg's default reset
     (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) costs a round trip per request."""
+
+    _vq_scope: str | None = None
 
     def get_reset_query(self) -> str:
         return ""
+
+    def vq_scope(self) -> str | None:
+        return self._vq_scope
+
+    def vq_remember_scope(self, scope: str) -> None:
+        self._vq_scope = scope
+
+
+async def _use_scope(conn: Connection, scope: str) -> None:
+    """Point the connection's `virtualq.tenant_id` at `scope`, unless it already is (no round trip then).
+    Set outside any transaction, so a rollback cannot undo it behind the memo's back."""
+    if conn.vq_scope() != scope:  # type: ignore[attr-defined]
+        await conn.execute("SELECT set_config('virtualq.tenant_id', $1, false)", scope)
+        conn.vq_remember_scope(scope)  # type: ignore[attr-defined]
 
 
 async def create_pool(
@@ -55,6 +80,8 @@ async def create_pool(
 
     async def init(conn: Connection) -> None:
         await _init_connection(conn)
+        # Act as the application role, which row-level security always applies to (migration 0008).
+        await conn.execute(f"SET ROLE {APP_ROLE}")
         if query_logger is not None:
             conn.add_query_logger(query_logger)
 
@@ -72,13 +99,17 @@ async def create_pool(
 
 
 @asynccontextmanager
-async def acquire(pool: asyncpg.Pool, *, transaction: bool) -> AsyncIterator[Connection]:
+async def acquire(
+    pool: asyncpg.Pool, *, transaction: bool, system: bool = False
+) -> AsyncIterator[Connection]:
+    """A pooled connection scoped to the current tenant (DB_SCOPE), or to every tenant with `system=True`."""
     try:
         conn_cm = pool.acquire(timeout=10)
         conn = cast(Connection, await conn_cm.__aenter__())
     except CONNECTION_ERRORS as exc:
         raise Unavailable("The database is unavailable; retry shortly.") from exc
     try:
+        await _use_scope(conn, SYSTEM if system else DB_SCOPE.get())
         if transaction:
             async with conn.transaction():
                 yield conn
@@ -120,6 +151,11 @@ async def _read_connection(request: Request) -> AsyncIterator[Connection]:
         yield conn
 
 
+async def _system_read_connection(request: Request) -> AsyncIterator[Connection]:
+    async with acquire(get_pool(request), transaction=False, system=True) as conn:
+        yield conn
+
+
 def after_commit(request: Request, callback: Callable[[], Awaitable[None]]) -> None:
     """Run `callback` once this request's transaction has committed (not at all if it rolls back)."""
     request.state.after_commit = [*getattr(request.state, "after_commit", []), callback]
@@ -153,4 +189,6 @@ async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
 
 # scope="function": the transaction commits before the response is sent, so a 2xx means committed.
 ReadConn = Annotated[Connection, Depends(_read_connection, scope="function")]
+# Reads across tenants, for endpoints that authorise by other means (a ticket's secret token).
+SystemReadConn = Annotated[Connection, Depends(_system_read_connection, scope="function")]
 WriteConn = Annotated[Connection, Depends(_write_transaction, scope="function")]

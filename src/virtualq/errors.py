@@ -96,7 +96,11 @@ ERROR_CODES: dict[int, tuple[str, str]] = {
     409: ("conflict", "The request conflicts with the current state."),
     412: ("precondition_failed", "The resource changed since it was read."),
     413: ("payload_too_large", "The request body is too large."),
-    415: ("unsupported_media_type", "The request body must be application/json."),
+    415: ("unsupported_media_type", "The request body must be JSON (Content-Type: application/json)."),
+    431: (
+        "request_header_fields_too_large",
+        "The request's headers are too large (at most 16 KiB, 100 fields).",
+    ),
     429: ("rate_limited", "Too many requests."),
     500: ("internal_error", "Internal server error."),
     503: ("unavailable", "The service is temporarily unavailable."),

@@ -145,7 +145,7 @@ async def sweep_once(pool: asyncpg.Pool, now: datetime | None = None, batch: int
     now = now or clock.now()
     result = SweepResult()
     while True:
-        async with acquire(pool, transaction=True) as conn:
+        async with acquire(pool, transaction=True, system=True) as conn:
             due = await conn.fetch(DUE_FOR_EXPIRY, now, batch)
             for row in due:
                 if await _handle_expiry(conn, row, now) == "transitioned":
@@ -155,7 +155,7 @@ async def sweep_once(pool: asyncpg.Pool, now: datetime | None = None, batch: int
         if len(due) < batch:
             break
     while True:
-        async with acquire(pool, transaction=True) as conn:
+        async with acquire(pool, transaction=True, system=True) as conn:
             marked = await conn.fetch(MARK_WAIT_EXCEEDED, now, batch)
         result.wait_exceeded += len(marked)
         if len(marked) < batch:
@@ -169,7 +169,7 @@ PRUNE_EVERY_SECONDS = 3600.0
 async def prune(pool: asyncpg.Pool, retention_days: float) -> tuple[int, int]:
     """Drop events and finished webhook deliveries older than the retention period, and idempotency keys
     past their 24 hours."""
-    async with acquire(pool, transaction=False) as conn:
+    async with acquire(pool, transaction=False, system=True) as conn:
         pruned_events = await event_log.prune(conn, retention_days)
         pruned_deliveries = await webhook_log.prune(conn, retention_days)
         await conn.execute("DELETE FROM idempotency_keys WHERE expires_at < now()")

@@ -10,7 +10,7 @@ import structlog
 from fastapi import Depends, Header, Query, Request
 
 from virtualq.auth import keys, repository
-from virtualq.db import acquire, after_commit, get_pool
+from virtualq.db import DB_SCOPE, acquire, after_commit, get_pool
 from virtualq.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 from virtualq.kit.cache import MISSING, TtlCache
 from virtualq.kit.ratelimit import Policy
@@ -183,6 +183,7 @@ async def resolve_tenant(
         # Out of scope and nonexistent look the same, so nothing leaks about other accounts.
         raise Forbidden("this API key may not act on that tenant")
     request.state.tenant_id = str(tenant_id)
+    DB_SCOPE.set(str(tenant_id))  # row-level security: this request's connections see this tenant only
     structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
     return TenantContext(tenant_id=tenant_id, account_id=account_id, principal=principal)
 

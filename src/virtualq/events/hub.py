@@ -81,7 +81,7 @@ class EventHub:
     _listen_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        async with acquire(self.pool, transaction=False) as conn:
+        async with acquire(self.pool, transaction=False, system=True) as conn:
             self.cursor = await repository.horizon(conn)
         self._task = asyncio.create_task(self._run(), name="virtualq-event-hub")
         self._listen_task = asyncio.create_task(self._listen(), name="virtualq-event-listener")
@@ -182,7 +182,7 @@ class EventHub:
         # A batch never exceeds half a buffer, and clients get the loop between batches: a client that
         # keeps up is never dropped by one burst.
         batch = max(1, min(BATCH, self.buffer_size // 2))
-        async with acquire(self.pool, transaction=False) as conn:
+        async with acquire(self.pool, transaction=False, system=True) as conn:
             while True:
                 rows = await repository.read(conn, tenant_id=None, after=self.cursor, limit=batch)
                 if rows:

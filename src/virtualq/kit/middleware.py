@@ -12,6 +12,7 @@ import structlog
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from virtualq.db import DB_SCOPE
 from virtualq.kit.metrics import Metrics
 from virtualq.kit.responses import error_body
 from virtualq.logging import get_logger
@@ -31,11 +32,54 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 100
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),  # the customer page's link carries its token
+    (b"x-frame-options", b"DENY"),
+]
+# The pages load only their own scripts and styles and talk only to this server.
+PAGE_POLICY = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'"
+)
+HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+def _has_body(scope: Scope) -> bool:
+    length = _header(scope, b"content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return _header(scope, b"transfer-encoding") is not None
+
+
+def _security_headers(headers: list[tuple[bytes, bytes]], production: bool) -> None:
+    present = {name.lower() for name, _ in headers}
+    content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+    headers.extend(header for header in SECURITY_HEADERS if header[0] not in present)
+    if content_type.startswith(b"text/html"):
+        headers.append((b"content-security-policy", PAGE_POLICY))
+    elif content_type.startswith(b"application/json") and b"cache-control" not in present:
+        headers.append((b"cache-control", b"no-store"))  # answers may hold personal data
+    if production:
+        headers.append(HSTS)
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, production: bool = False) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.production = production
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,6 +93,7 @@ class RequestContextMiddleware:
         state["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        DB_SCOPE.set("")  # no tenant's rows until the request's tenant is resolved
 
         status = 500
         response_started = False
@@ -64,6 +109,7 @@ class RequestContextMiddleware:
                 decision = state.get("rate_limit")
                 if decision is not None:
                     headers.extend(decision.headers())
+                _security_headers(headers, self.production)
                 message["headers"] = headers
             await send(message)
 
@@ -80,8 +126,18 @@ class RequestContextMiddleware:
 
         declared = _header(scope, b"content-length")
         try:
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            if len(scope["headers"]) > MAX_HEADERS or (
+                sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES
+            ):
+                await self._send_error(send_with_request_id, 431, request_id)
+            elif declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._send_error(send_with_request_id, 413, request_id)
+            elif (
+                scope["method"] in BODY_METHODS
+                and _has_body(scope)
+                and not _is_json(_header(scope, b"content-type") or "")
+            ):
+                await self._send_error(send_with_request_id, 415, request_id)
             elif "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
                 # PostgreSQL text cannot hold NUL; refuse it before it reaches a query.
                 await self._send_error(send_with_request_id, 400, request_id)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from virtualq.db import ReadConn, acquire, get_pool
+from virtualq.db import SystemReadConn, acquire, get_pool
 from virtualq.errors import not_found
 from virtualq.events.hub import EventHub
 from virtualq.kit.routing import error_responses
@@ -111,7 +111,7 @@ async def _ticket_by_token(conn: Any, ticket_id: uuid.UUID, token: str | None) -
     "/v1/public/tickets/{ticket_id}", response_model=PublicTicket, responses=error_responses(400, 404)
 )
 async def public_ticket(
-    ticket_id: uuid.UUID, conn: ReadConn, token: Token = None, x_ticket_token: TokenHeader = None
+    ticket_id: uuid.UUID, conn: SystemReadConn, token: Token = None, x_ticket_token: TokenHeader = None
 ) -> Any:
     """A customer's own ticket, by the token in its link (no API key): code, state, place, estimate."""
     row = await _ticket_by_token(conn, ticket_id, x_ticket_token or token)
@@ -146,7 +146,7 @@ async def public_ticket_stream(
     """`event: changed` whenever something that can move this ticket happens (its own changes, or any
     change in its queue): the page then reads `/v1/public/tickets/{id}` again. Nothing about other tickets
     is sent."""
-    async with acquire(get_pool(request), transaction=False) as conn:
+    async with acquire(get_pool(request), transaction=False, system=True) as conn:
         row = await _ticket_by_token(conn, ticket_id, x_ticket_token or token)
     hub: EventHub = request.app.state.event_hub
     ticket, queue = str(row["id"]), str(row["queue_id"])

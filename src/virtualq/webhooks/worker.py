@@ -103,7 +103,7 @@ class WebhookWorker:
     async def run_once(self) -> int:
         """Claim and attempt one batch of due deliveries; returns how many."""
         lease = self.settings.webhook_timeout_seconds + 30
-        async with acquire(self.pool, transaction=False) as conn:
+        async with acquire(self.pool, transaction=False, system=True) as conn:
             claimed = await repository.claim(conn, BATCH, lease)
         if not claimed:
             return 0
@@ -185,7 +185,7 @@ class WebhookWorker:
         delay = RECORD_RETRY_FIRST_SECONDS
         while True:
             try:
-                async with acquire(self.pool, transaction=False) as conn:
+                async with acquire(self.pool, transaction=False, system=True) as conn:
                     await repository.record_attempt(conn, **outcome)
                 return
             except DATABASE_AWAY:

@@ -3,8 +3,9 @@
     .venv/bin/python bench/scale.py [--seconds 10] [--counters 8]
 
 Each process gets half the load: creates, then counters calling next on the same queue through both
-processes at once. Prints throughput per phase and checks correctness: every ticket handed out exactly once,
-numbers unique, and each process's stream saw the other's changes.
+processes at once, then one rate-limited key through both. Prints throughput per phase and checks
+correctness: every ticket handed out exactly once, numbers unique, and the rate limit shared (one bucket
+in Redis, not one per process).
 """
 
 from __future__ import annotations
@@ -23,12 +24,58 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import json_body, run_load  # noqa: E402
-from bench.run import bench_tenant, database, free_port, server  # noqa: E402
+from bench.run import ADMIN_KEY, bench_tenant, database, free_port, server  # noqa: E402
 from virtualq import migrate  # noqa: E402
+
+LIMIT_PER_MINUTE, LIMIT_BURST = 60, 100
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 async def setup(base: str) -> tuple[dict[str, str], str, str]:
-    return await bench_tenant(base, "Scale")
+    """The bench tenant; its key is exempted from the servers' rate limits (per-key 0) for the load phases."""
+    headers, type_id, queue_id = await bench_tenant(base, "Scale")
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=ADMIN) as client:
+        keys = (await client.get("/v1/api-keys", params={"limit": 100})).json()["data"]
+        for key in keys:
+            if key["name"] == "Scale":
+                response = await client.patch(f"/v1/api-keys/{key['id']}", json={"rate_limit_per_minute": 0})
+                response.raise_for_status()
+    return headers, type_id, queue_id
+
+
+async def shared_limits(ports: list[int], total: int) -> None:
+    """A key on the default limits fires `total` requests through both processes at once: with the bucket in
+    Redis about LIMIT_BURST pass in all, not LIMIT_BURST per process."""
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{ports[0]}", timeout=30, headers=ADMIN
+    ) as client:
+        account = (await client.post("/v1/accounts", json={"name": "Limits"})).json()
+        body = {"name": "limited", "scope": "account", "role": "admin", "account_id": account["id"]}
+        key = (await client.post("/v1/api-keys", json=body)).json()["key"]
+    statuses: list[int] = []
+    clients = [
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Bearer {key}"}
+        )
+        for port in ports
+    ]
+
+    async def fire(client: httpx.AsyncClient, count: int) -> None:
+        for _ in range(count):
+            statuses.append((await client.get("/v1/tenants")).status_code)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(fire(clients[i % len(clients)], total // 8) for i in range(8)))
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        await client.aclose()
+    allowed, refused = statuses.count(200), statuses.count(429)
+    refill = elapsed * LIMIT_PER_MINUTE / 60
+    print(f"rate limits: {len(statuses)} requests through {len(ports)} processes in {elapsed:.1f} s: "
+          f"{allowed} allowed, {refused} refused (one shared bucket allows {LIMIT_BURST} + {refill:.1f} "
+          f"refilled; separate buckets would allow {len(ports) * LIMIT_BURST})")  # fmt: skip
+    if allowed > LIMIT_BURST + refill + 1 or allowed + refused != len(statuses):
+        raise SystemExit("rate limits are not shared")
 
 
 async def drive(ports: list[int], seconds: float, counters: int) -> None:
@@ -86,6 +133,9 @@ async def drive(ports: list[int], seconds: float, counters: int) -> None:
     if duplicates or len(handed) != len(numbers) or len(set(numbers)) != len(numbers):
         raise SystemExit("correctness check failed")
 
+    # Phase 3: one rate-limited key through both processes.
+    await shared_limits(ports, 400)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(
@@ -103,7 +153,12 @@ def main() -> int:
         with database() as (dsn, _):
             migrate.upgrade(dsn)
             ports = [free_port(), free_port()]
-            extra = {"REDIS_URL": f"redis://127.0.0.1:{valkey.port}", "WEBHOOK_DELIVERY": "false"}
+            extra = {
+                "REDIS_URL": f"redis://127.0.0.1:{valkey.port}",
+                "WEBHOOK_DELIVERY": "false",
+                "RATE_LIMIT_PER_MINUTE": str(LIMIT_PER_MINUTE),
+                "RATE_LIMIT_BURST": str(LIMIT_BURST),
+            }
             with server(dsn, ports[0], 1, extra), server(dsn, ports[1], 1, extra):
                 asyncio.run(drive(ports, args.seconds, args.counters))
     finally:

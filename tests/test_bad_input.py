@@ -448,7 +448,13 @@ def _write_cases() -> list[Any]:
             params.append(pytest.param(replace(base, raw=raw), id=f"{ep.name}-json-{label}"))
         params.append(
             pytest.param(
-                replace(base, raw=json.dumps(ep.body).encode(), content_type="text/plain"),
+                replace(
+                    base,
+                    raw=json.dumps(ep.body).encode(),
+                    content_type="text/plain",
+                    status=415,
+                    code="unsupported_media_type",
+                ),
                 id=f"{ep.name}-text-plain",
             )
         )
@@ -1223,7 +1229,7 @@ WRONG_METHODS: list[tuple[str, str, set[str]]] = [
     ("DELETE", "/v1/accounts", {"GET", "POST"}),
     ("PATCH", "/v1/customers", {"GET", "POST"}),
     ("POST", "/v1/accounts/{account}", {"GET", "PATCH", "PUT", "DELETE"}),
-    ("PATCH", "/v1/api-keys/{missing}", {"GET", "DELETE"}),
+    ("POST", "/v1/api-keys/{missing}", {"GET", "PATCH", "PUT", "DELETE"}),
     ("POST", "/v1/accounts/{account}/tenants", {"GET"}),
     ("GET", "/v1/employees/{employee}/queues", {"PUT"}),
 ]

@@ -334,7 +334,7 @@ async def test_framework_errors_use_the_envelope(client: httpx.AsyncClient, api:
     response = await client.post(
         "/v1/accounts", content=b"name=x", headers={**h, "Content-Type": "text/plain"}
     )
-    assert_error(response, 400, "validation_error")
+    assert_error(response, 415, "unsupported_media_type")
 
 
 async def test_request_ids_are_echoed_or_generated(client: httpx.AsyncClient, api: Api) -> None:

@@ -98,6 +98,17 @@ async def create_pool(
     return pool
 
 
+async def use_tenant(conn: Connection, tenant_id: Any) -> None:
+    """Scope an already-acquired connection to `tenant_id`, for code that learns its tenant only after the
+    connection was opened (a tenant named in the path, a key created for a tenant). Inside a transaction the
+    setting is local to it, so a rollback cannot leave the connection's memo wrong."""
+    DB_SCOPE.set(str(tenant_id))
+    if conn.is_in_transaction():
+        await conn.execute("SELECT set_config('virtualq.tenant_id', $1, true)", str(tenant_id))
+    else:
+        await _use_scope(conn, str(tenant_id))
+
+
 @asynccontextmanager
 async def acquire(
     pool: asyncpg.Pool, *, transaction: bool, system: bool = False

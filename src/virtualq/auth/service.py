@@ -8,7 +8,7 @@ from typing import Any
 from virtualq.auth import keys, repository
 from virtualq.auth.principal import Principal, Scope
 from virtualq.auth.schemas import ApiKeyCreate, ApiKeyLimits
-from virtualq.db import Connection, Record
+from virtualq.db import Connection, Record, use_tenant
 from virtualq.errors import Forbidden, ValidationFailed, not_found
 from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
@@ -33,6 +33,8 @@ async def _resolve_owner(conn: Connection, principal: Principal, body: ApiKeyCre
             raise Forbidden("this key may not create keys for that tenant")
         if account_id is not None and account_id != tenant_account:
             raise ValidationFailed("account_id does not own tenant_id", {"field": "account_id"})
+        if body.employee_id:
+            await use_tenant(conn, tenant_id)  # employees sit behind row-level security
         if body.employee_id and not await repository.employee_exists(conn, tenant_id, body.employee_id):
             raise ValidationFailed(
                 "employee_id names no active employee of the tenant", {"field": "employee_id"}

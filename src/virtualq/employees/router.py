@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 
 from virtualq.auth.principal import StaffOrAdmin, TenantAdmin, TenantStaff, resolve_tenant
-from virtualq.db import ReadConn, WriteConn
+from virtualq.db import ReadConn, WriteConn, use_tenant
 from virtualq.employees import service
 from virtualq.employees.schemas import Employee, EmployeeCreate, EmployeeQueues, EmployeeUpdate
 from virtualq.errors import Forbidden, not_found
@@ -53,6 +53,7 @@ async def list_tenant_employees(
     except Forbidden:
         # A tenant named in the path that the key cannot see is, for that key, not there.
         raise not_found("tenant") from None
+    await use_tenant(conn, ctx.tenant_id)
     rows, total = await service.list_employees(conn, ctx, filters, page)
     return page_envelope(rows, total, page)
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from virtualq.auth.principal import StaffOrAdmin, TenantAdmin, TenantAnyRole, TenantStaff, resolve_tenant
-from virtualq.db import ReadConn, WriteConn
+from virtualq.db import ReadConn, WriteConn, use_tenant
 from virtualq.errors import Forbidden, not_found
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
@@ -44,6 +44,7 @@ async def list_tenant_queues(
         ctx = await resolve_tenant(request, principal, tenant_id)
     except Forbidden:
         raise not_found("tenant") from None
+    await use_tenant(conn, ctx.tenant_id)
     rows, total = await service.list_queues(conn, ctx, filters, page)
     return page_envelope(rows, total, page)
 

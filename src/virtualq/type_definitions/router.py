@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from virtualq.auth.principal import MaybeTenantAdmin, MaybeTenantStaff, StaffOrAdmin, resolve_tenant
-from virtualq.db import ReadConn, WriteConn
+from virtualq.db import ReadConn, WriteConn, use_tenant
 from virtualq.errors import Forbidden, not_found
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
@@ -62,6 +62,7 @@ async def list_tenant_type_definitions(
         ctx = await resolve_tenant(request, principal, tenant_id)
     except Forbidden:
         raise not_found("tenant") from None
+    await use_tenant(conn, ctx.tenant_id)
     rows, total = await service.list_types(conn, ctx, filters, include_system, page)
     return page_envelope([service.to_output(row) for row in rows], total, page)
 

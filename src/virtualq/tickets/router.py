@@ -49,7 +49,7 @@ TICKET_FIELDS = fields_of(Ticket)
 
 def _ticket_filters(
     queue_id: uuid.UUID | None = None,
-    current_state: Annotated[str | None, Query(max_length=32)] = None,
+    current_state: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
     state_category: Category | None = None,
     customer_id: uuid.UUID | None = None,
     employee_id: uuid.UUID | None = None,
@@ -235,7 +235,7 @@ async def employee_tickets(
     ctx: TenantStaff,
     conn: ReadConn,
     page: PageQuery,
-    current_state: Annotated[str | None, Query(max_length=32)] = None,
+    current_state: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
     state_category: Category | None = None,
 ) -> Any:
     """The tickets assigned to an employee, oldest first; filter by state or category."""

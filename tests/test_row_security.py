@@ -193,3 +193,12 @@ async def test_background_work_spans_tenants_only_when_it_asks(app: Any) -> None
         ]
     ), sites
     assert SYSTEM == "system"
+    # Connections that keep whatever scope they had touch only tables without row security.
+    unscoped = sorted(
+        f"{path.relative_to(root)}"
+        for path in root.rglob("*.py")
+        if path.name != "db.py"
+        for line in path.read_text().splitlines()
+        if "unscoped=True" in line
+    )
+    assert unscoped == ["auth/principal.py", "auth/principal.py", "kit/idempotency.py", "kit/idempotency.py"]

@@ -38,6 +38,7 @@ from virtualq.webhooks.router import router as webhooks_router
 from virtualq.webhooks.worker import WebhookWorker
 
 log = get_logger("virtualq.app")
+SYSTEM_POOL_SIZES = (1, 4)
 
 DESCRIPTION = """\
 VirtualQ replaces physical lines with virtual ones.
@@ -60,6 +61,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, database_dsn, query_logger)
+        # The background work that spans tenants (event hub, webhook worker, sweeper) has its own few
+        # connections: it never waits behind requests, and the request pool's connections keep their
+        # tenant scope instead of flipping to 'system' and back (a round trip each way).
+        app.state.system_pool = await create_pool(settings, database_dsn, sizes=SYSTEM_POOL_SIZES)
         app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
         # Its own client with short timeouts: a Redis that hangs must not hold requests up.
         limiter_redis = (
@@ -69,14 +74,14 @@ def create_app(
         )
         app.state.rate_limiter = RateLimiter(limiter_redis)
         hub = EventHub(
-            app.state.pool,
+            app.state.system_pool,
             database_dsn,
             app.state.metrics,
             redis=app.state.redis,
             poll_seconds=settings.event_poll_seconds,
             buffer_size=settings.stream_buffer_events,
         )
-        worker = WebhookWorker(app.state.pool, settings, app.state.metrics)
+        worker = WebhookWorker(app.state.system_pool, settings, app.state.metrics)
         hub.listeners.append(worker.wake)
         hub.on_keys_changed = app.state.key_cache.clear
         app.state.event_hub, app.state.webhook_worker = hub, worker
@@ -105,7 +110,7 @@ def create_app(
             await worker.start()
         log.info("started", env=settings.env, redis=settings.redis_url is not None)
         try:
-            async with sweeper.running(app.state.pool, settings.sweeper_interval_seconds, settings):
+            async with sweeper.running(app.state.system_pool, settings.sweeper_interval_seconds, settings):
                 yield
         finally:
             await worker.stop()
@@ -115,7 +120,8 @@ def create_app(
             if limiter_redis is not None:
                 await limiter_redis.aclose()
             await app.state.pool.close()
-            app.state.pool = None
+            await app.state.system_pool.close()
+            app.state.pool = app.state.system_pool = None
             log.info("stopped")
 
     app = FastAPI(

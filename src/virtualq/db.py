@@ -74,9 +74,14 @@ async def _use_scope(conn: Connection, scope: str) -> None:
 
 
 async def create_pool(
-    settings: Settings, dsn: str, query_logger: Callable[[Any], None] | None = None
+    settings: Settings,
+    dsn: str,
+    query_logger: Callable[[Any], None] | None = None,
+    sizes: tuple[int, int] | None = None,
 ) -> asyncpg.Pool:
-    """`query_logger` sees every statement (tests count queries per request with it)."""
+    """`query_logger` sees every statement (tests count queries per request with it); `sizes` overrides
+    DB_POOL_MIN_SIZE / DB_POOL_MAX_SIZE."""
+    min_size, max_size = sizes or (settings.db_pool_min_size, settings.db_pool_max_size)
 
     async def init(conn: Connection) -> None:
         await _init_connection(conn)
@@ -87,8 +92,8 @@ async def create_pool(
 
     pool = await asyncpg.create_pool(
         dsn,
-        min_size=settings.db_pool_min_size,
-        max_size=settings.db_pool_max_size,
+        min_size=min_size,
+        max_size=max_size,
         command_timeout=settings.db_command_timeout_seconds,
         init=init,
         connection_class=PooledConnection,
@@ -111,16 +116,20 @@ async def use_tenant(conn: Connection, tenant_id: Any) -> None:
 
 @asynccontextmanager
 async def acquire(
-    pool: asyncpg.Pool, *, transaction: bool, system: bool = False
+    pool: asyncpg.Pool, *, transaction: bool, system: bool = False, unscoped: bool = False
 ) -> AsyncIterator[Connection]:
-    """A pooled connection scoped to the current tenant (DB_SCOPE), or to every tenant with `system=True`."""
+    """A pooled connection scoped to the current tenant (DB_SCOPE), or to every tenant with `system=True`.
+
+    `unscoped=True` leaves the connection's scope as it is (saving a round trip when it differs): only for
+    statements on tables without row security (api_keys, accounts, tenants, idempotency_keys)."""
     try:
         conn_cm = pool.acquire(timeout=10)
         conn = cast(Connection, await conn_cm.__aenter__())
     except CONNECTION_ERRORS as exc:
         raise Unavailable("The database is unavailable; retry shortly.") from exc
     try:
-        await _use_scope(conn, SYSTEM if system else DB_SCOPE.get())
+        if not unscoped:
+            await _use_scope(conn, SYSTEM if system else DB_SCOPE.get())
         if transaction:
             async with conn.transaction():
                 yield conn

@@ -81,7 +81,7 @@ async def authenticate(request: Request) -> Principal:
         cache: TtlCache = request.app.state.key_cache
         row = cache.get(digest)
         if row is MISSING:
-            async with acquire(get_pool(request), transaction=False) as conn:
+            async with acquire(get_pool(request), transaction=False, unscoped=True) as conn:
                 row = await repository.find_usable_key(conn, digest)
             if row is not None:
                 cache.put(digest, row)
@@ -173,7 +173,7 @@ async def resolve_tenant(
     accounts: TtlCache = request.app.state.tenant_accounts
     account_id = accounts.get(tenant_id)
     if account_id is MISSING:
-        async with acquire(get_pool(request), transaction=False) as conn:
+        async with acquire(get_pool(request), transaction=False, unscoped=True) as conn:
             account_id = await repository.tenant_account(conn, tenant_id)
         if account_id is not None:
             accounts.put(tenant_id, account_id)  # a tenant never changes account

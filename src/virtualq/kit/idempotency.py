@@ -132,7 +132,7 @@ class IdempotencyMiddleware:
     ) -> None:
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
-            async with acquire(pool, transaction=False) as conn:
+            async with acquire(pool, transaction=False, unscoped=True) as conn:
                 claimed = await conn.fetchval(_CLAIM, owner, key, fingerprint)
                 row = None if claimed else await conn.fetchrow(_READ, owner, key)
             if claimed:
@@ -224,7 +224,7 @@ def _redacted(body: bytes, field: str) -> bytes:
 async def _settle(
     pool: Any, owner: bytes, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> None:
-    async with acquire(pool, transaction=False) as conn:
+    async with acquire(pool, transaction=False, unscoped=True) as conn:
         if 200 <= status < 300:
             await _store(conn, owner, key, status, headers, body)
             return

@@ -177,8 +177,8 @@ class Receiver:
                 self.first = self.first or self.last
                 writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return  # the sender hung up, or the run is over and its connections are being torn down
         finally:
             writer.close()
 

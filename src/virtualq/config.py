@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=100, ge=0)
     rate_limit_burst: int = Field(default=200, ge=0)
     db_pool_min_size: int = Field(default=2, ge=0, le=100)
-    db_pool_max_size: int = Field(default=10, ge=1, le=100)
+    db_pool_max_size: int = Field(default=20, ge=1, le=100)
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)
     auto_migrate: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

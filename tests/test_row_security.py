@@ -5,6 +5,7 @@ that forgets its tenant filter returns nothing of another tenant, and cannot wri
 from __future__ import annotations
 
 import contextlib
+import importlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,19 +19,10 @@ from tests.test_idempotency import coffee
 from tests.test_ticket_flows import ok
 from virtualq.db import DB_SCOPE, SYSTEM, acquire
 
-TENANT_TABLES = (
-    "employees",
-    "queues",
-    "queue_day_counters",
-    "tickets",
-    "ticket_history",
-    "ticket_items",
-    "item_history",
-    "events",
-    "webhooks",
-    "webhook_deliveries",
-    "webhook_attempts",
-)
+# The tables migration 0008 protects: exactly the ones distributed by tenant_id (tests/test_distribution.py).
+TENANT_TABLES: tuple[str, ...] = importlib.import_module(
+    "virtualq.migrations.versions.0008_row_security"
+).TENANT_TABLES
 
 
 async def _two_tenants_with_data(client: httpx.AsyncClient, api: Api) -> tuple[Any, Any, str]:
@@ -149,6 +141,12 @@ async def _cannot_bypass(app: Any) -> None:
                 await conn.fetch("SELECT * FROM tickets")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("ALTER TABLE tickets DISABLE ROW LEVEL SECURITY")
+
+
+def test_the_protected_tables_are_the_tenant_tables() -> None:
+    from tests.test_distribution import DISTRIBUTED
+
+    assert set(TENANT_TABLES) == DISTRIBUTED
 
 
 async def test_every_tenant_table_has_the_policy(db: asyncpg.Connection) -> None:

@@ -1207,11 +1207,6 @@ async def test_tenant_config_and_json_schemas_round_trip(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: InputModel's str_strip_whitespace strips the top-level keys of custom_data/config "
-    "(dict[str, Any]) but not nested ones, so ' a' is stored as 'a' and {' a': 1, 'a': 2} loses a key",
-)
 async def test_custom_data_keys_with_surrounding_whitespace_are_kept(ctx: Ctx, send: Sender) -> None:
     a = ctx.attacker
     data = {" padded ": " value ", "padded": 2, "inner": {" padded ": 3}}

@@ -67,6 +67,11 @@ def _check_numbers(value: Any) -> None:
             _check_numbers(item)
 
 
+# Free-form JSON objects from clients (custom_data, config, schemas): stored exactly as sent. Without this the
+# models' str_strip_whitespace would strip their top-level keys (" a" became "a", and could collide with "a").
+JsonObject = dict[Annotated[str, StringConstraints(strip_whitespace=False)], Any]
+
+
 class InputModel(BaseModel):
     """Request bodies: unknown fields are errors, not dropped; no NUL characters, no numbers that cannot be
     stored; bounded nesting."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, StrictFloat, StrictInt, field_validator
 from virtualq.kit.schemas import (
     Flag,
     InputModel,
+    JsonObject,
     LongText,
     Name,
     OutputModel,
@@ -43,7 +44,7 @@ class TenantCreate(InputModel):
     location_address: LongText | None = None
     location_coordinates: Coordinates | None = None
     timezone: Timezone = Field(default="UTC", examples=["America/Los_Angeles"])
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
 
     _config_size = field_validator("config")(_check_config_size)
 
@@ -57,7 +58,7 @@ class TenantUpdate(PatchModel):
     location_address: LongText | None = None
     location_coordinates: Coordinates | None = None
     timezone: Timezone | None = None
-    config: dict[str, Any] | None = None
+    config: JsonObject | None = None
     is_active: Flag | None = None
 
     _config_size = field_validator("config")(_check_config_size)

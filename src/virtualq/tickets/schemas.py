@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
 
 from virtualq.fsm import Category
-from virtualq.kit.schemas import InputModel, OutputModel, PatchModel
+from virtualq.kit.schemas import InputModel, JsonObject, OutputModel, PatchModel
 
 TransitionName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=32)]
 Notes = Annotated[StrictStr, StringConstraints(max_length=2000)]
@@ -23,9 +23,7 @@ class TicketCreate(InputModel):
     type_definition_id: uuid.UUID
     customer_id: uuid.UUID | None = None
     references_ticket_id: uuid.UUID | None = Field(default=None, description="Another ticket of the tenant.")
-    custom_data: dict[str, Any] = Field(
-        default_factory=dict, description="Validated against the type's schema."
-    )
+    custom_data: JsonObject = Field(default_factory=dict, description="Validated against the type's schema.")
     estimated_wait_minutes: WaitMinutes | None = Field(default=None, description="Your own estimate, if any.")
     ttl_minutes: TtlMinutes | None = Field(default=None, description="Sets expires_at = created_at + ttl.")
 
@@ -33,7 +31,7 @@ class TicketCreate(InputModel):
 class TicketUpdate(PatchModel):
     not_nullable = frozenset({"custom_data"})
 
-    custom_data: dict[str, Any] | None = None
+    custom_data: JsonObject | None = None
     estimated_wait_minutes: WaitMinutes | None = None
     ttl_minutes: TtlMinutes | None = None
 
@@ -117,7 +115,7 @@ class ItemCreate(InputModel):
     external_item_name: ExternalText | None = Field(default=None, examples=["Latte (16 oz)"])
     quantity: Annotated[StrictInt, Field(ge=1, le=10_000)] = 1
     unit_price: Annotated[Decimal, Field(ge=0, le=Decimal("9999999999.99"), decimal_places=2)] | None = None
-    custom_data: dict[str, Any] = Field(default_factory=dict)
+    custom_data: JsonObject = Field(default_factory=dict)
 
 
 class ItemUpdate(PatchModel):
@@ -127,7 +125,7 @@ class ItemUpdate(PatchModel):
     external_item_name: ExternalText | None = None
     quantity: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = None
     unit_price: Annotated[Decimal, Field(ge=0, le=Decimal("9999999999.99"), decimal_places=2)] | None = None
-    custom_data: dict[str, Any] | None = None
+    custom_data: JsonObject | None = None
 
 
 class Item(OutputModel):

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StrictStr, StringConstraints
 
-from virtualq.kit.schemas import Flag, IdList, InputModel, LongText, Name, OutputModel, PatchModel
+from virtualq.kit.schemas import Flag, IdList, InputModel, JsonObject, LongText, Name, OutputModel, PatchModel
 
 TypeCode = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Markdown = Annotated[StrictStr, StringConstraints(max_length=20_000)]
@@ -33,10 +33,10 @@ class TypeDefinitionCreate(InputModel):
     type_name: Name = Field(examples=["Food order"])
     description: LongText | None = None
     doc: Markdown | None = None
-    custom_fields_schema: dict[str, Any] | None = Field(
+    custom_fields_schema: JsonObject | None = Field(
         default=None, description="A JSON Schema (Draft 2020-12) that custom_data must satisfy."
     )
-    fsm_schema: dict[str, Any] | None = Field(
+    fsm_schema: JsonObject | None = Field(
         default=None,
         description="The state machine (javascript-state-machine shape + categories). Required for ticket "
         "types; item types may omit it.",
@@ -51,8 +51,8 @@ class TypeDefinitionUpdate(PatchModel):
     type_name: Name | None = None
     description: LongText | None = None
     doc: Markdown | None = None
-    custom_fields_schema: dict[str, Any] | None = None
-    fsm_schema: dict[str, Any] | None = None
+    custom_fields_schema: JsonObject | None = None
+    fsm_schema: JsonObject | None = None
     item_definition_ids: IdList | None = None
     is_active: Flag | None = None
 

@@ -29,6 +29,7 @@ from virtualq.kit.metrics import Metrics, PoolCollector
 from virtualq.kit.middleware import RequestContextMiddleware
 from virtualq.kit.ratelimit import RateLimiter
 from virtualq.logging import get_logger
+from virtualq.queues.feed_cache import FeedCache
 from virtualq.queues.router import router as queues_router
 from virtualq.tenants.router import router as tenants_router
 from virtualq.tickets.router import router as tickets_router
@@ -86,6 +87,7 @@ def create_app(
         worker = WebhookWorker(app.state.system_pool, settings, app.state.metrics)
         hub.listeners.append(worker.wake)
         hub.on_keys_changed = app.state.key_cache.clear
+        hub.tenant_listeners.append(app.state.feed_cache.forget)
         app.state.event_hub, app.state.webhook_worker = hub, worker
         if app.state.redis is not None:
             redis = app.state.redis
@@ -148,6 +150,7 @@ def create_app(
     # API keys for AUTH_CACHE_SECONDS (a revocation elsewhere is seen within that); tenant -> account kept.
     app.state.key_cache = TtlCache(settings.auth_cache_seconds)
     app.state.tenant_accounts = TtlCache(3600.0)
+    app.state.feed_cache = FeedCache(settings.feed_cache_seconds)
     app.state.head_revision = migrate.head_revision()
     app.state.metrics = metrics = Metrics()
     metrics.registry.register(PoolCollector(lambda: app.state.pool))

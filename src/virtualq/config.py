@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     sweeper_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    feed_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     event_retention_days: float = Field(default=7.0, gt=0, le=3650)
     event_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     stream_buffer_events: int = Field(default=1000, ge=10, le=100_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -192,8 +193,13 @@ async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
         claim = getattr(request.state, "idempotency", None)
         if claim is not None:
             await conn.execute(MARK_IDEMPOTENCY_COMMITTED, *claim)
-    # Committed: a failure from here on (a notification, a cache flush elsewhere) must not turn the answer
-    # into an error, or the client would retry a change that stands.
+    # Committed: this process's shared answers for the tenant (queues/feed_cache.py) are stale now; drop
+    # them before the client hears back, so it reads its own write.
+    tenant_id = getattr(request.state, "tenant_id", None)
+    if tenant_id is not None:
+        request.app.state.feed_cache.forget(uuid.UUID(tenant_id))
+    # A failure from here on (a notification, a cache flush elsewhere) must not turn the answer into an
+    # error, or the client would retry a change that stands.
     callbacks = list(getattr(request.state, "after_commit", []))
     notify = request.app.state.on_events_committed
     if EVENTS_WRITTEN.get() and notify is not None:

@@ -74,6 +74,8 @@ class EventHub:
     buffer_size: int = 1000
     cursor: Cursor = (0, 0)
     listeners: list[Callable[[], None]] = field(default_factory=list)
+    # Called with the tenant of every event read from the log, whoever wrote it (caches drop their answers).
+    tenant_listeners: list[Callable[[uuid.UUID], None]] = field(default_factory=list)
     on_keys_changed: Callable[[], None] | None = None
     _subscribers: dict[uuid.UUID, set[Subscriber]] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -197,7 +199,10 @@ class EventHub:
     def _dispatch(self, rows: list[Any]) -> None:
         self.metrics.events_dispatched.inc(len(rows))
         for row in rows:
-            subscribers = self._subscribers.get(uuid.UUID(str(row["tenant_id"])))
+            tenant_id = uuid.UUID(str(row["tenant_id"]))
+            for listener in self.tenant_listeners:
+                listener(tenant_id)
+            subscribers = self._subscribers.get(tenant_id)
             if not subscribers:
                 continue
             event = envelope(row)

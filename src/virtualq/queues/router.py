@@ -12,6 +12,7 @@ from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
 from virtualq.kit.schemas import Page
 from virtualq.queues import monitor, service
+from virtualq.queues.feed_cache import FeedCache
 from virtualq.queues.schemas import Monitor, Queue, QueueCreate, QueueStats, QueueUpdate
 
 router = APIRouter(tags=["queues"])
@@ -86,6 +87,7 @@ async def disable_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) 
 )
 async def queue_monitor(
     queue_id: uuid.UUID,
+    request: Request,
     ctx: TenantAnyRole,
     conn: ReadConn,
     exclude: Annotated[
@@ -111,7 +113,13 @@ async def queue_monitor(
     a disabled queue shows no tickets. Each group lists the first `limit` tickets in line order; `counts`
     counts them all.
     """
-    body = await monitor.monitor(conn, ctx, queue_id, monitor.parse_excludes(exclude), limit)
+    excludes = monitor.parse_excludes(exclude)
+    cache: FeedCache = request.app.state.feed_cache
+    key = ("monitor", queue_id, ctx.principal.role, tuple(excludes), limit)
+    body, token = cache.lookup(ctx.tenant_id, key)
+    if body is None:
+        body = await monitor.monitor(conn, ctx, queue_id, excludes, limit)
+        cache.store(ctx.tenant_id, key, token, body)
     return Response(content=body, media_type="application/json")
 
 

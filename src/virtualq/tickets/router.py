@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from virtualq.auth.principal import Role, TenantAnyRole, TenantContext, TenantStaff
 from virtualq.db import ReadConn, WriteConn
@@ -13,6 +13,7 @@ from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.responses import fields_of, project, trusted_json
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, error_responses
 from virtualq.kit.schemas import Page
+from virtualq.queues.feed_cache import FeedCache
 from virtualq.tickets import items_service, line, service
 from virtualq.tickets.etag import IfMatch, check_if_match, tag
 from virtualq.tickets.schemas import (
@@ -246,13 +247,22 @@ async def employee_tickets(
 @router.get(
     "/v1/queues/{queue_id}/tickets", response_model=Page[Ticket], responses=READ_ERRORS, tags=["queues"]
 )
-async def queue_tickets(queue_id: uuid.UUID, ctx: TenantAnyRole, conn: ReadConn, page: PageQuery) -> Any:
+async def queue_tickets(
+    queue_id: uuid.UUID, request: Request, ctx: TenantAnyRole, conn: ReadConn, page: PageQuery
+) -> Any:
     """The queue's active tickets in line order: waiting ones by position, then those in service or ready.
     Display-role keys get no personal data (customer, custom data, employee are null/empty), and no
     estimates when the queue's show_wait_time is false."""
+    cache: FeedCache = request.app.state.feed_cache
+    key = ("queue tickets", queue_id, ctx.principal.role, page.page, page.limit)
+    cached, token = cache.lookup(ctx.tenant_id, key)
+    if cached is not None:
+        return Response(cached, media_type="application/json")
     rows, total, show_wait_time = await service.queue_tickets(conn, ctx, queue_id, page)
     data = [project(_redact(ctx, row, show_wait_time), TICKET_FIELDS) for row in rows]
-    return trusted_json(page_envelope(data, total, page))
+    answer = trusted_json(page_envelope(data, total, page))
+    cache.store(ctx.tenant_id, key, token, bytes(answer.body))
+    return answer
 
 
 def _redact(ctx: TenantContext, row: dict[str, Any], show_wait_time: bool) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""The shared answers of the monitor feed and queue tickets (queues/feed_cache.py): repeated reads cost no
+query, a write through the same process is read back at once, a write through another process within the
+event hub's delay, and roles and tenants never share an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import make_settings
+from tests.helpers import Api, auth
+from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from virtualq.app import create_app
+
+
+class Statements:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, record: Any) -> None:
+        if "FROM events WHERE (tx_id, id) >" not in record.query:  # the event hub's own reads
+            self.count += 1
+
+
+@pytest.fixture(scope="module")
+async def cached(database_dsn: str) -> AsyncIterator[tuple[httpx.AsyncClient, Statements]]:
+    """A second server on the database, keeping answers for 30 s: only changes make it ask again."""
+    statements = Statements()
+    application = create_app(
+        make_settings(feed_cache_seconds=30, auth_cache_seconds=60), dsn=database_dsn, query_logger=statements
+    )
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://cached") as http,
+    ):
+        yield http, statements
+
+
+async def _line(client: httpx.AsyncClient, api: Api) -> tuple[Tenant, str, str]:
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    queue = await t.queue("Main")
+    return t, queue["id"], order["id"]
+
+
+async def test_repeated_reads_are_answered_without_a_query(
+    cached: tuple[httpx.AsyncClient, Statements], client: httpx.AsyncClient, api: Api
+) -> None:
+    http, statements = cached
+    t, queue, order = await _line(client, api)
+    await t.ticket(queue, order)
+    for path in (f"/v1/queues/{queue}/monitor", f"/v1/queues/{queue}/tickets"):
+        first = ok(await http.get(path, headers=t.h))
+        statements.count = 0
+        for _ in range(5):
+            assert ok(await http.get(path, headers=t.h)) == first
+        assert statements.count == 0, path
+    # Another page, limit or filter is another question.
+    statements.count = 0
+    ok(await http.get(f"/v1/queues/{queue}/tickets", params={"limit": 5}, headers=t.h))
+    ok(await http.get(f"/v1/queues/{queue}/monitor", params={"exclude": "channel:web"}, headers=t.h))
+    assert statements.count > 0
+
+
+async def test_a_write_here_is_read_back_at_once(
+    cached: tuple[httpx.AsyncClient, Statements], client: httpx.AsyncClient, api: Api
+) -> None:
+    http, _ = cached
+    t, queue, order = await _line(client, api)
+    assert ok(await http.get(f"/v1/queues/{queue}/monitor", headers=t.h))["counts"]["waiting"] == 0
+    assert ok(await http.get(f"/v1/queues/{queue}/tickets", headers=t.h))["data"] == []
+    body = {"queue_id": queue, "type_definition_id": order}
+    created = ok(await http.post("/v1/tickets", json=body, headers=t.h), 201)
+    assert ok(await http.get(f"/v1/queues/{queue}/monitor", headers=t.h))["counts"]["waiting"] == 1
+    listed = ok(await http.get(f"/v1/queues/{queue}/tickets", headers=t.h))
+    assert [row["id"] for row in listed["data"]] == [created["id"]]
+    ok(await http.post(f"/v1/queues/{queue}/call-next", json={}, headers=t.h))
+    counts = ok(await http.get(f"/v1/queues/{queue}/monitor", headers=t.h))["counts"]
+    assert (counts["waiting"], counts["in_service"]) == (0, 1)
+
+
+async def test_a_write_through_another_process_is_seen_once_its_event_arrives(
+    cached: tuple[httpx.AsyncClient, Statements], client: httpx.AsyncClient, api: Api
+) -> None:
+    http, _ = cached
+    t, queue, order = await _line(client, api)
+    assert ok(await http.get(f"/v1/queues/{queue}/monitor", headers=t.h))["counts"]["waiting"] == 0
+    await t.ticket(queue, order)  # through the session's app: to this one, another process
+    started = time.monotonic()
+    while ok(await http.get(f"/v1/queues/{queue}/monitor", headers=t.h))["counts"]["waiting"] != 1:
+        assert time.monotonic() - started < 3.0, (
+            "the cached answer outlived the change by 3 s (its limit is 30)"
+        )
+        await asyncio.sleep(0.05)
+
+
+async def test_roles_and_tenants_never_share_an_answer(
+    cached: tuple[httpx.AsyncClient, Statements], client: httpx.AsyncClient, api: Api
+) -> None:
+    http, _ = cached
+    t, queue, order = await _line(client, api)
+    await t.ticket(queue, order, custom_data={"name": "Ada Lovelace"})
+    display = await api.key("tenant", "display", tenant_id=t.id)
+    as_admin = ok(await http.get(f"/v1/queues/{queue}/tickets", headers=t.h))
+    as_display = ok(await http.get(f"/v1/queues/{queue}/tickets", headers=auth(display)))
+    assert as_admin["data"][0]["custom_data"] == {"name": "Ada Lovelace"}
+    assert as_display["data"][0]["custom_data"] == {}
+    again = ok(await http.get(f"/v1/queues/{queue}/tickets", headers=t.h))
+    assert again["data"][0]["custom_data"] == {"name": "Ada Lovelace"}
+
+    other, other_queue, _ = await _line(client, api)
+    # The same question from another tenant about this queue: not found, not this tenant's cached answer.
+    foreign = await http.get(f"/v1/queues/{queue}/tickets", headers=other.h)
+    assert foreign.status_code == 404
+    assert ok(await http.get(f"/v1/queues/{other_queue}/tickets", headers=other.h))["data"] == []

@@ -12,8 +12,7 @@ import httpx
 
 from tests.conftest import LiveServer
 from tests.helpers import Api, assert_error
-from tests.test_idempotency import coffee
-from tests.test_ticket_flows import ok
+from tests.test_ticket_flows import coffee, ok
 
 
 def if_match(headers: dict[str, str], tag: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.helpers import Api, assert_error, auth
-from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from tests.test_ticket_flows import coffee, ok
 from virtualq.auth.principal import PLATFORM_ADMIN, TenantContext
 from virtualq.db import acquire
 from virtualq.events.hub import EventHub
@@ -95,13 +95,6 @@ class Stream:
             assert time.monotonic() < deadline, f"got {len(self.events)} of {count} events: {self.events}"
             await asyncio.sleep(0.01)
         return self.events
-
-
-async def coffee(client: httpx.AsyncClient, api: Api) -> tuple[Tenant, str, str]:
-    t = await Tenant.create(client, api)
-    order = await t.type("order", FOOD_ORDER_FSM)
-    queue = await t.queue("Main")
-    return t, queue["id"], order["id"]
 
 
 async def events_for(db: asyncpg.Connection, ticket_id: str) -> list[str]:

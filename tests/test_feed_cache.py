@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.helpers import Api, auth
-from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from tests.test_ticket_flows import coffee, ok
 from virtualq.app import create_app
 
 
@@ -41,18 +41,11 @@ async def cached(database_dsn: str) -> AsyncIterator[tuple[httpx.AsyncClient, St
         yield http, statements
 
 
-async def _line(client: httpx.AsyncClient, api: Api) -> tuple[Tenant, str, str]:
-    t = await Tenant.create(client, api)
-    order = await t.type("order", FOOD_ORDER_FSM)
-    queue = await t.queue("Main")
-    return t, queue["id"], order["id"]
-
-
 async def test_repeated_reads_are_answered_without_a_query(
     cached: tuple[httpx.AsyncClient, Statements], client: httpx.AsyncClient, api: Api
 ) -> None:
     http, statements = cached
-    t, queue, order = await _line(client, api)
+    t, queue, order = await coffee(client, api)
     await t.ticket(queue, order)
     for path in (f"/v1/queues/{queue}/monitor", f"/v1/queues/{queue}/tickets"):
         first = ok(await http.get(path, headers=t.h))
@@ -71,7 +64,7 @@ async def test_a_write_here_is_read_back_at_once(
     cached: tuple[httpx.AsyncClient, Statements], client: httpx.AsyncClient, api: Api
 ) -> None:
     http, _ = cached
-    t, queue, order = await _line(client, api)
+    t, queue, order = await coffee(client, api)
     assert ok(await http.get(f"/v1/queues/{queue}/monitor", headers=t.h))["counts"]["waiting"] == 0
     assert ok(await http.get(f"/v1/queues/{queue}/tickets", headers=t.h))["data"] == []
     body = {"queue_id": queue, "type_definition_id": order}
@@ -88,7 +81,7 @@ async def test_a_write_through_another_process_is_seen_once_its_event_arrives(
     cached: tuple[httpx.AsyncClient, Statements], client: httpx.AsyncClient, api: Api
 ) -> None:
     http, _ = cached
-    t, queue, order = await _line(client, api)
+    t, queue, order = await coffee(client, api)
     assert ok(await http.get(f"/v1/queues/{queue}/monitor", headers=t.h))["counts"]["waiting"] == 0
     await t.ticket(queue, order)  # through the session's app: to this one, another process
     started = time.monotonic()
@@ -103,7 +96,7 @@ async def test_roles_and_tenants_never_share_an_answer(
     cached: tuple[httpx.AsyncClient, Statements], client: httpx.AsyncClient, api: Api
 ) -> None:
     http, _ = cached
-    t, queue, order = await _line(client, api)
+    t, queue, order = await coffee(client, api)
     await t.ticket(queue, order, custom_data={"name": "Ada Lovelace"})
     display = await api.key("tenant", "display", tenant_id=t.id)
     as_admin = ok(await http.get(f"/v1/queues/{queue}/tickets", headers=t.h))
@@ -113,7 +106,7 @@ async def test_roles_and_tenants_never_share_an_answer(
     again = ok(await http.get(f"/v1/queues/{queue}/tickets", headers=t.h))
     assert again["data"][0]["custom_data"] == {"name": "Ada Lovelace"}
 
-    other, other_queue, _ = await _line(client, api)
+    other, other_queue, _ = await coffee(client, api)
     # The same question from another tenant about this queue: not found, not this tenant's cached answer.
     foreign = await http.get(f"/v1/queues/{queue}/tickets", headers=other.h)
     assert foreign.status_code == 404

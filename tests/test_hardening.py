@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.helpers import Api, assert_error, auth
-from tests.test_idempotency import coffee
+from tests.test_ticket_flows import coffee
 from virtualq.app import create_app
 
 

@@ -13,14 +13,7 @@ import httpx
 
 from tests.conftest import LiveServer
 from tests.helpers import Api, assert_error, auth
-from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
-
-
-async def coffee(client: httpx.AsyncClient, api: Api) -> tuple[Tenant, str, str]:
-    t = await Tenant.create(client, api)
-    order = await t.type("order", FOOD_ORDER_FSM)
-    queue = await t.queue("Main")
-    return t, queue["id"], order["id"]
+from tests.test_ticket_flows import coffee, ok
 
 
 def with_key(headers: dict[str, str], key: str) -> dict[str, str]:

@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from tests.helpers import Api
-from tests.test_idempotency import coffee
-from tests.test_ticket_flows import ok
-from virtualq.db import DB_SCOPE, SYSTEM, acquire
+from tests.test_ticket_flows import coffee, ok
+from virtualq.db import DB_SCOPE, acquire
 
 # The tables migration 0008 protects: exactly the ones distributed by tenant_id (tests/test_distribution.py).
 TENANT_TABLES: tuple[str, ...] = importlib.import_module(
@@ -190,7 +189,6 @@ async def test_background_work_spans_tenants_only_when_it_asks(app: Any) -> None
             "webhooks/worker.py",
         ]
     ), sites
-    assert SYSTEM == "system"
     # Connections that keep whatever scope they had touch only tables without row security.
     unscoped = sorted(
         f"{path.relative_to(root)}"

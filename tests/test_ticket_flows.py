@@ -128,6 +128,14 @@ class Tenant:
             page += 1
 
 
+async def coffee(client: httpx.AsyncClient, api: Api) -> tuple[Tenant, str, str]:
+    """A fresh tenant with the food-order type and one queue: (tenant, queue id, type id)."""
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    queue = await t.queue("Main")
+    return t, queue["id"], order["id"]
+
+
 async def ticket_rows(db: asyncpg.Connection, tenant_id: str) -> int:
     count: int = await db.fetchval("SELECT count(*) FROM tickets WHERE tenant_id = $1", uuid.UUID(tenant_id))
     return count

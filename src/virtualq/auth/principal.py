@@ -2,6 +2,7 @@
 
 import hmac
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
@@ -53,18 +54,19 @@ class Principal:
 PLATFORM_ADMIN = Principal(None, Scope.PLATFORM, Role.ADMIN, None, None, None)
 
 
-def _presented_key(request: Request) -> str | None:
-    authorization = request.headers.get("authorization")
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a request carries (`Authorization: Bearer` or `X-API-Key`); 401 for a malformed header."""
+    authorization = headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("the Authorization header must be 'Bearer <key>'")
         return token.strip()
-    return request.headers.get("x-api-key")
+    return headers.get("x-api-key")
 
 
 async def authenticate(request: Request) -> Principal:
-    presented = _presented_key(request)
+    presented = presented_key(request.headers)
     if not presented:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
     settings = request.app.state.settings

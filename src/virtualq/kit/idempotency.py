@@ -23,13 +23,15 @@ from typing import Any
 
 import asyncpg
 import orjson
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtualq.auth import keys
+from virtualq.auth.principal import presented_key
 from virtualq.db import CONNECTION_ERRORS, acquire
-from virtualq.errors import Unavailable
-from virtualq.kit.responses import error_body
+from virtualq.errors import Unauthorized, Unavailable
+from virtualq.kit.middleware import header, send_error
 from virtualq.logging import get_logger
 
 HEADER = b"idempotency-key"
@@ -67,20 +69,11 @@ SELECT fingerprint, state, lease_until < now() AS lapsed, response_status, respo
 """
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
 def _credential(scope: Scope) -> str | None:
-    authorization = _header(scope, b"authorization")
-    if authorization:
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    api_key = _header(scope, b"x-api-key")
-    return api_key.decode("latin-1") if api_key else None
+    try:
+        return presented_key(Headers(scope=scope))
+    except Unauthorized:
+        return None  # a malformed Authorization header: the request runs and is refused with 401
 
 
 class IdempotencyMiddleware:
@@ -91,13 +84,12 @@ class IdempotencyMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        raw_key = _header(scope, HEADER)
+        key = header(scope, HEADER)
         credential = _credential(scope)
-        if raw_key is None or credential is None:
+        if key is None or credential is None:
             # No key or no credential: the request runs as usual (refused with 401 if unauthenticated).
             await self.app(scope, receive, send)
             return
-        key = raw_key.decode("latin-1")
         if not _VALID_KEY.fullmatch(key):
             await _send_error(
                 scope,
@@ -111,11 +103,11 @@ class IdempotencyMiddleware:
         try:
             body = await _read_body(receive)
         except StarletteHTTPException as exc:  # over the size limit: the outer middleware answers 413
-            await _send_error(scope, send, exc.status_code, "payload_too_large", "too large", {})
+            await _send_error(scope, send, exc.status_code, None, None, None)
             return
 
         owner = keys.hash_key(credential)
-        tenant = _header(scope, b"x-tenant-id") or b""
+        tenant = (header(scope, b"x-tenant-id") or "").encode("latin-1")
         fingerprint = hashlib.sha256(
             b"\0".join((scope["path"].encode(), scope["query_string"], tenant, body))
         ).digest()
@@ -292,15 +284,11 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _send_error(
-    scope: Scope, send: Send, status: int, code: str, message: str, details: dict[str, Any]
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str | None,
+    message: str | None,
+    details: dict[str, Any] | None,
 ) -> None:
-    request_id = scope.get("state", {}).get("request_id")
-    body = error_body(status, code, message, details, request_id)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, status, scope.get("state", {}).get("request_id"), code, message, details)

@@ -25,7 +25,7 @@ access_log = get_logger("virtualq.access")
 error_log = get_logger("virtualq.error")
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
@@ -56,10 +56,10 @@ def _is_json(content_type: str) -> bool:
 
 
 def _has_body(scope: Scope) -> bool:
-    length = _header(scope, b"content-length")
+    length = header(scope, b"content-length")
     if length is not None:
         return length.strip() not in ("", "0")
-    return _header(scope, b"transfer-encoding") is not None
+    return header(scope, b"transfer-encoding") is not None
 
 
 def _security_headers(headers: list[tuple[bytes, bytes]], production: bool) -> None:
@@ -72,6 +72,26 @@ def _security_headers(headers: list[tuple[bytes, bytes]], production: bool) -> N
         headers.append((b"cache-control", b"no-store"))  # answers may hold personal data
     if production:
         headers.append(HSTS)
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    request_id: str | None,
+    code: str | None = None,
+    message: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Answer with the error envelope straight from ASGI middleware (outside FastAPI's handlers)."""
+    body = error_body(status, code, message, details, request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestContextMiddleware:
@@ -87,7 +107,7 @@ class RequestContextMiddleware:
             return
 
         started = time.perf_counter()
-        supplied = _header(scope, REQUEST_ID_HEADER)
+        supplied = header(scope, REQUEST_ID_HEADER)
         request_id = supplied if supplied and _VALID_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -124,23 +144,23 @@ class RequestContextMiddleware:
                     raise StarletteHTTPException(status_code=413)
             return message
 
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         try:
             if len(scope["headers"]) > MAX_HEADERS or (
                 sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES
             ):
-                await self._send_error(send_with_request_id, 431, request_id)
+                await send_error(send_with_request_id, 431, request_id)
             elif declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await self._send_error(send_with_request_id, 413, request_id)
+                await send_error(send_with_request_id, 413, request_id)
             elif (
                 scope["method"] in BODY_METHODS
                 and _has_body(scope)
-                and not _is_json(_header(scope, b"content-type") or "")
+                and not _is_json(header(scope, b"content-type") or "")
             ):
-                await self._send_error(send_with_request_id, 415, request_id)
+                await send_error(send_with_request_id, 415, request_id)
             elif "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
                 # PostgreSQL text cannot hold NUL; refuse it before it reaches a query.
-                await self._send_error(send_with_request_id, 400, request_id)
+                await send_error(send_with_request_id, 400, request_id)
             else:
                 await self.app(
                     scope,
@@ -151,7 +171,7 @@ class RequestContextMiddleware:
             error_log.exception("unhandled error", method=scope["method"], path=scope["path"])
             if response_started:
                 raise
-            await self._send_error(send_with_request_id, 500, request_id)
+            await send_error(send_with_request_id, 500, request_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
@@ -177,23 +197,8 @@ class RequestContextMiddleware:
                 return
             if message["type"] == "http.response.start" and too_large():
                 replaced = True
-                await self._send_error(send, 413, request_id)
+                await send_error(send, 413, request_id)
                 return
             await send(message)
 
         return guarded_send
-
-    @staticmethod
-    async def _send_error(send: Send, status: int, request_id: str) -> None:
-        body = error_body(status, None, None, None, request_id)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

@@ -24,6 +24,8 @@ from virtualq.app import create_app
 from virtualq.config import Settings
 from virtualq.embedded_pg import EmbeddedPostgres
 
+pytest_plugins = ["tests.watchdog"]
+
 ADMIN_KEY = "vq_test_admin_" + secrets.token_urlsafe(24)
 
 

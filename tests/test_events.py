@@ -356,6 +356,29 @@ async def test_a_slow_client_is_dropped_without_harming_others(
         await hub.stop()
 
 
+async def test_a_hub_cancelled_right_after_a_wake_up_stops(app: Any, database_dsn: str) -> None:
+    """Regression: on Python 3.11 `asyncio.wait_for` returns instead of raising when it is cancelled just as
+    the awaited wake-up completes, so a hub stopped under a stream of events could loop on for ever (a test
+    hung in CI until the time limit; a server would not stop on SIGTERM under load). The hub and the webhook
+    worker now wait with `asyncio.timeout`, which keeps the cancellation."""
+    for settle in (0, 1, 2):
+        hub = EventHub(app.state.system_pool, database_dsn, app.state.metrics, poll_seconds=0.5)
+        await hub.start()
+        await asyncio.sleep(0.2)  # the loop is waiting for a wake-up now
+        task = hub._task
+        assert task is not None
+        hub.wake()
+        for _ in range(settle):
+            await asyncio.sleep(0)
+        task.cancel()  # what stop() does, at the moment the wake-up completes
+        try:
+            done, _ = await asyncio.wait({task}, timeout=2)
+            assert task in done, f"the hub's loop swallowed its cancellation (settle={settle})"
+            assert task.cancelled()
+        finally:
+            await hub.stop()
+
+
 # --- two server processes ---------------------------------------------------------------------------------
 
 

@@ -313,3 +313,27 @@ async def test_webhooks_are_admin_only_and_tenant_isolated(client: httpx.AsyncCl
     assert ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))["is_active"] is True
     assert (await client.delete(f"/v1/webhooks/{hook['id']}", headers=t.h)).status_code == 204
     assert ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))["is_active"] is False
+
+
+async def test_a_worker_cancelled_right_after_a_wake_up_stops(app: Any) -> None:
+    """Regression (see the event hub's twin in test_events): the worker's wait for work must not swallow the
+    cancellation stop() sends when it arrives just as a wake-up completes."""
+    from virtualq.webhooks.worker import WebhookWorker
+
+    for settle in (0, 1, 2):
+        settings = make_settings(event_poll_seconds=0.5)
+        worker = WebhookWorker(app.state.system_pool, settings, app.state.metrics)
+        await worker.start()
+        await asyncio.sleep(0.2)  # idle, waiting to be woken
+        task = worker._task
+        assert task is not None
+        worker.wake()
+        for _ in range(settle):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=2)
+            assert task in done, f"the worker's loop swallowed its cancellation (settle={settle})"
+            assert task.cancelled()
+        finally:
+            await worker.stop()

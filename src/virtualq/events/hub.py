@@ -136,7 +136,9 @@ class EventHub:
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(subscriber.buffer.get(), timeout=HEARTBEAT_SECONDS)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
+                    async with asyncio.timeout(HEARTBEAT_SECONDS):
+                        message = await subscriber.buffer.get()
                 except TimeoutError:
                     yield b": heartbeat\n\n"
                     continue
@@ -164,8 +166,11 @@ class EventHub:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns instead of raising when it is
+            # cancelled just as the wake-up completes, and stop() would wait for this loop for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 behind = await self._drain()
@@ -258,7 +263,7 @@ class EventHub:
             await lost.wait()
         finally:
             with contextlib.suppress(Exception):
-                await conn.close()
+                await conn.close(timeout=2)
 
     async def _listen_redis(self) -> None:
         pubsub = self.redis.pubsub()
@@ -279,6 +284,7 @@ async def publish(redis: Any, message: bytes = b"1") -> None:
     Called after a commit, before the response: bounded, so that a Redis that hangs (paused, partitioned)
     delays no write by more than PUBLISH_TIMEOUT_SECONDS."""
     try:
-        await asyncio.wait_for(redis.publish(REDIS_CHANNEL, message), PUBLISH_TIMEOUT_SECONDS)
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await redis.publish(REDIS_CHANNEL, message)
     except Exception:  # a lost notification only delays delivery until the next poll
         log.warning("event_publish_failed", exc_info=True)

@@ -37,7 +37,8 @@ async def readyz(request: Request) -> Any:
     redis = request.app.state.redis
     if redis is not None:
         try:
-            await asyncio.wait_for(redis.ping(), REDIS_PING_TIMEOUT_SECONDS)
+            async with asyncio.timeout(REDIS_PING_TIMEOUT_SECONDS):
+                await redis.ping()
             checks["redis"] = "ok"
         except Exception as exc:
             log.warning("readiness check failed", dependency="redis", error=type(exc).__name__)

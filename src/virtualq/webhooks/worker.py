@@ -96,8 +96,10 @@ class WebhookWorker:
                 log.warning("webhook_worker_failed", exc_info=True)
                 worked = 0
             if worked < BATCH:
+                # asyncio.timeout, not wait_for, which can swallow stop()'s cancellation on Python 3.11.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.event_poll_seconds)
+                    async with asyncio.timeout(self.settings.event_poll_seconds):
+                        await self._wake.wait()
                 self._wake.clear()
 
     async def run_once(self) -> int:

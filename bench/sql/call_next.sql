@@ -18,7 +18,7 @@ SELECT t.id AS called_id, t.employee_id, t.current_state, t.state_category, t.ty
  WHERE t.tenant_id = :tenant_id AND t.queue_id = :drain_queue AND t.state_category = 'waiting'
  ORDER BY t.sort_key
  LIMIT 1
-   FOR UPDATE OF t SKIP LOCKED \gset
+   FOR UPDATE OF t SKIP LOCKED FOR SHARE OF td \gset
 -- tickets/repository.apply_transition
 WITH t AS (
     UPDATE tickets SET current_state = 'serving', state_category = 'in_service',

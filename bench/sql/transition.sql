@@ -13,7 +13,7 @@ SELECT t.id, t.current_state, t.state_category, t.type_definition_id, t.queue_id
        td.version AS type_version, td.fsm_schema, td.custom_fields_schema
   FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
  WHERE t.tenant_id = :tenant_id AND t.id = :ticket_id
-   FOR UPDATE OF t;
+   FOR UPDATE OF t FOR SHARE OF td;
 -- tickets/repository.apply_transition
 WITH t AS (
     UPDATE tickets SET current_state = CASE current_state WHEN 'waiting' THEN 'serving' ELSE 'waiting' END,

@@ -186,13 +186,25 @@ def after_commit(request: Request, callback: Callable[[], Awaitable[None]]) -> N
 MARK_IDEMPOTENCY_COMMITTED = "UPDATE idempotency_keys SET state = 'committed' WHERE owner = $1 AND key = $2"
 
 
-async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
+@asynccontextmanager
+async def _writing(request: Request, *, transaction: bool) -> AsyncIterator[Connection]:
     EVENTS_WRITTEN.set(False)
-    async with acquire(get_pool(request), transaction=True) as conn:
-        yield conn
-        claim = getattr(request.state, "idempotency", None)
-        if claim is not None:
-            await conn.execute(MARK_IDEMPOTENCY_COMMITTED, *claim)
+    try:
+        async with acquire(get_pool(request), transaction=transaction) as conn:
+            yield conn
+            claim = getattr(request.state, "idempotency", None)
+            if claim is not None:
+                assert transaction, "an idempotency claim commits with the work, in one transaction"
+                await conn.execute(MARK_IDEMPOTENCY_COMMITTED, *claim)
+    except BaseException:
+        # Without a transaction, a statement that wrote before the failure stands: say so as after a commit.
+        if not transaction and EVENTS_WRITTEN.get():
+            await _committed(request)
+        raise
+    await _committed(request)
+
+
+async def _committed(request: Request) -> None:
     # Committed: this process's shared answers for the tenant (queues/feed_cache.py) are stale now; drop
     # them before the client hears back, so it reads its own write.
     tenant_id = getattr(request.state, "tenant_id", None)
@@ -213,8 +225,24 @@ async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
             structlog.get_logger("virtualq.db").warning("after_commit_failed", exc_info=True)
 
 
+async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
+    async with _writing(request, transaction=True) as conn:
+        yield conn
+
+
+async def _write_statement(request: Request) -> AsyncIterator[Connection]:
+    """For endpoints whose change is one statement (which checks the version it read, and is retried when
+    another change came first): no BEGIN and COMMIT round trips. With an Idempotency-Key the same
+    statements run in a transaction, so that the key's claim commits with the change."""
+    transaction = getattr(request.state, "idempotency", None) is not None
+    async with _writing(request, transaction=transaction) as conn:
+        yield conn
+
+
 # scope="function": the transaction commits before the response is sent, so a 2xx means committed.
 ReadConn = Annotated[Connection, Depends(_read_connection, scope="function")]
 # Reads across tenants, for endpoints that authorise by other means (a ticket's secret token).
 SystemReadConn = Annotated[Connection, Depends(_system_read_connection, scope="function")]
 WriteConn = Annotated[Connection, Depends(_write_transaction, scope="function")]
+# One-statement changes (tickets/service.transition_ticket): autocommit unless an Idempotency-Key is claimed.
+StatementConn = Annotated[Connection, Depends(_write_statement, scope="function")]

@@ -51,7 +51,7 @@ class SweepResult:
 
 
 DUE_FOR_EXPIRY = """
-SELECT t.tenant_id, t.id, t.current_state, t.state_category, t.type_definition_id, t.queue_id,
+SELECT t.tenant_id, t.id, t.current_state, t.state_category, t.type_definition_id, t.queue_id, t.version,
        td.version AS type_version, td.fsm_schema, td.custom_fields_schema
   FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
  WHERE t.expires_at <= $1 AND t.expiry_handled_at IS NULL AND t.state_category NOT IN ('done', 'cancelled')
@@ -108,7 +108,10 @@ async def _handle_expiry(conn: Connection, row: Any, now: datetime) -> str:
             assign_employee_id=None,
             actor_employee_id=None,
             notes="expired by the time-limit sweeper",
+            expected_version=row["version"],  # held by the lock above, so this always applies
+            type_version=row["type_version"],
         )
+        assert changed is not None
         await conn.execute(
             "UPDATE tickets SET expiry_handled_at = $3 WHERE tenant_id = $1 AND id = $2",
             row["tenant_id"],

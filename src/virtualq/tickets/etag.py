@@ -62,7 +62,12 @@ async def check_if_match(
     )
     if version is None:
         raise not_found("ticket")
-    if not _matches(if_match, version):
+    check_version(if_match, version)
+
+
+def check_version(if_match: str | None, version: int) -> None:
+    """412 precondition_failed unless If-Match is absent or names `version`."""
+    if if_match is not None and not _matches(if_match, version):
         raise PreconditionFailed(
             "the ticket changed since it was read; read it again and retry", {"etag": etag(version)}
         )

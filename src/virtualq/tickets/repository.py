@@ -22,6 +22,11 @@ LOCKED_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.ty
     t.queue_id, t.version, t.created_at, t.sort_key, td.version AS type_version, td.fsm_schema,
     td.custom_fields_schema"""
 
+# What a change that does not lock first (tickets/service.transition_ticket) reads: no schemas (the compiled
+# type is cached by version), no lock (the change checks `version` and `type_version` itself).
+CURRENT_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.type_definition_id,
+    t.queue_id, t.version, t.created_at, t.sort_key, td.version AS type_version"""
+
 # The 1-based rank among the queue's waiting tickets (uses tickets_waiting_line_idx).
 POSITION = """CASE WHEN t.state_category = 'waiting' THEN
     (SELECT count(*) + 1 FROM tickets w
@@ -159,6 +164,26 @@ async def lock_ticket_with_type(
     return row
 
 
+async def current_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> Record | None:
+    """The ticket's state, version and type version as a change starts from them (no lock)."""
+    row: Record | None = await conn.fetchrow(
+        f"""SELECT {CURRENT_COLUMNS}
+              FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
+             WHERE t.tenant_id = $1 AND t.id = $2""",
+        tenant_id,
+        ticket_id,
+    )
+    return row
+
+
+async def type_schemas(conn: Connection, type_id: uuid.UUID) -> Record | None:
+    """A type's current version and schemas, to compile it (on a process's first use of that version)."""
+    row: Record | None = await conn.fetchrow(
+        "SELECT version, fsm_schema, custom_fields_schema FROM type_definitions WHERE id = $1", type_id
+    )
+    return row
+
+
 async def apply_transition(
     conn: Connection,
     *,
@@ -173,19 +198,25 @@ async def apply_transition(
     assign_employee_id: uuid.UUID | None,
     actor_employee_id: uuid.UUID | None,
     notes: str | None,
-) -> Record:
+    expected_version: int,
+    type_version: int,
+) -> Record | None:
     """Change the state (and assignee), set the timestamps, write the history row and the events
-    (ticket.state_changed, plus ticket.completed or ticket.cancelled on reaching those) — one statement."""
+    (ticket.state_changed, plus ticket.completed or ticket.cancelled on reaching those) — one statement.
+
+    Only if the ticket is still at `expected_version` and its type at `type_version` (the machine the new
+    state came from); None otherwise (another change came first: read again). The type row is share-locked
+    until commit, so a type change cannot remove the state being entered while this change is in flight."""
     timestamps = TIMESTAMP_ASSIGNMENTS.format(leaves="$6", ready="$7", done="$8", cancelled="$9")
-    EVENTS_WRITTEN.set(True)
-    row = await fetch_returning(
-        conn,
+    row: Record | None = await conn.fetchrow(
         f"""
         WITH t AS (
             UPDATE tickets SET current_state = $3, state_category = $4,
                    employee_id = coalesce($10, employee_id), {timestamps},
                    version = version + 1, updated_at = now()
-             WHERE tenant_id = $1 AND id = $2
+             WHERE tenant_id = $1 AND id = $2 AND version = $15
+               AND EXISTS (SELECT 1 FROM type_definitions td
+                            WHERE td.id = tickets.type_definition_id AND td.version = $16 FOR SHARE)
             RETURNING *
         ), h AS (
             INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
@@ -221,7 +252,12 @@ async def apply_transition(
         transition,
         notes,
         actor_employee_id,
+        expected_version,
+        type_version,
     )
+    if row is None:
+        return None
+    EVENTS_WRITTEN.set(True)
     if effects.leaves_waiting:
         forget_queue(tenant_id, row["queue_id"])  # a departure changes the line's pace
     return row

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from virtualq.auth.principal import Role, TenantAnyRole, TenantContext, TenantStaff
-from virtualq.db import ReadConn, WriteConn
+from virtualq.db import ReadConn, StatementConn, WriteConn
 from virtualq.fsm import Category
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.responses import fields_of, project, trusted_json
@@ -140,12 +140,11 @@ async def transition_ticket(
     body: TransitionRequest,
     response: Response,
     ctx: TenantStaff,
-    conn: WriteConn,
+    conn: StatementConn,
     if_match: IfMatch = None,
 ) -> Any:
     """Apply a named transition of the ticket's state machine; 400 invalid_transition lists the valid ones."""
-    await check_if_match(conn, ctx, ticket_id, if_match)
-    return tag(response, await service.transition_ticket(conn, ctx, ticket_id, body))
+    return tag(response, await service.transition_ticket(conn, ctx, ticket_id, body, if_match))
 
 
 @router.get("/v1/tickets/{ticket_id}/history", response_model=list[HistoryEntry], responses=READ_ERRORS)

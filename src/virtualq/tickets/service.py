@@ -8,6 +8,7 @@ from typing import Any
 from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
 from virtualq.errors import (
+    Conflict,
     InvalidTransition,
     QueueDisabled,
     TypeNotAllowed,
@@ -21,10 +22,11 @@ from virtualq.kit.pagination import PageParams
 from virtualq.queues import repository as queues
 from virtualq.queues.estimates import Estimator, minutes_for
 from virtualq.tickets import repository
+from virtualq.tickets.etag import check_version
 from virtualq.tickets.rules import effects_of
 from virtualq.tickets.schemas import TicketCreate, TicketUpdate, TransitionRequest
 from virtualq.type_definitions import repository as types
-from virtualq.type_definitions.compiled import CompiledType, compiled
+from virtualq.type_definitions.compiled import CompiledType, cached, compiled
 
 
 def _compile(type_id: uuid.UUID, version: int, fsm_schema: Any, custom_fields_schema: Any) -> CompiledType:
@@ -182,12 +184,55 @@ async def _locked_machine(
     return locked, machine
 
 
+# A change that reads without locking retries when another change came first; this bounds the retries.
+CHANGE_ATTEMPTS = 50
+
+
+class Superseded(Exception):
+    """Another change reached the ticket (or its type) between reading it and writing."""
+
+
+async def _machine_for(conn: Connection, current: Record) -> Machine | None:
+    """The state machine of the ticket's type at the version read (None: the type changed; read again)."""
+    found = cached(current["type_definition_id"], current["type_version"])
+    if found is None:
+        row = await repository.type_schemas(conn, current["type_definition_id"])
+        if row is None or row["version"] != current["type_version"]:
+            return None
+        found = _compile(
+            current["type_definition_id"], row["version"], row["fsm_schema"], row["custom_fields_schema"]
+        )
+    assert found.machine is not None  # ticket types always have a machine
+    return found.machine
+
+
 async def transition_ticket(
-    conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, request: TransitionRequest
+    conn: Connection,
+    ctx: TenantContext,
+    ticket_id: uuid.UUID,
+    request: TransitionRequest,
+    if_match: str | None = None,
 ) -> dict[str, Any]:
+    """Read the ticket (no lock), apply the transition to the state read, and write only if the ticket is
+    still at the version read — one statement; when another change came first, read again and retry.
+    Two round trips without a transaction (tickets/router uses StatementConn), and the row is locked only
+    for the instant of its update."""
     await check_employee(conn, ctx.tenant_id, request.employee_id)
-    locked, machine = await _locked_machine(conn, ctx, ticket_id)
-    return await _apply(conn, ctx, locked, machine, request.transition, request.employee_id, request.notes)
+    for _ in range(CHANGE_ATTEMPTS):
+        current = await repository.current_ticket(conn, ctx.tenant_id, ticket_id)
+        if current is None:
+            raise not_found("ticket")
+        check_version(if_match, current["version"])
+        machine = await _machine_for(conn, current)
+        if machine is None:
+            continue
+        try:
+            return await _apply(
+                conn, ctx, current, machine, request.transition, request.employee_id, request.notes
+            )
+        except Superseded:
+            continue
+    raise Conflict("the ticket kept changing while this transition was being applied; retry")
 
 
 async def _apply(
@@ -199,6 +244,7 @@ async def _apply(
     employee_id: uuid.UUID | None,
     notes: str | None,
 ) -> dict[str, Any]:
+    """Apply `transition` to the ticket as read in `locked` (locked by the caller, or checked by version)."""
     current = locked["current_state"]
     try:
         new_state = machine.apply(current, transition)
@@ -226,7 +272,11 @@ async def _apply(
         assign_employee_id=employee_id,
         actor_employee_id=employee_id or ctx.principal.employee_id,
         notes=notes,
+        expected_version=locked["version"],
+        type_version=locked["type_version"],
     )
+    if row is None:
+        raise Superseded
     return await annotated(conn, ctx, row)
 
 

@@ -98,6 +98,11 @@ def json_schema_problems(schema: Any) -> list[str]:
 _cache: OrderedDict[tuple[uuid.UUID, int], CompiledType] = OrderedDict()
 
 
+def cached(type_id: uuid.UUID, version: int) -> CompiledType | None:
+    """The compiled type if this process has it already (then its schemas need not be read again)."""
+    return _cache.get((type_id, version))
+
+
 def compiled(type_id: uuid.UUID, version: int, fsm_schema: Any, custom_fields_schema: Any) -> CompiledType:
     key = (type_id, version)
     found = _cache.get(key)

@@ -557,3 +557,81 @@ async def test_monitor_groups_names_and_privacy(client: httpx.AsyncClient, api: 
     feed = ok(await client.get(f"/v1/queues/{queue['id']}/monitor", headers=auth(display)))
     assert feed["is_active"] is False
     assert feed["counts"] == {"waiting": 0, "in_service": 0, "ready": 0}
+
+
+TRIAGE_FSM: dict[str, Any] = {
+    "init": "waiting_room",
+    "states": ["waiting_room", "second_wait", "desk", "gone"],
+    "transitions": [
+        {"name": "recheck", "from": "waiting_room", "to": "second_wait"},
+        {"name": "to_desk", "from": "waiting_room", "to": "desk"},
+        {"name": "call_back", "from": "second_wait", "to": "desk"},
+        {"name": "leave", "from": "desk", "to": "gone"},
+    ],
+    "categories": {"second_wait": "waiting", "gone": "done"},
+}
+STUCK_FSM: dict[str, Any] = {
+    "init": "limbo",
+    "states": ["limbo", "gone"],
+    "transitions": [{"name": "cancel", "from": "limbo", "to": "gone"}],
+    "categories": {"gone": "cancelled"},
+}
+
+
+async def test_call_next_learns_each_type_version_and_waiting_state(
+    client: httpx.AsyncClient, api: Api
+) -> None:
+    """Call-next is one statement once the process knows the call transition for the first ticket's type
+    version and waiting state; a state it has not met, another type, a changed type and a state with no way
+    out of the line must all still get the right answer."""
+    t = await Tenant.create(client, api)
+    triage = await t.type("triage", TRIAGE_FSM)
+    stuck = await t.type("stuck", STUCK_FSM)
+    queue = (await t.queue("Clinic"))["id"]
+    first = await t.ticket(queue, triage["id"])
+    second = await t.ticket(queue, triage["id"])
+    await t.move(second["id"], "recheck")  # still waiting, in another waiting state
+    third = await t.ticket(queue, stuck["id"])
+
+    called = ok(await call(client, t, queue))
+    assert (called["id"], called["previous_state"], called["current_state"]) == (
+        first["id"],
+        "waiting_room",
+        "desk",
+    )
+    called = ok(await call(client, t, queue))
+    assert (called["id"], called["previous_state"], called["current_state"]) == (
+        second["id"],
+        "second_wait",
+        "desk",
+    )
+    history = await t.get(f"/v1/tickets/{second['id']}/history")
+    assert [h["transition"] for h in history[1:]] == ["recheck", "call_back"]
+
+    # Nothing leads from "limbo" into service, ready or done: refused, and the ticket is untouched.
+    refused = assert_error(await call(client, t, queue), 400, "invalid_transition")
+    assert refused["details"]["valid_transitions"] == ["cancel"]
+    assert (await t.get(f"/v1/tickets/{third['id']}"))["version"] == third["version"]
+    await t.move(third["id"], "cancel")
+
+    # A new version of the type whose first way into service is another transition: used at once.
+    changed = {
+        **TRIAGE_FSM,
+        "states": ["waiting_room", "second_wait", "window", "desk", "gone"],
+        "transitions": [
+            {"name": "to_window", "from": "waiting_room", "to": "window"},
+            {"name": "served", "from": "window", "to": "gone"},
+            *TRIAGE_FSM["transitions"],
+        ],
+    }
+    patched = await client.patch(
+        f"/v1/type-definitions/{triage['id']}", json={"fsm_schema": changed}, headers=t.h
+    )
+    assert ok(patched)["version"] == triage["version"] + 1
+    fourth = await t.ticket(queue, triage["id"])
+    called = ok(await call(client, t, queue))
+    assert (called["id"], called["current_state"]) == (fourth["id"], "window")
+    assert_error(await call(client, t, queue), 404, "queue_empty")
+    events = ok(await client.get("/v1/events", params={"ticket_id": fourth["id"]}, headers=t.h))["data"]
+    assert [e["type"] for e in events] == ["ticket.created", "ticket.state_changed"]
+    assert events[-1]["data"]["transition"] == "to_window"

@@ -1,50 +1,67 @@
--- The statements POST /v1/queues/{id}/call-next runs (one transaction), draining a copy of the drain queue.
+-- The statements POST /v1/queues/{id}/call-next runs (autocommit, as the app does without an
+-- Idempotency-Key), draining a copy of the drain queue; the plan (type version, waiting state -> transition)
+-- is the one the app has learnt for the bench type: waiting --serve--> serving.
 -- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
 SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
        coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
   FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
  WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
 SELECT account_id FROM tenants WHERE id = :tenant_id;
-BEGIN;
--- queues/repository.get
-SELECT id, tenant_id, name, description, allowed_type_definition_ids, wait_estimation_method, show_wait_time,
-       max_wait_minutes, manual_wait_minutes, ticket_prefix, display_order, is_active, created_at, updated_at
-  FROM queues WHERE tenant_id = :tenant_id AND id = :drain_queue;
--- tickets/line_repository.lock_first_waiting
-SELECT t.id AS called_id, t.employee_id, t.current_state, t.state_category, t.type_definition_id,
-       t.queue_id, t.version, t.created_at, t.sort_key, td.version AS type_version, td.fsm_schema,
-       td.custom_fields_schema
-  FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
- WHERE t.tenant_id = :tenant_id AND t.queue_id = :drain_queue AND t.state_category = 'waiting'
- ORDER BY t.sort_key
- LIMIT 1
-   FOR UPDATE OF t SKIP LOCKED FOR SHARE OF td \gset
--- tickets/repository.apply_transition
-WITH t AS (
-    UPDATE tickets SET current_state = 'serving', state_category = 'in_service',
+-- tickets/line_repository.CALL_FIRST_WAITING
+WITH q AS (
+    SELECT id FROM queues WHERE tenant_id = :tenant_id AND id = :drain_queue
+), c AS (
+    SELECT t.id, t.type_definition_id, t.current_state, td.version AS type_version
+      FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
+     WHERE t.tenant_id = :tenant_id AND t.queue_id = :drain_queue AND t.state_category = 'waiting'
+     ORDER BY t.sort_key
+     LIMIT 1
+       FOR UPDATE OF t SKIP LOCKED FOR SHARE OF td
+), m AS (
+    SELECT c.id AS ticket_id, p.*
+      FROM c JOIN unnest(ARRAY[:type_id]::uuid[], ARRAY[1], ARRAY['waiting'], ARRAY['serve'], ARRAY['serving'],
+                         ARRAY['in_service'], ARRAY[true], ARRAY[false], ARRAY[false], ARRAY[false])
+                  AS p(type_id, type_version, from_state, via, to_state, to_category,
+                       leaves, ready, done, cancelled)
+        ON p.type_id = c.type_definition_id AND p.type_version = c.type_version
+       AND p.from_state = c.current_state
+), t AS (
+    UPDATE tickets SET current_state = m.to_state, state_category = m.to_category,
            employee_id = coalesce(NULL::uuid, employee_id),
-           started_at = CASE WHEN started_at IS NULL THEN now() ELSE started_at END,
-           actual_wait_minutes = CASE WHEN started_at IS NULL
+           started_at = CASE WHEN m.leaves AND started_at IS NULL THEN now() ELSE started_at END,
+           actual_wait_minutes = CASE WHEN m.leaves AND started_at IS NULL
                THEN round(extract(epoch FROM now() - created_at) / 60)::int ELSE actual_wait_minutes END,
-           ready_at = ready_at, completed_at = completed_at, cancelled_at = cancelled_at,
+           ready_at = CASE WHEN m.ready THEN now() ELSE ready_at END,
+           completed_at = CASE WHEN m.done THEN now() ELSE completed_at END,
+           cancelled_at = CASE WHEN m.cancelled THEN now() ELSE cancelled_at END,
            version = version + 1, updated_at = now()
-     WHERE tenant_id = :tenant_id AND id = :called_id
-    RETURNING *
+      FROM m
+     WHERE tickets.tenant_id = :tenant_id AND tickets.id = m.ticket_id
+    RETURNING tickets.*, m.via, m.from_state
 ), h AS (
-    INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition, employee_id, notes)
-    SELECT tenant_id, uuidv7(), id, 'waiting', current_state, 'serve', NULL, NULL FROM t
+    INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
+                                employee_id, notes)
+    SELECT tenant_id, uuidv7(), id, from_state, current_state, via, NULL, NULL FROM t
+), d AS (
+    SELECT tenant_id, queue_id, id, state_category, jsonb_build_object(
+               'display_code', display_code, 'number', number, 'current_state', current_state,
+               'state_category', state_category, 'type_definition_id', type_definition_id,
+               'version', version, 'previous_state', from_state, 'transition', via) AS data
+      FROM t
 ), e AS (
     INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
-    SELECT tenant_id, 'ticket.state_changed', queue_id, id,
-           jsonb_build_object('display_code', display_code, 'number', number, 'current_state', current_state,
-                              'state_category', state_category, 'version', version) FROM t
+    SELECT tenant_id, 'ticket.state_changed', queue_id, id, data FROM d
+    UNION ALL
+    SELECT tenant_id, CASE state_category WHEN 'done' THEN 'ticket.completed' ELSE 'ticket.cancelled' END,
+           queue_id, id, data
+      FROM d WHERE state_category IN ('done', 'cancelled')
 )
-SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
+SELECT EXISTS (SELECT 1 FROM q) AS queue_found, c.id AS candidate_id, c.type_definition_id AS candidate_type,
+       c.type_version AS candidate_type_version, c.current_state AS candidate_state,
+       t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
        t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
        t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
-       t.version, t.created_at, t.updated_at, NULL::bigint AS position, 'waiting'::text AS previous_state FROM t;
--- queues/estimates.Estimator (the ticket is no longer waiting, so no departures are loaded)
-SELECT id, wait_estimation_method, manual_wait_minutes, show_wait_time
-  FROM queues WHERE tenant_id = :tenant_id AND id = ANY(ARRAY[:drain_queue]::uuid[]);
-COMMIT;
+       t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page,
+       NULL::bigint AS position, t.from_state AS previous_state
+  FROM (SELECT 1) AS one LEFT JOIN c ON true LEFT JOIN t ON true;

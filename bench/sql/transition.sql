@@ -1,5 +1,6 @@
--- The statements POST /v1/tickets/{id}/transition runs (one transaction); each client owns one ticket,
--- as each HTTP worker does, and toggles it between waiting and serving.
+-- The statements POST /v1/tickets/{id}/transition runs (each in autocommit, as the app does without an
+-- Idempotency-Key); each client owns one ticket, as each HTTP worker does, and toggles it between waiting
+-- and serving.
 SELECT ticket_id FROM bench_clients WHERE client_id = :client_id \gset
 -- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
 SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
@@ -7,13 +8,11 @@ SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
   FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
  WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
 SELECT account_id FROM tenants WHERE id = :tenant_id;
-BEGIN;
--- tickets/repository.lock_ticket_with_type
-SELECT t.id, t.current_state, t.state_category, t.type_definition_id, t.queue_id, t.version, t.created_at,
-       td.version AS type_version, td.fsm_schema, td.custom_fields_schema
+-- tickets/repository.current_ticket (no lock; the compiled type is cached, so no schemas)
+SELECT t.id, t.employee_id, t.current_state, t.state_category, t.type_definition_id, t.queue_id,
+       t.version AS read_version, t.created_at, t.sort_key, td.version AS type_version
   FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
- WHERE t.tenant_id = :tenant_id AND t.id = :ticket_id
-   FOR UPDATE OF t FOR SHARE OF td;
+ WHERE t.tenant_id = :tenant_id AND t.id = :ticket_id \gset
 -- tickets/repository.apply_transition
 WITH t AS (
     UPDATE tickets SET current_state = CASE current_state WHEN 'waiting' THEN 'serving' ELSE 'waiting' END,
@@ -24,7 +23,9 @@ WITH t AS (
                THEN round(extract(epoch FROM now() - created_at) / 60)::int ELSE actual_wait_minutes END,
            ready_at = ready_at, completed_at = completed_at, cancelled_at = cancelled_at,
            version = version + 1, updated_at = now()
-     WHERE tenant_id = :tenant_id AND id = :ticket_id
+     WHERE tenant_id = :tenant_id AND id = :ticket_id AND version = :read_version
+       AND EXISTS (SELECT 1 FROM type_definitions td
+                    WHERE td.id = tickets.type_definition_id AND td.version = :type_version FOR SHARE)
     RETURNING *
 ), h AS (
     INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition, employee_id, notes)
@@ -59,4 +60,3 @@ SELECT NULL, created_at, started_at FROM (
         SELECT created_at, started_at FROM tickets
          WHERE tenant_id = :tenant_id AND queue_id = :line_queue AND started_at IS NOT NULL AND started_at <= now()
          ORDER BY started_at DESC LIMIT 4) q;
-COMMIT;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from virtualq.auth.principal import TenantContext
@@ -16,24 +17,123 @@ from virtualq.errors import (
     not_found,
 )
 from virtualq.events import repository as events
-from virtualq.fsm import Category
+from virtualq.fsm import Category, Machine
+from virtualq.kit.ids import new_id
 from virtualq.queues import repository as queues
+from virtualq.queues.estimates import forget_queue
 from virtualq.tickets import line_repository as line
 from virtualq.tickets import repository as tickets
+from virtualq.tickets.rules import Effects, effects_of
 from virtualq.tickets.schemas import CallNextRequest, ForwardRequest, ReorderRequest
-from virtualq.tickets.service import _apply, _compile, annotated, check_employee, event_data, no_way
+from virtualq.tickets.service import (
+    _apply,
+    _compile,
+    _machine_for,
+    annotated,
+    check_employee,
+    event_data,
+    no_way,
+)
 
 # Call next never cancels by default: it prefers service, then ready, then done (docs/decisions.md).
 CALL_TARGETS = (Category.IN_SERVICE, Category.READY, Category.DONE)
 
 
+@dataclass(frozen=True)
+class CallPlan:
+    """For each (type, type version, waiting state) met in a queue: the transition call-next applies (the
+    first declared one into service, else ready, else done) and what it leads to. Learnt per process as
+    tickets are called; a ticket the plan does not cover yet is looked up and the call retried."""
+
+    entries: tuple[tuple[uuid.UUID, int, str, str, str, str, Effects], ...] = ()
+
+    def columns(self) -> list[list[Any]]:
+        """The plan as the parallel arrays line_repository.call_first_waiting unnests."""
+        rows = self.entries
+        return [
+            [e[0] for e in rows],
+            [e[1] for e in rows],
+            [e[2] for e in rows],
+            [e[3] for e in rows],
+            [e[4] for e in rows],
+            [e[5] for e in rows],
+            [e[6].leaves_waiting for e in rows],
+            [e[6].enters_ready for e in rows],
+            [e[6].enters_done for e in rows],
+            [e[6].enters_cancelled for e in rows],
+        ]
+
+    def learn(self, type_id: uuid.UUID, version: int, state: str, machine: Machine, via: str) -> CallPlan:
+        target = machine.apply(state, via)
+        category = machine.category(target)
+        entry = (type_id, version, state, via, target, category.value, effects_of(Category.WAITING, category))
+        kept = self.entries if len(self.entries) < MAX_PLAN_ENTRIES else ()
+        return CallPlan((*kept, entry))
+
+
+MAX_PLAN_ENTRIES = 64
+MAX_PLANS = 10_000
+CALL_ATTEMPTS = 10
+_plans: dict[tuple[uuid.UUID, uuid.UUID], CallPlan] = {}
+
+
 async def call_next(
     conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, body: CallNextRequest
 ) -> dict[str, Any]:
-    """Take the first waiting ticket nobody else is taking, move it out of waiting, assign the employee."""
+    """Take the first waiting ticket nobody else is taking, move it out of waiting, assign the employee.
+
+    One statement without a transaction (tickets/router uses StatementConn) once this process knows the
+    transition for the first ticket's type and state; an explicit `transition` takes the locking path."""
+    await check_employee(conn, ctx.tenant_id, body.employee_id)
+    if body.transition is not None:
+        return await _call_named(conn, ctx, queue_id, body)
+    employee_id = body.employee_id or ctx.principal.employee_id
+    key = (ctx.tenant_id, queue_id)
+    for _ in range(CALL_ATTEMPTS):
+        plan = _plans.get(key, CallPlan())
+        row = await line.call_first_waiting(
+            conn,
+            ctx.tenant_id,
+            queue_id,
+            plan,
+            employee_id=employee_id,
+            history_id=new_id(),
+            notes=body.notes,
+        )
+        if not row["queue_found"]:
+            raise not_found("queue")
+        if row["candidate_id"] is None:
+            raise QueueEmpty("nobody is waiting in this queue", {"queue_id": str(queue_id)})
+        if row["id"] is not None:
+            forget_queue(ctx.tenant_id, queue_id)  # a departure changes the line's pace
+            called = {name: value for name, value in row.items() if name not in line.CALL_FACTS}
+            return await annotated(conn, ctx, called)
+        # The plan has no entry for this ticket's type version and state yet: learn it, then call again.
+        type_id, version, state = row["candidate_type"], row["candidate_type_version"], row["candidate_state"]
+        machine = await _machine_for(conn, type_id, version)
+        if machine is None:
+            continue  # the type changed meanwhile; the next attempt sees the new version
+        via = next(
+            (t for t in (machine.first_transition_into(state, [c]) for c in CALL_TARGETS) if t is not None),
+            None,
+        )
+        if via is None:
+            raise no_way(machine, state, "out of the waiting line")
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        _plans[key] = plan.learn(type_id, version, state, machine, via)
+    raise Conflict("the line kept changing while calling the next ticket; retry")
+
+
+async def _call_named(
+    conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, body: CallNextRequest
+) -> dict[str, Any]:
+    """Call-next with an explicit transition: lock the first waiting ticket, apply that transition."""
+    if not conn.is_in_transaction():
+        async with conn.transaction():
+            return await _call_named(conn, ctx, queue_id, body)
     if await queues.get(conn, ctx.tenant_id, queue_id) is None:
         raise not_found("queue")
-    await check_employee(conn, ctx.tenant_id, body.employee_id)
     locked = await line.lock_first_waiting(conn, ctx.tenant_id, queue_id)
     if locked is None:
         raise QueueEmpty("nobody is waiting in this queue", {"queue_id": str(queue_id)})
@@ -44,16 +144,9 @@ async def call_next(
         locked["custom_fields_schema"],
     ).machine
     assert machine is not None
-    transition = body.transition
-    if transition is None:
-        for category in CALL_TARGETS:
-            transition = machine.first_transition_into(locked["current_state"], [category])
-            if transition is not None:
-                break
-    if transition is None:
-        raise no_way(machine, locked["current_state"], "out of the waiting line")
+    assert body.transition is not None
     employee_id = body.employee_id or ctx.principal.employee_id
-    return await _apply(conn, ctx, locked, machine, transition, employee_id, body.notes)
+    return await _apply(conn, ctx, locked, machine, body.transition, employee_id, body.notes)
 
 
 async def _locked(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> Record:

@@ -11,8 +11,8 @@ import uuid
 from decimal import Decimal, localcontext
 from typing import Any
 
-from virtualq.db import Connection, Record, fetch_returning
-from virtualq.tickets.repository import LOCKED_COLUMNS, POSITION, TICKET_COLUMNS
+from virtualq.db import EVENTS_WRITTEN, Connection, Record, fetch_returning
+from virtualq.tickets.repository import LOCKED_COLUMNS, POSITION, TICKET_COLUMNS, TIMESTAMP_ASSIGNMENTS
 
 
 async def lock_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
@@ -27,6 +27,92 @@ async def lock_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: u
         tenant_id,
         queue_id,
     )
+    return row
+
+
+# Columns call_first_waiting adds to the called ticket's (not part of the answer).
+CALL_FACTS = ("queue_found", "candidate_id", "candidate_type", "candidate_type_version", "candidate_state")
+
+CALL_TIMESTAMPS = TIMESTAMP_ASSIGNMENTS.format(
+    leaves="m.leaves", ready="m.ready", done="m.done", cancelled="m.cancelled"
+)
+CALL_FIRST_WAITING = f"""
+WITH q AS (
+    SELECT id FROM queues WHERE tenant_id = $1 AND id = $2
+), c AS (
+    SELECT t.id, t.type_definition_id, t.current_state, td.version AS type_version
+      FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
+     WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category = 'waiting'
+     ORDER BY t.sort_key
+     LIMIT 1
+       FOR UPDATE OF t SKIP LOCKED FOR SHARE OF td
+), m AS (
+    SELECT c.id AS ticket_id, p.*
+      FROM c JOIN unnest($3::uuid[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[],
+                         $9::bool[], $10::bool[], $11::bool[], $12::bool[])
+                  AS p(type_id, type_version, from_state, via, to_state, to_category,
+                       leaves, ready, done, cancelled)
+        ON p.type_id = c.type_definition_id AND p.type_version = c.type_version
+       AND p.from_state = c.current_state
+), t AS (
+    UPDATE tickets SET current_state = m.to_state, state_category = m.to_category,
+           employee_id = coalesce($13, employee_id),
+           {CALL_TIMESTAMPS},
+           version = version + 1, updated_at = now()
+      FROM m
+     WHERE tickets.tenant_id = $1 AND tickets.id = m.ticket_id
+    RETURNING tickets.*, m.via, m.from_state
+), h AS (
+    INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
+                                employee_id, notes)
+    SELECT tenant_id, $14, id, from_state, current_state, via, $13, $15 FROM t
+), d AS (
+    SELECT tenant_id, queue_id, id, state_category, jsonb_build_object(
+               'display_code', display_code, 'number', number, 'current_state', current_state,
+               'state_category', state_category, 'type_definition_id', type_definition_id,
+               'version', version, 'previous_state', from_state, 'transition', via) AS data
+      FROM t
+), e AS (
+    INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
+    SELECT tenant_id, 'ticket.state_changed', queue_id, id, data FROM d
+    UNION ALL
+    SELECT tenant_id, CASE state_category WHEN 'done' THEN 'ticket.completed' ELSE 'ticket.cancelled' END,
+           queue_id, id, data
+      FROM d WHERE state_category IN ('done', 'cancelled')
+)
+SELECT EXISTS (SELECT 1 FROM q) AS queue_found, c.id AS candidate_id, c.type_definition_id AS candidate_type,
+       c.type_version AS candidate_type_version, c.current_state AS candidate_state,
+       {TICKET_COLUMNS}, {POSITION}, t.from_state AS previous_state
+  FROM (SELECT 1) AS one LEFT JOIN c ON true LEFT JOIN t ON true
+"""
+
+
+async def call_first_waiting(
+    conn: Connection,
+    tenant_id: uuid.UUID,
+    queue_id: uuid.UUID,
+    plan: Any,
+    *,
+    employee_id: uuid.UUID | None,
+    history_id: uuid.UUID,
+    notes: str | None,
+) -> Record:
+    """Call the first waiting ticket nobody else holds, in one statement: lock it (SKIP LOCKED, so concurrent
+    callers get different tickets), move it by the transition `plan` gives for its type version and state,
+    write its history and events. The row says whether the queue exists and which ticket was first; the
+    ticket's columns are null when there was none or the plan has no entry for it (then nothing changed)."""
+    row = await fetch_returning(
+        conn,
+        CALL_FIRST_WAITING,
+        tenant_id,
+        queue_id,
+        *plan.columns(),
+        employee_id,
+        history_id,
+        notes,
+    )
+    if row["id"] is not None:
+        EVENTS_WRITTEN.set(True)
     return row
 
 

@@ -160,7 +160,7 @@ async def ticket_history(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn)
     tags=["queues"],
 )
 async def call_next(
-    queue_id: uuid.UUID, body: CallNextRequest, response: Response, ctx: TenantStaff, conn: WriteConn
+    queue_id: uuid.UUID, body: CallNextRequest, response: Response, ctx: TenantStaff, conn: StatementConn
 ) -> Any:
     """Take the first waiting ticket and move it out of the line (404 queue_empty when nobody waits).
 

@@ -192,16 +192,14 @@ class Superseded(Exception):
     """Another change reached the ticket (or its type) between reading it and writing."""
 
 
-async def _machine_for(conn: Connection, current: Record) -> Machine | None:
-    """The state machine of the ticket's type at the version read (None: the type changed; read again)."""
-    found = cached(current["type_definition_id"], current["type_version"])
+async def _machine_for(conn: Connection, type_id: uuid.UUID, version: int) -> Machine | None:
+    """The state machine of a ticket type at `version` (None: the type has changed since; read again)."""
+    found = cached(type_id, version)
     if found is None:
-        row = await repository.type_schemas(conn, current["type_definition_id"])
-        if row is None or row["version"] != current["type_version"]:
+        row = await repository.type_schemas(conn, type_id)
+        if row is None or row["version"] != version:
             return None
-        found = _compile(
-            current["type_definition_id"], row["version"], row["fsm_schema"], row["custom_fields_schema"]
-        )
+        found = _compile(type_id, version, row["fsm_schema"], row["custom_fields_schema"])
     assert found.machine is not None  # ticket types always have a machine
     return found.machine
 
@@ -223,7 +221,7 @@ async def transition_ticket(
         if current is None:
             raise not_found("ticket")
         check_version(if_match, current["version"])
-        machine = await _machine_for(conn, current)
+        machine = await _machine_for(conn, current["type_definition_id"], current["type_version"])
         if machine is None:
             continue
         try:

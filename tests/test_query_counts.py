@@ -166,3 +166,43 @@ async def test_main_queries_use_their_indexes(db: asyncpg.Connection) -> None:
         assert "Index" in shown, (index, shown)
         if index.endswith("_idx"):  # among equally good indexes an empty table's planner may pick another
             assert index in shown or "tickets_" in shown, (index, shown)
+
+
+TOGGLE_FSM: dict[str, Any] = {
+    "init": "waiting",
+    "states": ["waiting", "serving", "done"],
+    "transitions": [
+        {"name": "serve", "from": "waiting", "to": "serving"},
+        {"name": "requeue", "from": "serving", "to": "waiting"},
+        {"name": "finish", "from": "serving", "to": "done"},
+    ],
+}
+
+
+async def test_a_ticket_sent_back_to_the_line_keeps_the_shared_pace(
+    counted: tuple[httpx.AsyncClient, Counter], api: Api, client: httpx.AsyncClient
+) -> None:
+    """Only a first departure (started_at is set once) changes the line's pace, so only it drops the shared
+    pace: a ticket served again after being sent back answers its next return to the line from the shared
+    pace, in the two round trips of any transition."""
+    http, counter = counted
+    t = await Tenant.create(client, api)
+    kind = await t.type("toggle", TOGGLE_FSM)
+    queue = await t.queue("Back and forth")
+    h = auth(t.world.tenant_admin)
+    ticket = ok(
+        await http.post(
+            "/v1/tickets", json={"queue_id": queue["id"], "type_definition_id": kind["id"]}, headers=h
+        ),
+        201,
+    )
+    path = f"/v1/tickets/{ticket['id']}/transition"
+    seen = []
+    for _ in range(3):  # the pace lives a second; a very slow run may see it expire once
+        ok(await http.post(path, json={"transition": "serve"}, headers=h))
+        back, response = await count(counter, http.post(path, json={"transition": "requeue"}, headers=h))
+        assert ok(response)["estimated_wait_minutes"] is not None
+        seen.append(back)
+        if back == 2:
+            break
+    assert seen[-1] == 2, seen

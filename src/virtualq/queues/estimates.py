@@ -183,8 +183,9 @@ QUEUE_SETTINGS_SQL = """SELECT id, wait_estimation_method, manual_wait_minutes, 
 
 
 # Paces per (tenant, queue): {type id: minutes per ticket}. A pace only changes when a ticket leaves the line
-# (forget_queue is called then, in this process) or the queue's settings change; other processes' changes
-# are seen within PACE_CACHE_SECONDS.
+# for the first time (forget_queue is called then, in this process; a ticket sent back to the line and called
+# again keeps its first started_at, so it changes no pace) or the queue's settings change; other processes'
+# changes are seen within PACE_CACHE_SECONDS.
 PACE_CACHE_SECONDS = 1.0
 _pace_cache = TtlCache(PACE_CACHE_SECONDS, max_size=20_000)
 

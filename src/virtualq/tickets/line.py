@@ -105,7 +105,8 @@ async def call_next(
         if row["candidate_id"] is None:
             raise QueueEmpty("nobody is waiting in this queue", {"queue_id": str(queue_id)})
         if row["id"] is not None:
-            forget_queue(ctx.tenant_id, queue_id)  # a departure changes the line's pace
+            if tickets.first_departure(row):
+                forget_queue(ctx.tenant_id, queue_id)  # a departure changes the line's pace
             called = {name: value for name, value in row.items() if name not in line.CALL_FACTS}
             return await annotated(conn, ctx, called)
         # The plan has no entry for this ticket's type version and state yet: learn it, then call again.

@@ -12,7 +12,12 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from virtualq.db import EVENTS_WRITTEN, Connection, Record, fetch_returning
-from virtualq.tickets.repository import LOCKED_COLUMNS, POSITION, TICKET_COLUMNS, TIMESTAMP_ASSIGNMENTS
+from virtualq.tickets.repository import (
+    LOCKED_COLUMNS,
+    POSITION,
+    TICKET_COLUMNS,
+    TIMESTAMP_ASSIGNMENTS,
+)
 
 
 async def lock_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:

@@ -164,6 +164,12 @@ async def lock_ticket_with_type(
     return row
 
 
+def first_departure(row: Record) -> bool:
+    """Did this change make the ticket's first departure from the line (the only kind the line's pace counts:
+    started_at is set once)? Both timestamps are the statement's now() then."""
+    return row["started_at"] is not None and row["started_at"] == row["updated_at"]
+
+
 async def current_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> Record | None:
     """The ticket's state, version and type version as a change starts from them (no lock)."""
     row: Record | None = await conn.fetchrow(
@@ -258,7 +264,7 @@ async def apply_transition(
     if row is None:
         return None
     EVENTS_WRITTEN.set(True)
-    if effects.leaves_waiting:
+    if first_departure(row):
         forget_queue(tenant_id, row["queue_id"])  # a departure changes the line's pace
     return row
 

@@ -44,19 +44,5 @@ SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_
        CASE WHEN t.state_category = 'waiting' THEN
          (SELECT count(*) + 1 FROM tickets w WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
              AND w.state_category = 'waiting' AND w.sort_key < t.sort_key) END AS position, 'x'::text AS previous_state FROM t;
--- queues/estimates.Estimator: the queue's estimation settings
-SELECT id, wait_estimation_method, manual_wait_minutes, show_wait_time
-  FROM queues WHERE tenant_id = :tenant_id AND id = ANY(ARRAY[:line_queue]::uuid[]);
--- queues/estimates.load_departures (average_recent_3: the latest 4 departures, by type and queue-wide)
-SELECT k.type_id, d.created_at, d.started_at
-  FROM unnest(ARRAY[:type_id]::uuid[]) AS k(type_id)
-  CROSS JOIN LATERAL (
-        SELECT created_at, started_at FROM tickets
-         WHERE tenant_id = :tenant_id AND queue_id = :line_queue AND type_definition_id = k.type_id
-           AND started_at IS NOT NULL AND started_at <= now()
-         ORDER BY started_at DESC LIMIT 4) d
-UNION ALL
-SELECT NULL, created_at, started_at FROM (
-        SELECT created_at, started_at FROM tickets
-         WHERE tenant_id = :tenant_id AND queue_id = :line_queue AND started_at IS NOT NULL AND started_at <= now()
-         ORDER BY started_at DESC LIMIT 4) q;
+-- queues/estimates.Estimator: the queue's settings and recent departures are not read per request: the
+-- line's pace is shared for a second and dropped only by a first departure (none in this toggling load).

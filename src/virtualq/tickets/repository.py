@@ -58,11 +58,13 @@ async def insert_ticket(
     effects: Effects,
     fields: dict[str, Any],
 ) -> Record:
-    """Number the ticket (per queue, per local day), insert it and its first history row, in one statement.
+    """Number the ticket (per queue, per local day), insert it, its first history row and its ticket.created
+    event, in one statement.
 
     The counter upsert row-locks (queue, day), so concurrent creates in one queue get consecutive numbers
     and sort keys in the same order.
     """
+    EVENTS_WRITTEN.set(True)
     return await fetch_returning(
         conn,
         f"""
@@ -87,6 +89,13 @@ async def insert_ticket(
         ), h AS (
             INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state)
             SELECT tenant_id, $18, id, NULL, current_state FROM t
+        ), e AS (
+            INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
+            SELECT tenant_id, 'ticket.created', queue_id, id, jsonb_build_object(
+                       'display_code', display_code, 'number', number, 'current_state', current_state,
+                       'state_category', state_category, 'type_definition_id', type_definition_id,
+                       'version', version)
+              FROM t
         )
         SELECT {TICKET_COLUMNS}, t.sort_key FROM t
         """,

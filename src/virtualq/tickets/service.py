@@ -101,6 +101,14 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
     timezone = queue["timezone"]
     machine = compiled_type.machine
     category = machine.category(machine.init)
+    pace: float | None = None
+    if category is Category.WAITING:
+        # Before the insert: the insert takes the queue's counter lock until commit, and the pace does not
+        # depend on the new ticket.
+        estimator = Estimator(conn, ctx.tenant_id)
+        estimator.remember_queue(queue)
+        await estimator.paces_for([(queue["id"], type_row["id"])])
+        pace = estimator.pace_of(queue["id"], type_row["id"])
     ticket_id = new_id()
     row = await repository.insert_ticket(
         conn,
@@ -118,10 +126,6 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
     ticket = dict(row)
     ticket["position"] = None
     if category is Category.WAITING:
-        estimator = Estimator(conn, ctx.tenant_id)
-        estimator.remember_queue(queue)
-        await estimator.paces_for([(queue["id"], type_row["id"])])
-        pace = estimator.pace_of(queue["id"], type_row["id"])
         settled = await repository.settle_new_ticket(
             conn, ctx.tenant_id, ticket_id, queue["id"], row["sort_key"], pace
         )
@@ -131,14 +135,6 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
             ticket["estimated_wait_minutes"] = minutes_for(settled["position"], pace)
     else:
         ticket["estimated_wait_minutes"] = None  # not in line: no live estimate (its original is kept)
-    await events.record(
-        conn,
-        ctx.tenant_id,
-        "ticket.created",
-        queue_id=queue["id"],
-        ticket_id=ticket_id,
-        data=event_data(ticket),
-    )
     return ticket
 
 

@@ -497,3 +497,29 @@ async def test_a_key_revoked_through_one_process_is_refused_by_the_other_within_
             process.terminate()
         for process in (a, b):
             process.wait(timeout=30)
+
+
+async def test_a_statement_that_inserts_no_event_sends_no_notification(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """The notify trigger fires per statement, also for an INSERT in a CTE that inserts nothing (call-next on
+    an empty line): it must then stay silent (migration 0009), and still speak for a real event."""
+    t, queue, order = await coffee(client, api)
+    heard: list[str] = []
+
+    def listener(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        heard.append(payload)
+
+    await db.add_listener("virtualq_events", listener)
+    try:
+        empty = await client.post(f"/v1/queues/{queue}/call-next", json={}, headers=t.h)
+        assert_error(empty, 404, "queue_empty")
+        await asyncio.sleep(0.3)
+        assert heard == []
+        await t.ticket(queue, order)
+        deadline = time.monotonic() + 2
+        while not heard:
+            assert time.monotonic() < deadline, "no notification for a committed event"
+            await asyncio.sleep(0.02)
+    finally:
+        await db.remove_listener("virtualq_events", listener)

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.helpers import Api, assert_error, auth
 from tests.test_ticket_flows import DRINK_FSM, FOOD_ORDER_FSM, Tenant, assert_chain, ok
@@ -248,3 +249,30 @@ async def test_display_keys_get_no_personal_data(client: httpx.AsyncClient, api:
         ("GET", f"/v1/customers/{customer['id']}", None),
     ):
         assert_error(await client.request(method, path, json=body, headers=auth(display)), 403, "forbidden")
+
+
+async def test_a_committed_transition_is_not_reported_as_an_error(
+    client: httpx.AsyncClient, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transition commits with its single statement; if its live estimate then cannot be computed (the
+    database went away a moment later), the answer is still the change, without an estimate, not a 503 that
+    would make the client repeat a change that stands."""
+    from virtualq.tickets import service
+
+    t, made = await shop(client, api)
+    ticket_id = made["ticket"]["id"]
+
+    async def unavailable(*_: Any) -> Any:
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    monkeypatch.setattr(service, "annotated", unavailable)
+    response = await client.post(
+        f"/v1/tickets/{ticket_id}/transition", json={"transition": "start_preparation"}, headers=t.h
+    )
+    monkeypatch.undo()
+    body = ok(response)
+    assert (body["current_state"], body["estimated_wait_minutes"]) == ("in_progress", None)
+    stored = await t.get(f"/v1/tickets/{ticket_id}")
+    assert (stored["current_state"], stored["version"]) == ("in_progress", body["version"])
+    history = await t.get(f"/v1/tickets/{ticket_id}/history")
+    assert [h["transition"] for h in history[1:]] == ["start_preparation"]

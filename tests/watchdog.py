@@ -9,6 +9,7 @@ run within 30 s, the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import os
 import signal
@@ -48,7 +49,8 @@ class Watchdog:
             with self._lock:
                 phase, overdue = self.phase, self.phase is not None and time.monotonic() > self.deadline
             if overdue:
-                self._report(phase)
+                with contextlib.suppress(BaseException):  # a failed report must not keep the run going
+                    self._report(phase)
                 # A real signal: it also wakes an event loop that waits for nothing.
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(GRACE)

@@ -67,7 +67,7 @@ class CallPlan:
         target = machine.apply(state, via)
         category = machine.category(target)
         entry = (type_id, version, state, via, target, category.value, effects_of(Category.WAITING, category))
-        kept = self.entries if len(self.entries) < MAX_PLAN_ENTRIES else ()
+        kept = [e for e in self.entries if e[:3] != entry[:3]][-(MAX_PLAN_ENTRIES - 1) :]  # oldest go first
         return CallPlan((*kept, entry))
 
 
@@ -122,7 +122,8 @@ async def call_next(
             raise no_way(machine, state, "out of the waiting line")
         if len(_plans) >= MAX_PLANS:
             _plans.clear()
-        _plans[key] = plan.learn(type_id, version, state, machine, via)
+        # The plan as it is now (another request may have learnt an entry meanwhile), plus this entry.
+        _plans[key] = _plans.get(key, CallPlan()).learn(type_id, version, state, machine, via)
     raise Conflict("the line kept changing while calling the next ticket; retry")
 
 

@@ -156,7 +156,7 @@ async def ticket_history(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn)
 @router.post(
     "/v1/queues/{queue_id}/call-next",
     response_model=TransitionedTicket,
-    responses=error_responses(400, 401, 403, 404, 413),
+    responses=error_responses(400, 401, 403, 404, 409, 413),
     tags=["queues"],
 )
 async def call_next(

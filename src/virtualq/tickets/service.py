@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import structlog
+
 from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
 from virtualq.errors import (
@@ -27,6 +29,8 @@ from virtualq.tickets.rules import effects_of
 from virtualq.tickets.schemas import TicketCreate, TicketUpdate, TransitionRequest
 from virtualq.type_definitions import repository as types
 from virtualq.type_definitions.compiled import CompiledType, cached, compiled
+
+log = structlog.get_logger("virtualq.tickets")
 
 
 def _compile(type_id: uuid.UUID, version: int, fsm_schema: Any, custom_fields_schema: Any) -> CompiledType:
@@ -271,7 +275,15 @@ async def _apply(
     )
     if row is None:
         raise Superseded
-    return await annotated(conn, ctx, row)
+    if conn.is_in_transaction():
+        return await annotated(conn, ctx, row)
+    # Without a transaction the change has committed already: an estimate that cannot be computed now must
+    # not turn it into an error, or the client would retry a change that stands.
+    try:
+        return await annotated(conn, ctx, row)
+    except Exception:
+        log.warning("estimate_after_commit_failed", ticket_id=str(row["id"]), exc_info=True)
+        return {**dict(row), "estimated_wait_minutes": None}
 
 
 def no_way(machine: Machine, state: str, where: str) -> InvalidTransition:

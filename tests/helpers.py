@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,3 +74,17 @@ class Api:
             account_admin=await self.key("account", "admin", account_id=account["id"]),
             tenant_admin=await self.key("tenant", "admin", tenant_id=tenant["id"]),
         )
+
+
+async def assert_cancel_right_after_a_wake_up_stops(
+    task: asyncio.Task[None], wake: Callable[[], None], settle: int
+) -> None:
+    """Cancel a background loop (as its stop() does) just as `wake()` lets its wait complete, `settle` loop
+    turns later: the loop must end within 2 s (Python 3.11's asyncio.wait_for would swallow this one)."""
+    wake()
+    for _ in range(settle):
+        await asyncio.sleep(0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done, f"the loop swallowed its cancellation (settle={settle})"
+    assert task.cancelled()

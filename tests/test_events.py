@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.helpers import Api, assert_error, auth
+from tests.helpers import Api, assert_cancel_right_after_a_wake_up_stops, assert_error, auth
 from tests.test_ticket_flows import coffee, ok
 from virtualq.auth.principal import PLATFORM_ADMIN, TenantContext
 from virtualq.db import acquire
@@ -365,16 +365,9 @@ async def test_a_hub_cancelled_right_after_a_wake_up_stops(app: Any, database_ds
         hub = EventHub(app.state.system_pool, database_dsn, app.state.metrics, poll_seconds=0.5)
         await hub.start()
         await asyncio.sleep(0.2)  # the loop is waiting for a wake-up now
-        task = hub._task
-        assert task is not None
-        hub.wake()
-        for _ in range(settle):
-            await asyncio.sleep(0)
-        task.cancel()  # what stop() does, at the moment the wake-up completes
+        assert hub._task is not None
         try:
-            done, _ = await asyncio.wait({task}, timeout=2)
-            assert task in done, f"the hub's loop swallowed its cancellation (settle={settle})"
-            assert task.cancelled()
+            await assert_cancel_right_after_a_wake_up_stops(hub._task, hub.wake, settle)
         finally:
             await hub.stop()
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.helpers import Api, assert_error, auth
+from tests.helpers import Api, assert_cancel_right_after_a_wake_up_stops, assert_error, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
 from virtualq.app import create_app
 
@@ -325,15 +325,8 @@ async def test_a_worker_cancelled_right_after_a_wake_up_stops(app: Any) -> None:
         worker = WebhookWorker(app.state.system_pool, settings, app.state.metrics)
         await worker.start()
         await asyncio.sleep(0.2)  # idle, waiting to be woken
-        task = worker._task
-        assert task is not None
-        worker.wake()
-        for _ in range(settle):
-            await asyncio.sleep(0)
-        task.cancel()
+        assert worker._task is not None
         try:
-            done, _ = await asyncio.wait({task}, timeout=2)
-            assert task in done, f"the worker's loop swallowed its cancellation (settle={settle})"
-            assert task.cancelled()
+            await assert_cancel_right_after_a_wake_up_stops(worker._task, worker.wake, settle)
         finally:
             await worker.stop()

@@ -77,9 +77,7 @@ WITH due AS (
 )
 {events.INSERT_COLUMNS}
 SELECT tenant_id, 'ticket.wait_exceeded', queue_id, id,
-       jsonb_build_object('display_code', display_code, 'number', number, 'current_state', current_state,
-                          'state_category', state_category, 'type_definition_id', type_definition_id,
-                          'version', version, 'max_wait_minutes', max_wait_minutes,
+       jsonb_build_object({tickets.EVENT_SUMMARY}, 'max_wait_minutes', max_wait_minutes,
                           'waiting_minutes', floor(extract(epoch FROM $1 - created_at) / 60)::int)
   FROM marked
 RETURNING 1

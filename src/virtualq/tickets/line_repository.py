@@ -17,6 +17,7 @@ from virtualq.tickets.repository import (
     POSITION,
     TICKET_COLUMNS,
     TIMESTAMP_ASSIGNMENTS,
+    state_change_events,
 )
 
 
@@ -71,20 +72,7 @@ WITH q AS (
     INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
                                 employee_id, notes)
     SELECT tenant_id, $14, id, from_state, current_state, via, $13, $15 FROM t
-), d AS (
-    SELECT tenant_id, queue_id, id, state_category, jsonb_build_object(
-               'display_code', display_code, 'number', number, 'current_state', current_state,
-               'state_category', state_category, 'type_definition_id', type_definition_id,
-               'version', version, 'previous_state', from_state, 'transition', via) AS data
-      FROM t
-), e AS (
-    INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
-    SELECT tenant_id, 'ticket.state_changed', queue_id, id, data FROM d
-    UNION ALL
-    SELECT tenant_id, CASE state_category WHEN 'done' THEN 'ticket.completed' ELSE 'ticket.cancelled' END,
-           queue_id, id, data
-      FROM d WHERE state_category IN ('done', 'cancelled')
-)
+), {state_change_events("from_state", "via")}
 SELECT EXISTS (SELECT 1 FROM q) AS queue_found, c.id AS candidate_id, c.type_definition_id AS candidate_type,
        c.type_version AS candidate_type_version, c.current_state AS candidate_state,
        {TICKET_COLUMNS}, {POSITION}, t.from_state AS previous_state

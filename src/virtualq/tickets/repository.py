@@ -34,6 +34,30 @@ POSITION = """CASE WHEN t.state_category = 'waiting' THEN
         AND w.state_category = 'waiting' AND w.sort_key < t.sort_key)
     END AS position"""
 
+# The display-safe summary every ticket event carries (service.event_data builds the same in Python), as
+# jsonb_build_object arguments over a row with the ticket's columns.
+EVENT_SUMMARY = """'display_code', display_code, 'number', number, 'current_state', current_state,
+    'state_category', state_category, 'type_definition_id', type_definition_id, 'version', version"""
+
+
+def state_change_events(previous_state: str, transition: str) -> str:
+    """CTEs `d`, `e` following a CTE `t` of changed tickets: ticket.state_changed for each, plus
+    ticket.completed or ticket.cancelled for those reaching such a state (arguments: SQL expressions)."""
+    return f"""d AS (
+        SELECT tenant_id, queue_id, id, state_category,
+               jsonb_build_object({EVENT_SUMMARY}, 'previous_state', {previous_state},
+                                  'transition', {transition}) AS data
+          FROM t
+    ), e AS (
+        INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
+        SELECT tenant_id, 'ticket.state_changed', queue_id, id, data FROM d
+        UNION ALL
+        SELECT tenant_id, CASE state_category WHEN 'done' THEN 'ticket.completed' ELSE 'ticket.cancelled' END,
+               queue_id, id, data
+          FROM d WHERE state_category IN ('done', 'cancelled')
+    )"""
+
+
 # Category-driven timestamps; $-placeholders {leaves}, {ready}, {done}, {cancelled} are booleans.
 TIMESTAMP_ASSIGNMENTS = """
     started_at = CASE WHEN {leaves} AND started_at IS NULL THEN now() ELSE started_at END,
@@ -91,11 +115,7 @@ async def insert_ticket(
             SELECT tenant_id, $18, id, NULL, current_state FROM t
         ), e AS (
             INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
-            SELECT tenant_id, 'ticket.created', queue_id, id, jsonb_build_object(
-                       'display_code', display_code, 'number', number, 'current_state', current_state,
-                       'state_category', state_category, 'type_definition_id', type_definition_id,
-                       'version', version)
-              FROM t
+            SELECT tenant_id, 'ticket.created', queue_id, id, jsonb_build_object({EVENT_SUMMARY}) FROM t
         )
         SELECT {TICKET_COLUMNS}, t.sort_key FROM t
         """,
@@ -199,6 +219,9 @@ async def type_schemas(conn: Connection, type_id: uuid.UUID) -> Record | None:
     return row
 
 
+STATE_CHANGE_EVENTS = state_change_events("$5::text", "$12::text")
+
+
 async def apply_transition(
     conn: Connection,
     *,
@@ -237,20 +260,7 @@ async def apply_transition(
             INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
                                         employee_id, notes)
             SELECT tenant_id, $11, id, $5, current_state, $12, $14, $13 FROM t
-        ), d AS (
-            SELECT tenant_id, queue_id, id, state_category, jsonb_build_object(
-                       'display_code', display_code, 'number', number, 'current_state', current_state,
-                       'state_category', state_category, 'type_definition_id', type_definition_id,
-                       'version', version, 'previous_state', $5::text, 'transition', $12::text) AS data
-              FROM t
-        ), e AS (
-            INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
-            SELECT tenant_id, 'ticket.state_changed', queue_id, id, data FROM d
-            UNION ALL
-            SELECT tenant_id, CASE state_category WHEN 'done' THEN 'ticket.completed'
-                                                  ELSE 'ticket.cancelled' END, queue_id, id, data
-              FROM d WHERE state_category IN ('done', 'cancelled')
-        )
+        ), {STATE_CHANGE_EVENTS}
         SELECT {TICKET_COLUMNS}, {POSITION}, $5::text AS previous_state FROM t
         """,
         tenant_id,

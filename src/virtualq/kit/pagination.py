@@ -23,7 +23,8 @@ class PageParams(BaseModel):
         return (self.page - 1) * self.limit
 
 
-def _page_params(
+# async: FastAPI runs a plain `def` dependency in a worker thread, a thread hand-off on every list request.
+async def _page_params(
     page: Annotated[int, Query(ge=1, le=1_000_000, description="1-based page number.")] = 1,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page (1-100).")] = 20,
 ) -> PageParams:

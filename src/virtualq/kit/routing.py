@@ -35,7 +35,7 @@ READ_ERRORS = error_responses(400, 401, 403, 404)
 WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413)
 
 
-def _common_filters(
+async def _common_filters(
     is_active: Annotated[bool | None, Query(description="Only active (true) or deactivated (false).")] = None,
     created_after: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
     created_before: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,

@@ -48,7 +48,7 @@ PERSONAL_FIELDS = ("customer_id", "custom_data", "employee_id")
 TICKET_FIELDS = fields_of(Ticket)
 
 
-def _ticket_filters(
+async def _ticket_filters(
     queue_id: uuid.UUID | None = None,
     current_state: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
     state_category: Category | None = None,

@@ -41,6 +41,7 @@ SQL_DIR = Path(__file__).parent / "sql"
 ADMIN_KEY = "vq_bench_admin_" + secrets.token_urlsafe(24)
 WAITING_TICKETS = 1000
 DRAIN_TICKETS = 5000
+SPREAD_QUEUES = 8
 COUNTERS = 8  # call_next runs with this many clients, draining a queue of DRAIN_TICKETS
 
 BENCH_FSM = {
@@ -69,6 +70,7 @@ class Setup:
     sql_drain_queue: str
     line_tickets: list[str]
     transition_tickets: list[str]
+    spread_queues: list[str]  # create_8_queues: the clients create in these, worker i in queue i % 8
 
 
 def free_port() -> int:
@@ -237,6 +239,10 @@ async def prepare(base: str, dsn: str) -> Setup:
                 ("SQL", "E"),
             )
         ]
+        spread = [
+            (await post("/v1/queues", {"name": f"Counter {index}", "ticket_prefix": "S"}, headers))["id"]
+            for index in range(SPREAD_QUEUES)
+        ]
         semaphore = asyncio.Semaphore(16)
 
         async def ticket(queue_id: str) -> str:
@@ -283,6 +289,7 @@ async def prepare(base: str, dsn: str) -> Setup:
         queues[4],
         line,
         movers,
+        spread,
     )
 
 
@@ -290,11 +297,18 @@ def endpoints(setup: Setup) -> dict[str, Callable[[int, int], tuple[str, str, by
     create_body = json_body(
         {"queue_id": setup.create_queue, "type_definition_id": setup.type_id, "custom_data": {"name": "Ann"}}
     )
+    spread_bodies = [
+        json_body({"queue_id": queue, "type_definition_id": setup.type_id, "custom_data": {"name": "Ann"}})
+        for queue in setup.spread_queues
+    ]
     serve, requeue = json_body({"transition": "serve"}), json_body({"transition": "requeue"})
     call_body = json_body({})
     line = setup.line_tickets
     return {
         "create_ticket": lambda worker, n: ("POST", "/v1/tickets", create_body),
+        # The same creates spread over 8 queues (each queue numbers its tickets under its own lock); no
+        # pgbench script: the SQL is create_ticket's.
+        "create_8_queues": lambda worker, n: ("POST", "/v1/tickets", spread_bodies[worker % SPREAD_QUEUES]),
         "transition": lambda worker, n: (
             "POST",
             f"/v1/tickets/{setup.transition_tickets[worker]}/transition",

@@ -81,31 +81,27 @@ def pytest_configure(config: pytest.Config) -> None:
     WATCHDOG.config = config
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[Any]:
-    WATCHDOG.begin(f"setup of {item.nodeid}")
+def _watched(phase: str) -> Iterator[Any]:
+    WATCHDOG.begin(phase)
     try:
         return (yield)
     finally:
         WATCHDOG.end()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[Any]:
+    return (yield from _watched(f"setup of {item.nodeid}"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
-    WATCHDOG.begin(item.nodeid)
-    try:
-        return (yield)
-    finally:
-        WATCHDOG.end()
+    return (yield from _watched(item.nodeid))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[Any]:
-    WATCHDOG.begin(f"teardown of {item.nodeid}")
-    try:
-        return (yield)
-    finally:
-        WATCHDOG.end()
+    return (yield from _watched(f"teardown of {item.nodeid}"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,15 +17,13 @@ TICKET_COLUMNS = """t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.numbe
     t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
     t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page"""
 
-# What a change needs of the ticket it locks: its state, line, version and type (machine and schema).
-LOCKED_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.type_definition_id,
-    t.queue_id, t.version, t.created_at, t.sort_key, td.version AS type_version, td.fsm_schema,
-    td.custom_fields_schema"""
-
 # What a change that does not lock first (tickets/service.transition_ticket) reads: no schemas (the compiled
 # type is cached by version), no lock (the change checks `version` and `type_version` itself).
 CURRENT_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.type_definition_id,
     t.queue_id, t.version, t.created_at, t.sort_key, td.version AS type_version"""
+
+# What a change needs of the ticket it locks: the same, and the type's machine and schema.
+LOCKED_COLUMNS = f"{CURRENT_COLUMNS}, td.fsm_schema, td.custom_fields_schema"
 
 # The 1-based rank among the queue's waiting tickets (uses tickets_waiting_line_idx).
 POSITION = """CASE WHEN t.state_category = 'waiting' THEN

@@ -35,6 +35,7 @@ DISTRIBUTED = {
     "employees",
     "queues",
     "queue_day_counters",
+    "queue_waiting_counts",
     "tickets",
     "ticket_history",
     "ticket_items",

@@ -18,10 +18,13 @@ from tests.helpers import Api
 from tests.test_ticket_flows import coffee, ok
 from virtualq.db import DB_SCOPE, acquire
 
-# The tables migration 0008 protects: exactly the ones distributed by tenant_id (tests/test_distribution.py).
-TENANT_TABLES: tuple[str, ...] = importlib.import_module(
-    "virtualq.migrations.versions.0008_row_security"
-).TENANT_TABLES
+# The tables migrations 0008 and 0010 protect: exactly the ones distributed by tenant_id
+# (tests/test_distribution.py).
+TENANT_TABLES: tuple[str, ...] = tuple(
+    table
+    for migration in ("0008_row_security", "0010_waiting_counts")
+    for table in importlib.import_module(f"virtualq.migrations.versions.{migration}").TENANT_TABLES
+)
 
 
 async def _two_tenants_with_data(client: httpx.AsyncClient, api: Api) -> tuple[Any, Any, str]:

@@ -46,6 +46,7 @@ TENANT_TABLES = (
     "type_definitions",
     "queues",
     "queue_day_counters",
+    "queue_waiting_counts",
     "tickets",
     "ticket_items",
     "ticket_history",

@@ -1,11 +1,10 @@
--- The statements POST /v1/tickets runs (one transaction).
+-- The statements POST /v1/tickets runs (autocommit: the reads, then one writing statement).
 -- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
 SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
        coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
   FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
  WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
 SELECT account_id FROM tenants WHERE id = :tenant_id;
-BEGIN;
 -- queues/repository.get_with_timezone
 SELECT q.id, q.tenant_id, q.name, q.description, q.allowed_type_definition_ids, q.wait_estimation_method,
        q.show_wait_time, q.max_wait_minutes, q.manual_wait_minutes, q.ticket_prefix, q.display_order, q.is_active,
@@ -16,21 +15,25 @@ SELECT id, tenant_id, type_code, type_name, description, doc, custom_fields_sche
        item_definition_ids, is_system_defined, is_active, version, created_at, updated_at
   FROM type_definitions WHERE id = :type_id AND (tenant_id IS NULL OR tenant_id = :tenant_id);
 -- queues/estimates: the line's pace is shared for a second (nobody leaves this line), so no departures read.
--- tickets/repository.insert_ticket
+-- tickets/repository.insert_ticket: number, insert, position and original estimate, history, event; one
+-- statement in autocommit (the queue's counter row is locked for this one round trip).
 WITH counter AS (
     INSERT INTO queue_day_counters AS c (tenant_id, queue_id, local_date, last_number)
     VALUES (:tenant_id, :create_queue, (now() AT TIME ZONE 'UTC')::date, 1)
     ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
     RETURNING local_date, last_number
+), placed AS (
+    SELECT c.local_date, c.last_number, queue_waiting_count(:tenant_id, :create_queue) + 1 AS position
+      FROM counter c
 ), t AS (
     INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number, display_code, local_date,
                          current_state, state_category, customer_id, references_ticket_id,
                          estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes, expires_at,
                          custom_data, started_at, actual_wait_minutes, ready_at, completed_at, cancelled_at)
-    SELECT :tenant_id, uuidv7(), :create_queue, :create_queue, :type_id, c.last_number, 'B' || lpad(c.last_number::text, 3, '0'),
-           c.local_date, 'waiting', 'waiting', NULL, NULL, NULL, NULL, NULL, NULL, '{"name": "Ann"}',
-           NULL, NULL, NULL, NULL, NULL
-      FROM counter c
+    SELECT :tenant_id, uuidv7(), :create_queue, :create_queue, :type_id, p.last_number, 'B' || lpad(p.last_number::text, 3, '0'),
+           p.local_date, 'waiting', 'waiting', NULL, NULL, NULL, floor(p.position * 5.0::float8 + 0.5)::int, NULL, NULL,
+           '{"name": "Ann"}', NULL, NULL, NULL, NULL, NULL
+      FROM placed p
     RETURNING *
 ), h AS (
     INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state)
@@ -42,13 +45,4 @@ WITH counter AS (
                'state_category', state_category, 'type_definition_id', type_definition_id, 'version', version)
       FROM t
 )
-SELECT t.sort_key, t.id AS new_id FROM t \gset
--- tickets/repository.settle_new_ticket
-WITH p AS (SELECT count(*) + 1 AS position FROM tickets
-            WHERE tenant_id = :tenant_id AND queue_id = :create_queue AND state_category = 'waiting'
-              AND sort_key < :sort_key)
-UPDATE tickets t SET original_estimated_wait_minutes =
-       coalesce(t.original_estimated_wait_minutes, floor(p.position * 5.0::float8 + 0.5)::int)
-  FROM p WHERE t.tenant_id = :tenant_id AND t.id = :new_id
-RETURNING p.position, t.original_estimated_wait_minutes;
-COMMIT;
+SELECT t.id, p.position FROM t, placed p;

@@ -231,9 +231,10 @@ async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
 
 
 async def _write_statement(request: Request) -> AsyncIterator[Connection]:
-    """For endpoints whose change is one statement (which checks the version it read, and is retried when
-    another change came first): no BEGIN and COMMIT round trips. With an Idempotency-Key the same
-    statements run in a transaction, so that the key's claim commits with the change."""
+    """For endpoints whose change is one statement (a transition, which checks the version it read and is
+    retried when another change came first; a create; a call-next): no BEGIN and COMMIT round trips. With
+    an Idempotency-Key the same statements run in a transaction, so that the key's claim commits with the
+    change."""
     transaction = getattr(request.state, "idempotency", None) is not None
     async with _writing(request, transaction=transaction) as conn:
         yield conn
@@ -244,5 +245,5 @@ ReadConn = Annotated[Connection, Depends(_read_connection, scope="function")]
 # Reads across tenants, for endpoints that authorise by other means (a ticket's secret token).
 SystemReadConn = Annotated[Connection, Depends(_system_read_connection, scope="function")]
 WriteConn = Annotated[Connection, Depends(_write_transaction, scope="function")]
-# One-statement changes (tickets/service.transition_ticket): autocommit unless an Idempotency-Key is claimed.
+# One-statement changes (transition, create, call-next): autocommit unless an Idempotency-Key is claimed.
 StatementConn = Annotated[Connection, Depends(_write_statement, scope="function")]

@@ -79,12 +79,17 @@ async def insert_ticket(
     category: str,
     effects: Effects,
     fields: dict[str, Any],
+    minutes_per_ticket: float | None,
 ) -> Record:
-    """Number the ticket (per queue, per local day), insert it, its first history row and its ticket.created
-    event, in one statement.
+    """Number the ticket (per queue, per local day), insert it with its position's original estimate, its
+    first history row and its ticket.created event, in one statement; `position` comes back with it.
 
-    The counter upsert row-locks (queue, day), so concurrent creates in one queue get consecutive numbers
-    and sort keys in the same order.
+    The counter upsert row-locks (queue, day) until commit, so concurrent creates in one queue get
+    consecutive numbers and sort keys in the same order. A waiting ticket joins the end of the line: its
+    position is the queue's waiting count plus one, read after that lock by `queue_waiting_count`
+    (migration 0010: kept by triggers, so it costs no count of the line; its fresh snapshot sees every
+    create committed before ours, which the statement's own snapshot, taken before it waited, would miss).
+    Run in autocommit, the lock lasts one round trip.
     """
     EVENTS_WRITTEN.set(True)
     return await fetch_returning(
@@ -95,6 +100,11 @@ async def insert_ticket(
             VALUES ($1, $2, (now() AT TIME ZONE $3)::date, 1)
             ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
             RETURNING local_date, last_number
+        ), placed AS (
+            -- Volatile, so evaluated once, after the counter's lock.
+            SELECT c.local_date, c.last_number,
+                   CASE WHEN $8 = 'waiting' THEN queue_waiting_count($1, $2) + 1 END AS position
+              FROM counter c
         ), t AS (
             INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
                                  display_code, local_date, current_state, state_category, customer_id,
@@ -102,11 +112,13 @@ async def insert_ticket(
                                  estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes,
                                  expires_at, custom_data, started_at, actual_wait_minutes, ready_at,
                                  completed_at, cancelled_at)
-            SELECT $1, $4, $2, $2, $5, c.last_number, $6 || lpad(c.last_number::text, 3, '0'), c.local_date,
-                   $7, $8, $9, $10, $11, $11, $12, now() + make_interval(mins => $12), $13,
+            SELECT $1, $4, $2, $2, $5, p.last_number, $6 || lpad(p.last_number::text, 3, '0'), p.local_date,
+                   $7, $8, $9, $10, $11,
+                   coalesce($11, floor(p.position * $19::float8 + 0.5)::int),
+                   $12, now() + make_interval(mins => $12), $13,
                    CASE WHEN $14 THEN now() END, CASE WHEN $14 THEN 0 END, CASE WHEN $15 THEN now() END,
                    CASE WHEN $16 THEN now() END, CASE WHEN $17 THEN now() END
-              FROM counter c
+              FROM placed p
             RETURNING *
         ), h AS (
             INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state)
@@ -115,7 +127,7 @@ async def insert_ticket(
             INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
             SELECT tenant_id, 'ticket.created', queue_id, id, jsonb_build_object({EVENT_SUMMARY}) FROM t
         )
-        SELECT {TICKET_COLUMNS}, t.sort_key FROM t
+        SELECT {TICKET_COLUMNS}, p.position FROM t, placed p
         """,
         tenant_id,
         queue_id,
@@ -135,34 +147,6 @@ async def insert_ticket(
         effects.enters_done,
         effects.enters_cancelled,
         history_id,
-    )
-
-
-async def settle_new_ticket(
-    conn: Connection,
-    tenant_id: uuid.UUID,
-    ticket_id: uuid.UUID,
-    queue_id: uuid.UUID,
-    sort_key: Any,
-    minutes_per_ticket: float | None,
-) -> Record:
-    """The new waiting ticket's position, and its original estimate when the client gave none.
-
-    A fresh statement sees every ticket committed before ours took the queue's counter lock.
-    """
-    return await fetch_returning(
-        conn,
-        """WITH p AS (SELECT count(*) + 1 AS position FROM tickets
-                       WHERE tenant_id = $1 AND queue_id = $3 AND state_category = 'waiting'
-                         AND sort_key < $4)
-           UPDATE tickets t SET original_estimated_wait_minutes =
-                  coalesce(t.original_estimated_wait_minutes, floor(p.position * $5::float8 + 0.5)::int)
-             FROM p WHERE t.tenant_id = $1 AND t.id = $2
-           RETURNING p.position, t.original_estimated_wait_minutes""",
-        tenant_id,
-        ticket_id,
-        queue_id,
-        sort_key,
         minutes_per_ticket,
     )
 

@@ -107,17 +107,16 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
     category = machine.category(machine.init)
     pace: float | None = None
     if category is Category.WAITING:
-        # Before the insert: the insert takes the queue's counter lock until commit, and the pace does not
+        # Before the insert, which holds the queue's counter lock until it commits; the pace does not
         # depend on the new ticket.
         estimator = Estimator(conn, ctx.tenant_id)
         estimator.remember_queue(queue)
         await estimator.paces_for([(queue["id"], type_row["id"])])
         pace = estimator.pace_of(queue["id"], type_row["id"])
-    ticket_id = new_id()
     row = await repository.insert_ticket(
         conn,
         tenant_id=ctx.tenant_id,
-        ticket_id=ticket_id,
+        ticket_id=new_id(),
         history_id=new_id(),
         queue_id=queue["id"],
         timezone=timezone,
@@ -126,17 +125,12 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
         category=category.value,
         effects=effects_of(None, category),
         fields=body.model_dump(exclude={"tenant_id", "queue_id"}),
+        minutes_per_ticket=pace,
     )
     ticket = dict(row)
-    ticket["position"] = None
     if category is Category.WAITING:
-        settled = await repository.settle_new_ticket(
-            conn, ctx.tenant_id, ticket_id, queue["id"], row["sort_key"], pace
-        )
-        ticket["position"] = settled["position"]
-        ticket["original_estimated_wait_minutes"] = settled["original_estimated_wait_minutes"]
         if ticket["estimated_wait_minutes"] is None:
-            ticket["estimated_wait_minutes"] = minutes_for(settled["position"], pace)
+            ticket["estimated_wait_minutes"] = minutes_for(ticket["position"], pace)
     else:
         ticket["estimated_wait_minutes"] = None  # not in line: no live estimate (its original is kept)
     return ticket

@@ -148,8 +148,9 @@ async def test_concurrent_creates_calls_and_cancels_keep_the_count(
         q: n for q, n in real.items() if q in tenant_queues
     }
     assert real[uuid.UUID(queue_id)] == 20 + 30 - 12 - 5 - 3
-    # Each new ticket was told a place in its line, and no two in one line the same.
-    for queue in (queue_id, other["id"]):
+    # Each new ticket was told a place within its line (two may share one: a call in between).
+    for queue, most in ((queue_id, 20 + 30), (other["id"], 10 + 3)):
         positions = [c["position"] for c in created if c["queue_id"] == queue]
-        assert len(set(positions)) == len(positions)
+        assert min(positions) >= 1
+        assert max(positions) <= most
     assert len(await line_of(t, queue_id)) == real[uuid.UUID(queue_id)]

@@ -5,21 +5,22 @@ SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
   FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
  WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
 SELECT account_id FROM tenants WHERE id = :tenant_id;
--- queues/repository.get_with_timezone
+-- queues/repository.get_for_new_ticket (the type's schemas are read only on a process's first use of a version)
 SELECT q.id, q.tenant_id, q.name, q.description, q.allowed_type_definition_ids, q.wait_estimation_method,
        q.show_wait_time, q.max_wait_minutes, q.manual_wait_minutes, q.ticket_prefix, q.display_order, q.is_active,
-       q.created_at, q.updated_at, te.timezone
-  FROM queues q JOIN tenants te ON te.id = q.tenant_id WHERE q.tenant_id = :tenant_id AND q.id = :create_queue;
--- type_definitions/repository.get_visible
-SELECT id, tenant_id, type_code, type_name, description, doc, custom_fields_schema, fsm_schema,
-       item_definition_ids, is_system_defined, is_active, version, created_at, updated_at
-  FROM type_definitions WHERE id = :type_id AND (tenant_id IS NULL OR tenant_id = :tenant_id);
+       q.created_at, q.updated_at, te.timezone, td.id AS type_id, td.version AS type_version,
+       td.is_active AS type_is_active
+  FROM queues q JOIN tenants te ON te.id = q.tenant_id
+  LEFT JOIN type_definitions td ON td.id = :type_id AND (td.tenant_id IS NULL OR td.tenant_id = :tenant_id)
+ WHERE q.tenant_id = :tenant_id AND q.id = :create_queue;
 -- queues/estimates: the line's pace is shared for a second (nobody leaves this line), so no departures read.
 -- tickets/repository.insert_ticket: number, insert, position and original estimate, history, event; one
 -- statement in autocommit (the queue's counter row is locked for this one round trip).
-WITH counter AS (
+WITH queued AS (
+    SELECT pg_advisory_xact_lock(hashtextextended((:create_queue)::uuid::text, 0))
+), counter AS (
     INSERT INTO queue_day_counters AS c (tenant_id, queue_id, local_date, last_number)
-    VALUES (:tenant_id, :create_queue, (now() AT TIME ZONE 'UTC')::date, 1)
+    SELECT :tenant_id, :create_queue, (now() AT TIME ZONE 'UTC')::date, 1 FROM queued
     ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
     RETURNING local_date, last_number
 ), placed AS (

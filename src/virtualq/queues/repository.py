@@ -46,14 +46,20 @@ async def get(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Re
     return row
 
 
-async def get_with_timezone(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
-    """The queue and its tenant's timezone (ticket numbers count per local day), in one round trip."""
+async def get_for_new_ticket(
+    conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, type_id: uuid.UUID
+) -> Record | None:
+    """The queue a ticket joins, its tenant's timezone (ticket numbers count per local day), and the id,
+    version and is_active of the ticket's type when the tenant can see it (else NULLs): one round trip."""
     row: Record | None = await conn.fetchrow(
-        f"""SELECT {", ".join("q." + column.strip() for column in COLUMNS.split(","))}, te.timezone
+        f"""SELECT {", ".join("q." + column.strip() for column in COLUMNS.split(","))}, te.timezone,
+                   td.id AS type_id, td.version AS type_version, td.is_active AS type_is_active
               FROM queues q JOIN tenants te ON te.id = q.tenant_id
+              LEFT JOIN type_definitions td ON td.id = $3 AND (td.tenant_id IS NULL OR td.tenant_id = $1)
              WHERE q.tenant_id = $1 AND q.id = $2""",
         tenant_id,
         queue_id,
+        type_id,
     )
     return row
 

@@ -85,19 +85,25 @@ async def insert_ticket(
     first history row and its ticket.created event, in one statement; `position` comes back with it.
 
     The counter upsert row-locks (queue, day) until commit, so concurrent creates in one queue get
-    consecutive numbers and sort keys in the same order. A waiting ticket joins the end of the line: its
-    position is the queue's waiting count plus one, read after that lock by `queue_waiting_count`
-    (migration 0010: kept by triggers, so it costs no count of the line; its fresh snapshot sees every
-    create committed before ours, which the statement's own snapshot, taken before it waited, would miss).
+    consecutive numbers and sort keys in the same order. They first queue on a transaction advisory lock
+    per queue: its waiters are woken one at a time, where every waiter for the row wakes at each commit
+    and races for it (32 clients creating in one queue: 903-937 -> 1,235-1,245 statements/s, pgbench).
+
+    A waiting ticket joins the end of the line: its position is the queue's waiting count plus one, read
+    after those locks by `queue_waiting_count` (migration 0010: kept by triggers, so it costs no count of
+    the line; its fresh snapshot sees every create committed before ours, which the statement's own
+    snapshot, taken before it waited, would miss).
     Run in autocommit, the lock lasts one round trip.
     """
     EVENTS_WRITTEN.set(True)
     return await fetch_returning(
         conn,
         f"""
-        WITH counter AS (
+        WITH queued AS (
+            SELECT pg_advisory_xact_lock(hashtextextended($2::uuid::text, 0))
+        ), counter AS (
             INSERT INTO queue_day_counters AS c (tenant_id, queue_id, local_date, last_number)
-            VALUES ($1, $2, (now() AT TIME ZONE $3)::date, 1)
+            SELECT $1, $2, (now() AT TIME ZONE $3)::date, 1 FROM queued
             ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
             RETURNING local_date, last_number
         ), placed AS (

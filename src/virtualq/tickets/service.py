@@ -60,27 +60,32 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
         raise ValidationFailed(
             "tenant_id in the body disagrees with the tenant context", {"field": "tenant_id"}
         )
-    queue = await queues.get_with_timezone(conn, ctx.tenant_id, body.queue_id)
+    queue = await queues.get_for_new_ticket(conn, ctx.tenant_id, body.queue_id, body.type_definition_id)
     if queue is None:
         raise not_found("queue")
     if not queue["is_active"]:
         raise QueueDisabled(
             "the queue is disabled and accepts no new tickets", {"queue_id": str(queue["id"])}
         )
-    type_row = await types.get_visible(conn, ctx.tenant_id, body.type_definition_id)
-    if type_row is None or not type_row["is_active"]:
-        raise ValidationFailed(
-            "type_definition_id names no active type of this tenant", {"field": "type_definition_id"}
-        )
+    no_type = ValidationFailed(
+        "type_definition_id names no active type of this tenant", {"field": "type_definition_id"}
+    )
+    if queue["type_id"] is None or not queue["type_is_active"]:
+        raise no_type
     allowed = queue["allowed_type_definition_ids"]
-    if allowed and type_row["id"] not in allowed:
+    if allowed and queue["type_id"] not in allowed:
         raise TypeNotAllowed(
             "this queue does not accept tickets of this type",
-            {"queue_id": str(queue["id"]), "type_definition_id": str(type_row["id"])},
+            {"queue_id": str(queue["id"]), "type_definition_id": str(queue["type_id"])},
         )
-    compiled_type = _compile(
-        type_row["id"], type_row["version"], type_row["fsm_schema"], type_row["custom_fields_schema"]
-    )
+    compiled_type = cached(queue["type_id"], queue["type_version"])
+    if compiled_type is None:  # first use of this type version in this process
+        type_row = await types.get_visible(conn, ctx.tenant_id, queue["type_id"])
+        if type_row is None or not type_row["is_active"]:
+            raise no_type
+        compiled_type = _compile(
+            type_row["id"], type_row["version"], type_row["fsm_schema"], type_row["custom_fields_schema"]
+        )
     if compiled_type.machine is None:
         raise ValidationFailed(
             "this type has no state machine, so it cannot be a ticket type", {"field": "type_definition_id"}
@@ -111,8 +116,8 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
         # depend on the new ticket.
         estimator = Estimator(conn, ctx.tenant_id)
         estimator.remember_queue(queue)
-        await estimator.paces_for([(queue["id"], type_row["id"])])
-        pace = estimator.pace_of(queue["id"], type_row["id"])
+        await estimator.paces_for([(queue["id"], compiled_type.id)])
+        pace = estimator.pace_of(queue["id"], compiled_type.id)
     row = await repository.insert_ticket(
         conn,
         tenant_id=ctx.tenant_id,

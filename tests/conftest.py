@@ -98,6 +98,17 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
+@pytest.fixture
+def empty_database(server_dsn: str) -> Iterator[str]:
+    """A database of its own with no tables, dropped afterwards: for migrations and CLI runs."""
+    name = f"vq_empty_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin_execute(server_dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        yield _with_database(server_dsn, name)
+    finally:
+        asyncio.run(_admin_execute(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(scope="session")
 async def app(database_dsn: str) -> AsyncIterator[Any]:
     application = create_app(make_settings(), dsn=database_dsn)

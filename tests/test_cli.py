@@ -131,16 +131,6 @@ def no_postgres_soon(pgdata: Path, timeout: float = 5.0) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def fresh_database(server_dsn: str) -> Iterator[str]:
-    name = f"vq_cli_{uuid.uuid4().hex[:12]}"
-    asyncio.run(execute(server_dsn, f'CREATE DATABASE "{name}"'))
-    try:
-        yield with_database(server_dsn, name)
-    finally:
-        asyncio.run(execute(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
-
-
 @dataclass
 class Server:
     """A `virtualq serve` subprocess with its output in files."""
@@ -356,13 +346,13 @@ async def _get_with_key(dsn: str, key: str, path: str) -> httpx.Response:
 
 
 @pytest.mark.slow
-def test_migrate_api_key_create_and_downgrade(tmp_path: Path, fresh_database: str) -> None:
-    env = base_env(tmp_path / "unused", DATABASE_URL=fresh_database, LOG_LEVEL="warning")
+def test_migrate_api_key_create_and_downgrade(tmp_path: Path, empty_database: str) -> None:
+    env = base_env(tmp_path / "unused", DATABASE_URL=empty_database, LOG_LEVEL="warning")
 
     migrated = run_cli("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
     assert "upgraded to head" in migrated.stdout
-    assert public_tables(fresh_database) >= FOUNDATION_TABLES | {"alembic_version"}
+    assert public_tables(empty_database) >= FOUNDATION_TABLES | {"alembic_version"}
     # DATABASE_URL is set, so no embedded server was started.
     assert not (tmp_path / "unused" / "pgdata").exists()
 
@@ -376,15 +366,15 @@ def test_migrate_api_key_create_and_downgrade(tmp_path: Path, fresh_database: st
     assert "role   admin" in created.stdout
     assert key not in created.stderr
 
-    rows = asyncio.run(fetch(fresh_database, "SELECT key_hash, scope, role FROM api_keys"))
+    rows = asyncio.run(fetch(empty_database, "SELECT key_hash, scope, role FROM api_keys"))
     assert len(rows) == 1
     assert bytes(rows[0]["key_hash"]) == hashlib.sha256(key.encode()).digest()
     assert (rows[0]["scope"], rows[0]["role"]) == ("platform", "admin")
 
-    response = asyncio.run(_get_with_key(fresh_database, key, "/v1/accounts"))
+    response = asyncio.run(_get_with_key(empty_database, key, "/v1/accounts"))
     assert response.status_code == 200, response.text
 
     downgraded = run_cli("migrate", "--downgrade", "base", env=env)
     assert downgraded.returncode == 0, downgraded.stderr
     assert "downgraded to base" in downgraded.stdout
-    assert public_tables(fresh_database) - {"alembic_version"} == set()
+    assert public_tables(empty_database) - {"alembic_version"} == set()

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pytest
 
 from virtualq import migrate
 from virtualq.events.repository import ENVELOPE_COLUMNS, SETTLED
@@ -273,16 +271,6 @@ async def problems_in(dsn: str) -> list[str]:
         return await classification_problems(conn) + await distribution_problems(conn)
     finally:
         await conn.close()
-
-
-@pytest.fixture
-def empty_database(server_dsn: str) -> Iterator[str]:
-    name = f"vq_dist_{uuid.uuid4().hex[:12]}"
-    asyncio.run(run(server_dsn, f'CREATE DATABASE "{name}"'))
-    try:
-        yield with_database(server_dsn, name)
-    finally:
-        asyncio.run(run(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def test_migration_0006_round_trip_with_rows(empty_database: str) -> None:

@@ -321,16 +321,6 @@ async def test_api_keys_never_reach_the_logs(
 # --- migrations ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def empty_database(server_dsn: str) -> Iterator[str]:
-    name = f"vq_ops_{uuid.uuid4().hex[:12]}"
-    asyncio.run(execute(server_dsn, f'CREATE DATABASE "{name}"'))
-    try:
-        yield with_database(server_dsn, name)
-    finally:
-        asyncio.run(execute(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
-
-
 def test_migrations_upgrade_downgrade_upgrade_on_an_empty_database(empty_database: str) -> None:
     dsn = empty_database
     assert asyncio.run(public_relations(dsn)) == set()

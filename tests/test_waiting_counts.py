@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
 from tests.helpers import Api
-from tests.test_distribution import run, with_database
+from tests.test_distribution import run
 from tests.test_queue_operations import call, coffee, forward, line_of
 from virtualq import migrate
 
@@ -28,16 +26,6 @@ async def kept_and_real(conn: asyncpg.Connection) -> tuple[dict[uuid.UUID, int],
     kept = {row["queue_id"]: row["n"] for row in await conn.fetch(KEPT)}
     real = {row["queue_id"]: row["n"] for row in await conn.fetch(REAL)}
     return kept, real
-
-
-@pytest.fixture
-def fresh_dsn(server_dsn: str) -> Iterator[str]:
-    name = f"vq_counts_{uuid.uuid4().hex[:12]}"
-    asyncio.run(run(server_dsn, f'CREATE DATABASE "{name}"'))
-    try:
-        yield with_database(server_dsn, name)
-    finally:
-        asyncio.run(run(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 TENANT, QUEUE_A, QUEUE_B = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -102,14 +90,14 @@ async def _changes(dsn: str) -> None:
         await conn.close()
 
 
-def test_the_migration_fills_the_counts_and_the_triggers_keep_them(fresh_dsn: str) -> None:
-    migrate.upgrade(fresh_dsn, "0009")
-    asyncio.run(run(fresh_dsn, ROWS))
-    migrate.upgrade(fresh_dsn)  # 0010 counts the lines that exist
-    asyncio.run(_changes(fresh_dsn))
-    migrate.downgrade(fresh_dsn, "0009")
-    migrate.upgrade(fresh_dsn)
-    counts = asyncio.run(_kept_and_real_on(fresh_dsn))
+def test_the_migration_fills_the_counts_and_the_triggers_keep_them(empty_database: str) -> None:
+    migrate.upgrade(empty_database, "0009")
+    asyncio.run(run(empty_database, ROWS))
+    migrate.upgrade(empty_database)  # 0010 counts the lines that exist
+    asyncio.run(_changes(empty_database))
+    migrate.downgrade(empty_database, "0009")
+    migrate.upgrade(empty_database)
+    counts = asyncio.run(_kept_and_real_on(empty_database))
     assert counts[0] == counts[1] != {}
 
 

@@ -471,11 +471,11 @@ async def test_postgres_restart_under_load_fails_fast_loses_nothing_and_recovers
                         latencies.append(await stream.until_ticket(ticket["id"], 5) - asked)
                     await asyncio.sleep(0.3)
                     log = await db.fetch(
-                        "SELECT tx_id::text || '-' || id::text AS id FROM events WHERE tenant_id = $1 "
+                        "SELECT tx_id::text || '-' || id::text AS cursor FROM events WHERE tenant_id = $1 "
                         "ORDER BY tx_id, id",
                         uuid.UUID(place.tenant_id),
                     )
-                    log_ids = [row["id"] for row in log]
+                    log_ids = [row["cursor"] for row in log]
                     # The live stream saw the whole log from its start, through the outage: no gap, no repeat.
                     first = log_ids.index(stream.ids[0])
                     assert stream.ids == log_ids[first:], "the stream that lived through the outage has a gap"

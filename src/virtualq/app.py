@@ -32,6 +32,7 @@ from virtualq.logging import get_logger
 from virtualq.queues.feed_cache import FeedCache
 from virtualq.queues.router import router as queues_router
 from virtualq.tenants.router import router as tenants_router
+from virtualq.tickets.batching import Batching
 from virtualq.tickets.router import router as tickets_router
 from virtualq.type_definitions.router import router as type_definitions_router
 from virtualq.web.router import pages as web_pages
@@ -153,6 +154,7 @@ def create_app(
     app.state.feed_cache = FeedCache(settings.feed_cache_seconds)
     app.state.head_revision = migrate.head_revision()
     app.state.metrics = metrics = Metrics()
+    app.state.create_batching = Batching(settings.create_batch_max, metrics)
     metrics.registry.register(PoolCollector(lambda: app.state.pool))
 
     install_exception_handlers(app)

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     sweeper_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     feed_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # Creates into one queue arriving together share one statement, up to this many (1: one each).
+    create_batch_max: int = Field(default=64, ge=1, le=1000)
     event_retention_days: float = Field(default=7.0, gt=0, le=3650)
     event_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     stream_buffer_events: int = Field(default=1000, ge=10, le=100_000)

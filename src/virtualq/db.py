@@ -10,10 +10,13 @@ from typing import Annotated, Any, cast
 
 import asyncpg
 import orjson
+import structlog
 from fastapi import Depends, Request
 
 from virtualq.config import Settings
 from virtualq.errors import Unavailable
+
+log = structlog.get_logger("virtualq.db")
 
 Connection = asyncpg.Connection
 Record = asyncpg.Record
@@ -148,7 +151,13 @@ async def acquire(
             raise Unavailable("The database is unavailable; retry shortly.") from exc
         raise
     finally:
-        await conn_cm.__aexit__(None, None, None)
+        try:
+            await conn_cm.__aexit__(None, None, None)
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+            # The server closed the connection while this request held it (a restart); asyncpg may have
+            # given the slot back to the pool already and then refuses the release. The request's own
+            # outcome stands: a create that committed must not turn into a 500.
+            log.warning("pool_release_after_close", exc_info=True)
 
 
 async def fetch_returning(conn: Connection, sql: str, *args: Any) -> Record:
@@ -220,9 +229,7 @@ async def _committed(request: Request) -> None:
         try:
             await callback()
         except Exception:
-            import structlog
-
-            structlog.get_logger("virtualq.db").warning("after_commit_failed", exc_info=True)
+            log.warning("after_commit_failed", exc_info=True)
 
 
 async def _write_transaction(request: Request) -> AsyncIterator[Connection]:

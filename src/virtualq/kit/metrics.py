@@ -69,6 +69,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.create_statements = Counter(
+            "virtualq_ticket_create_statements_total",
+            "Statements that created tickets (creates into one queue arriving together share one).",
+            registry=self.registry,
+        )
+        self.tickets_created = Counter(
+            "virtualq_tickets_created_total", "Tickets created through the API.", registry=self.registry
+        )
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         status_label = str(status)
         self.requests.labels(method, route, status_label).inc()

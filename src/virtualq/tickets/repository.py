@@ -38,6 +38,13 @@ EVENT_SUMMARY = """'display_code', display_code, 'number', number, 'current_stat
     'state_category', state_category, 'type_definition_id', type_definition_id, 'version', version"""
 
 
+# One new ticket, as insert_tickets reads it from its JSON array: `n` orders the list (1, 2, ...); the
+# booleans are the init state's effects (tickets/rules.Effects); `pace` is the line's minutes per ticket.
+NEW_TICKET_COLUMNS = """n int, id uuid, history_id uuid, type_definition_id uuid, current_state text,
+    state_category text, customer_id uuid, references_ticket_id uuid, estimated_wait_minutes int,
+    ttl_minutes int, custom_data jsonb, leaves bool, ready bool, done bool, cancelled bool, pace float8"""
+
+
 def state_change_events(previous_state: str, transition: str) -> str:
     """CTEs `d`, `e` following a CTE `t` of changed tickets: ticket.state_changed for each, plus
     ticket.completed or ticket.cancelled for those reaching such a state (arguments: SQL expressions)."""
@@ -66,51 +73,54 @@ TIMESTAMP_ASSIGNMENTS = """
     cancelled_at = CASE WHEN {cancelled} THEN now() ELSE cancelled_at END"""
 
 
-async def insert_ticket(
+async def insert_tickets(
     conn: Connection,
     *,
     tenant_id: uuid.UUID,
-    ticket_id: uuid.UUID,
-    history_id: uuid.UUID,
     queue_id: uuid.UUID,
     timezone: str,
     prefix: str,
-    state: str,
-    category: str,
-    effects: Effects,
-    fields: dict[str, Any],
-    minutes_per_ticket: float | None,
-) -> Record:
-    """Number the ticket (per queue, per local day), insert it with its position's original estimate, its
-    first history row and its ticket.created event, in one statement; `position` comes back with it.
+    tickets: list[dict[str, Any]],
+) -> list[Record]:
+    """Number new tickets of one queue (per local day, consecutively in list order), insert them with their
+    positions' original estimates, their first history rows and their ticket.created events, in one
+    statement; each row comes back with its `position`.
+
+    `tickets`: dicts with the keys of NEW_TICKET_KEYS (tickets/batching.new_ticket builds them).
 
     The counter upsert row-locks (queue, day) until commit, so concurrent creates in one queue get
     consecutive numbers and sort keys in the same order. They first queue on a transaction advisory lock
     per queue: its waiters are woken one at a time, where every waiter for the row wakes at each commit
     and races for it (32 clients creating in one queue: 903-937 -> 1,235-1,245 statements/s, pgbench).
 
-    A waiting ticket joins the end of the line: its position is the queue's waiting count plus one, read
-    after those locks by `queue_waiting_count` (migration 0010: kept by triggers, so it costs no count of
-    the line; its fresh snapshot sees every create committed before ours, which the statement's own
-    snapshot, taken before it waited, would miss).
+    A waiting ticket joins the end of the line: its position is the queue's waiting count plus the waiting
+    tickets before it in the list, the count read after those locks by `queue_waiting_count` (migration
+    0010: kept by triggers, so it costs no count of the line; its fresh snapshot sees every create
+    committed before ours, which the statement's own snapshot, taken before it waited, would miss).
     Run in autocommit, the lock lasts one round trip.
     """
     EVENTS_WRITTEN.set(True)
-    return await fetch_returning(
-        conn,
+    rows: list[Record] = await conn.fetch(
         f"""
         WITH queued AS (
             SELECT pg_advisory_xact_lock(hashtextextended($2::uuid::text, 0))
+        ), x AS (
+            SELECT * FROM jsonb_to_recordset($5::jsonb) AS x({NEW_TICKET_COLUMNS})
         ), counter AS (
             INSERT INTO queue_day_counters AS c (tenant_id, queue_id, local_date, last_number)
-            SELECT $1, $2, (now() AT TIME ZONE $3)::date, 1 FROM queued
-            ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + 1
-            RETURNING local_date, last_number
-        ), placed AS (
+            SELECT $1, $2, (now() AT TIME ZONE $3)::date, jsonb_array_length($5::jsonb) FROM queued
+            ON CONFLICT (tenant_id, queue_id, local_date)
+                DO UPDATE SET last_number = c.last_number + excluded.last_number
+            RETURNING local_date, last_number - jsonb_array_length($5::jsonb) AS before
+        ), base AS (
             -- Volatile, so evaluated once, after the counter's lock.
-            SELECT c.local_date, c.last_number,
-                   CASE WHEN $8 = 'waiting' THEN queue_waiting_count($1, $2) + 1 END AS position
-              FROM counter c
+            SELECT c.local_date, c.before, queue_waiting_count($1, $2) AS waiting FROM counter c
+        ), placed AS (
+            SELECT x.*, b.local_date, b.before + x.n AS number,
+                   CASE WHEN x.state_category = 'waiting' THEN b.waiting
+                       + count(*) FILTER (WHERE x.state_category = 'waiting') OVER (ORDER BY x.n) END
+                       AS position
+              FROM x, base b
         ), t AS (
             INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
                                  display_code, local_date, current_state, state_category, customer_id,
@@ -118,43 +128,34 @@ async def insert_ticket(
                                  estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes,
                                  expires_at, custom_data, started_at, actual_wait_minutes, ready_at,
                                  completed_at, cancelled_at)
-            SELECT $1, $4, $2, $2, $5, p.last_number, $6 || lpad(p.last_number::text, 3, '0'), p.local_date,
-                   $7, $8, $9, $10, $11,
-                   coalesce($11, floor(p.position * $19::float8 + 0.5)::int),
-                   $12, now() + make_interval(mins => $12), $13,
-                   CASE WHEN $14 THEN now() END, CASE WHEN $14 THEN 0 END, CASE WHEN $15 THEN now() END,
-                   CASE WHEN $16 THEN now() END, CASE WHEN $17 THEN now() END
-              FROM placed p
+            SELECT $1, p.id, $2, $2, p.type_definition_id, p.number, $4 || lpad(p.number::text, 3, '0'),
+                   p.local_date, p.current_state, p.state_category, p.customer_id, p.references_ticket_id,
+                   p.estimated_wait_minutes,
+                   coalesce(p.estimated_wait_minutes, floor(p.position * p.pace + 0.5)::int),
+                   p.ttl_minutes, now() + make_interval(mins => p.ttl_minutes), p.custom_data,
+                   CASE WHEN p.leaves THEN now() END, CASE WHEN p.leaves THEN 0 END,
+                   CASE WHEN p.ready THEN now() END, CASE WHEN p.done THEN now() END,
+                   CASE WHEN p.cancelled THEN now() END
+              FROM placed p ORDER BY p.n  -- sort keys (a sequence default) follow the numbers
             RETURNING *
         ), h AS (
             INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state)
-            SELECT tenant_id, $18, id, NULL, current_state FROM t
+            SELECT t.tenant_id, p.history_id, t.id, NULL, t.current_state
+              FROM t JOIN placed p ON p.id = t.id ORDER BY t.number
         ), e AS (
             INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
-            SELECT tenant_id, 'ticket.created', queue_id, id, jsonb_build_object({EVENT_SUMMARY}) FROM t
+            SELECT tenant_id, 'ticket.created', queue_id, id, jsonb_build_object({EVENT_SUMMARY})
+              FROM t ORDER BY number
         )
-        SELECT {TICKET_COLUMNS}, p.position FROM t, placed p
+        SELECT {TICKET_COLUMNS}, p.position FROM t JOIN placed p ON p.id = t.id ORDER BY t.number
         """,
         tenant_id,
         queue_id,
         timezone,
-        ticket_id,
-        fields["type_definition_id"],
         prefix,
-        state,
-        category,
-        fields.get("customer_id"),
-        fields.get("references_ticket_id"),
-        fields.get("estimated_wait_minutes"),
-        fields.get("ttl_minutes"),
-        fields.get("custom_data", {}),
-        effects.leaves_waiting,
-        effects.enters_ready,
-        effects.enters_done,
-        effects.enters_cancelled,
-        history_id,
-        minutes_per_ticket,
+        tickets,
     )
+    return rows
 
 
 async def get_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> Record | None:

@@ -73,9 +73,11 @@ async def _ticket_filters(
 
 
 @router.post("/v1/tickets", status_code=201, response_model=Ticket, responses=TRANSITION_ERRORS)
-async def create_ticket(body: TicketCreate, response: Response, ctx: TenantStaff, conn: StatementConn) -> Any:
+async def create_ticket(
+    body: TicketCreate, request: Request, response: Response, ctx: TenantStaff, conn: StatementConn
+) -> Any:
     """Join a queue: the ticket starts in its machine's init state with a number and a place in line."""
-    return tag(response, await service.create_ticket(conn, ctx, body))
+    return tag(response, await service.create_ticket(conn, ctx, body, request.app.state.create_batching))
 
 
 @router.get("/v1/tickets", response_model=Page[Ticket], responses=READ_ERRORS)

@@ -24,6 +24,7 @@ from virtualq.kit.pagination import PageParams
 from virtualq.queues import repository as queues
 from virtualq.queues.estimates import Estimator, minutes_for
 from virtualq.tickets import repository
+from virtualq.tickets.batching import Batching
 from virtualq.tickets.etag import check_version
 from virtualq.tickets.rules import effects_of
 from virtualq.tickets.schemas import TicketCreate, TicketUpdate, TransitionRequest
@@ -55,7 +56,9 @@ async def check_employee(conn: Connection, tenant_id: uuid.UUID, employee_id: uu
         )
 
 
-async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate) -> dict[str, Any]:
+async def create_ticket(
+    conn: Connection, ctx: TenantContext, body: TicketCreate, batching: Batching
+) -> dict[str, Any]:
     if body.tenant_id is not None and body.tenant_id != ctx.tenant_id:
         raise ValidationFailed(
             "tenant_id in the body disagrees with the tenant context", {"field": "tenant_id"}
@@ -118,19 +121,31 @@ async def create_ticket(conn: Connection, ctx: TenantContext, body: TicketCreate
         estimator.remember_queue(queue)
         await estimator.paces_for([(queue["id"], compiled_type.id)])
         pace = estimator.pace_of(queue["id"], compiled_type.id)
-    row = await repository.insert_ticket(
+    fields = body.model_dump(exclude={"tenant_id", "queue_id"})
+    effects = effects_of(None, category)
+    row = await batching.insert(
         conn,
         tenant_id=ctx.tenant_id,
-        ticket_id=new_id(),
-        history_id=new_id(),
         queue_id=queue["id"],
         timezone=timezone,
         prefix=queue["ticket_prefix"],
-        state=machine.init,
-        category=category.value,
-        effects=effects_of(None, category),
-        fields=body.model_dump(exclude={"tenant_id", "queue_id"}),
-        minutes_per_ticket=pace,
+        ticket={
+            "id": new_id(),
+            "history_id": new_id(),
+            "type_definition_id": fields["type_definition_id"],
+            "current_state": machine.init,
+            "state_category": category.value,
+            "customer_id": fields.get("customer_id"),
+            "references_ticket_id": fields.get("references_ticket_id"),
+            "estimated_wait_minutes": fields.get("estimated_wait_minutes"),
+            "ttl_minutes": fields.get("ttl_minutes"),
+            "custom_data": fields.get("custom_data", {}),
+            "leaves": effects.leaves_waiting,
+            "ready": effects.enters_ready,
+            "done": effects.enters_done,
+            "cancelled": effects.enters_cancelled,
+            "pace": pace,
+        },
     )
     ticket = dict(row)
     if category is Category.WAITING:

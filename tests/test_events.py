@@ -421,7 +421,7 @@ def start_server(database_dsn: str, tmp: Path, name: str, **env: str) -> tuple[s
 async def test_two_processes_share_events(
     client: httpx.AsyncClient, api: Api, database_dsn: str, tmp_path: Path, with_redis: bool, request: Any
 ) -> None:
-    env = {}
+    env = {"EVENT_POLL_SECONDS": "5"}  # so delivery within a second shows the notification at work
     if with_redis:
         server = request.getfixturevalue("valkey")
         env["REDIS_URL"] = f"redis://127.0.0.1:{server.port}"
@@ -492,11 +492,13 @@ async def test_a_key_revoked_through_one_process_is_refused_by_the_other_within_
             process.wait(timeout=30)
 
 
-async def test_a_statement_that_inserts_no_event_sends_no_notification(
-    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+async def test_commits_notify_the_other_processes_once_coalesced_and_only_after_events(
+    app: Any, client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
 ) -> None:
-    """The notify trigger fires per statement, also for an INSERT in a CTE that inserts nothing (call-next on
-    an empty line): it must then stay silent (migration 0009), and still speak for a real event."""
+    """No statement notifies inside its transaction (migration 0011: PostgreSQL serialises the commits of
+    notifying transactions). The process that committed events sends one `pg_notify` of its own afterwards,
+    coalesced with the commits that come while it is on its way, and none for a change without events."""
+    assert await db.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname = 'events_notify'") == 0
     t, queue, order = await coffee(client, api)
     heard: list[str] = []
 
@@ -509,10 +511,14 @@ async def test_a_statement_that_inserts_no_event_sends_no_notification(
         assert_error(empty, 404, "queue_empty")
         await asyncio.sleep(0.3)
         assert heard == []
-        await t.ticket(queue, order)
+        created = await asyncio.gather(*(t.ticket(queue, order) for _ in range(50)))
         deadline = time.monotonic() + 2
         while not heard:
-            assert time.monotonic() < deadline, "no notification for a committed event"
+            assert time.monotonic() < deadline, "no notification for committed events"
             await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert set(heard) == {app.state.event_hub.token.decode()}  # the process names itself
+        assert len(heard) <= 25, f"{len(heard)} notifications for 50 creates: not coalesced"
+        assert len(created) == 50
     finally:
         await db.remove_listener("virtualq_events", listener)

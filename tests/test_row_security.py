@@ -184,6 +184,7 @@ async def test_background_work_spans_tenants_only_when_it_asks(app: Any) -> None
         [
             "events/hub.py",
             "events/hub.py",
+            "events/hub.py",  # the notifier's pg_notify, on the background pool
             "sweeper.py",
             "sweeper.py",
             "sweeper.py",

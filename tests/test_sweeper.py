@@ -456,6 +456,8 @@ async def test_the_server_sweeps_in_the_background_and_stops_with_it(
     )
     application = create_app(make_settings(sweeper_interval_seconds=0.2), dsn=database_dsn)
     state = None
+    heard: list[str] = []
+    await db.add_listener("virtualq_events", lambda _c, _p, _ch, payload: heard.append(payload))
     async with application.router.lifespan_context(application):
         tasks = [task for task in asyncio.all_tasks() if task.get_name() == "virtualq-sweeper"]
         assert len(tasks) == 1
@@ -471,6 +473,8 @@ async def test_the_server_sweeps_in_the_background_and_stops_with_it(
         assert state == "expired"
         await asyncio.sleep(0.5)  # a few more passes: still handled only once
         assert not task.done()
+        # The pass that wrote the expiry's events told the other processes (no trigger does: 0011).
+        assert application.state.event_hub.token.decode() in heard
     assert task.done()
     assert not [x for x in asyncio.all_tasks() if x.get_name() == "virtualq-sweeper"]
     events = await events_of(db, due["id"])

@@ -90,13 +90,10 @@ def create_app(
         hub.on_keys_changed = app.state.key_cache.clear
         hub.tenant_listeners.append(app.state.feed_cache.forget)
         app.state.event_hub, app.state.webhook_worker = hub, worker
+        # After a commit that wrote events (db._committed, the sweeper): this hub now, the others notified.
+        app.state.on_events_committed = hub.events_committed
         if app.state.redis is not None:
             redis = app.state.redis
-
-            async def on_events_committed() -> None:
-                await publish(redis)
-
-            app.state.on_events_committed = on_events_committed
 
             async def keys_changed_redis() -> None:
                 await publish(redis, KEYS_CHANGED)
@@ -120,7 +117,9 @@ def create_app(
         gc.set_threshold(*GC_THRESHOLDS)
         log.info("started", env=settings.env, redis=settings.redis_url is not None)
         try:
-            async with sweeper.running(app.state.system_pool, settings.sweeper_interval_seconds, settings):
+            async with sweeper.running(
+                app.state.system_pool, settings.sweeper_interval_seconds, settings, hub.events_committed
+            ):
                 yield
         finally:
             await worker.stop()

@@ -167,7 +167,7 @@ async def fetch_returning(conn: Connection, sql: str, *args: Any) -> Record:
     return row
 
 
-# Set by the event log's writers; after a commit, the app tells other processes (Redis) that events arrived.
+# Set by the event log's writers; after a commit, the app wakes its event hub and tells the other processes.
 EVENTS_WRITTEN: ContextVar[bool] = ContextVar("events_written", default=False)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -177,9 +178,15 @@ async def prune(pool: asyncpg.Pool, retention_days: float) -> tuple[int, int]:
     return pruned_events, pruned_deliveries
 
 
-async def run_forever(pool: asyncpg.Pool, interval_seconds: float, settings: Settings | None = None) -> None:
+async def run_forever(
+    pool: asyncpg.Pool,
+    interval_seconds: float,
+    settings: Settings | None = None,
+    on_events: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Sweep every `interval_seconds` until cancelled; a failed pass is logged and retried next time.
-    Once an hour, also prune the event log and the webhook delivery log."""
+    Once an hour, also prune the event log and the webhook delivery log. `on_events` is called after a
+    pass that changed tickets (and so wrote events)."""
     last_prune = 0.0
     while True:
         try:
@@ -189,6 +196,8 @@ async def run_forever(pool: asyncpg.Pool, interval_seconds: float, settings: Set
                 if any(pruned):
                     log.info("pruned", events=pruned[0], deliveries=pruned[1])
             result = await sweep_once(pool)
+            if result.total and on_events is not None:
+                await on_events()
             if result.total:
                 log.info(
                     "sweep",
@@ -204,12 +213,19 @@ async def run_forever(pool: asyncpg.Pool, interval_seconds: float, settings: Set
 
 
 @contextlib.asynccontextmanager
-async def running(pool: asyncpg.Pool, interval_seconds: float, settings: Settings | None = None) -> Any:
+async def running(
+    pool: asyncpg.Pool,
+    interval_seconds: float,
+    settings: Settings | None = None,
+    on_events: Callable[[], Awaitable[None]] | None = None,
+) -> Any:
     """Run the sweeper for the duration of the block (not at all when the interval is 0)."""
     if interval_seconds <= 0:
         yield None
         return
-    task = asyncio.create_task(run_forever(pool, interval_seconds, settings), name="virtualq-sweeper")
+    task = asyncio.create_task(
+        run_forever(pool, interval_seconds, settings, on_events), name="virtualq-sweeper"
+    )
     try:
         yield task
     finally:

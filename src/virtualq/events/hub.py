@@ -1,9 +1,11 @@
 """The in-process event hub: reads new events from the log once and hands them to this process's stream
 clients (and wakes the webhook worker).
 
-It wakes on a notification — PostgreSQL LISTEN/NOTIFY (a trigger on `events`), or Redis pub/sub when
-REDIS_URL is set — and also polls every `poll_seconds`, so a lost notification only delays delivery. The log
-in PostgreSQL is the source of truth: the hub keeps only a cursor.
+It wakes when this process commits events (`events_committed`, called after the commit), on a notification
+from another process — Redis pub/sub when REDIS_URL is set, else PostgreSQL LISTEN/NOTIFY, sent by each
+process after its commits, coalesced, outside the writing transactions (migration 0011) — and also polls
+every `poll_seconds`, so a lost notification (or an event written by anything else) only delays delivery.
+The log in PostgreSQL is the source of truth: the hub keeps only a cursor.
 
 Each client has a bounded buffer; a client that falls `buffer_size` events behind is dropped (its stream ends)
 and resumes from its last event id, so a slow client cannot grow the server's memory.
@@ -77,19 +79,25 @@ class EventHub:
     # Called with the tenant of every event read from the log, whoever wrote it (caches drop their answers).
     tenant_listeners: list[Callable[[uuid.UUID], None]] = field(default_factory=list)
     on_keys_changed: Callable[[], None] | None = None
+    # This process's notifications carry it, so that its own listener can ignore them.
+    token: bytes = field(default_factory=lambda: uuid.uuid4().hex.encode())
     _subscribers: dict[uuid.UUID, set[Subscriber]] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _notify: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _listen_task: asyncio.Task[None] | None = None
+    _notify_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         async with acquire(self.pool, transaction=False, system=True) as conn:
             self.cursor = await repository.horizon(conn)
         self._task = asyncio.create_task(self._run(), name="virtualq-event-hub")
         self._listen_task = asyncio.create_task(self._listen(), name="virtualq-event-listener")
+        if self.redis is None:
+            self._notify_task = asyncio.create_task(self._notify_others(), name="virtualq-event-notifier")
 
     async def stop(self) -> None:
-        for task in (self._listen_task, self._task):
+        for task in (self._notify_task, self._listen_task, self._task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -100,6 +108,16 @@ class EventHub:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def events_committed(self) -> None:
+        """This process committed events: wake this hub now, and the other processes' hubs — through Redis
+        (bounded: a Redis that hangs delays the caller by PUBLISH_TIMEOUT_SECONDS at most), or through one
+        `pg_notify` sent in the background, coalesced with every commit that comes while one is on its way."""
+        self._wake.set()
+        if self.redis is not None:
+            await publish(self.redis, self.token)
+        else:
+            self._notify.set()
 
     # --- subscriptions --------------------------------------------------------------------------------------
 
@@ -250,8 +268,22 @@ class EventHub:
         if payload == KEYS_CHANGED:
             if self.on_keys_changed is not None:
                 self.on_keys_changed()
-        else:
+        elif payload != self.token:  # this process's own commits woke it already
             self._wake.set()
+
+    async def _notify_others(self) -> None:
+        """One NOTIFY at a time: commits made while one is sent are announced by the next."""
+        while True:
+            await self._notify.wait()
+            self._notify.clear()
+            try:
+                async with acquire(self.pool, transaction=False, system=True) as conn:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.token.decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the others' polls deliver; try again with the next commit
+                log.warning("event_notify_failed", exc_info=True)
+                await asyncio.sleep(self.poll_seconds)
 
     async def _listen_postgres(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "virtualq-listener"})

@@ -33,6 +33,16 @@ from virtualq.kit.metrics import Metrics
 from virtualq.tickets import repository
 
 
+@dataclass(frozen=True)
+class _Queue:
+    """Where the batch's tickets go: the key of a line (with the event loop) and the statement's arguments."""
+
+    tenant_id: uuid.UUID
+    queue_id: uuid.UUID
+    timezone: str
+    prefix: str
+
+
 @dataclass(eq=False)
 class _Entry:
     ticket: dict[str, Any]
@@ -77,8 +87,9 @@ class Batching:
         """Insert one new ticket (repository.insert_tickets' keys), batched with other creates into the
         same queue unless the connection is in a transaction (its change must commit with it)."""
         EVENTS_WRITTEN.set(True)  # this request's change writes events, whoever sends the statement
+        queue = _Queue(tenant_id, queue_id, timezone, prefix)
         if self.max_batch <= 1 or conn.is_in_transaction():
-            return (await self._run(conn, tenant_id, queue_id, timezone, prefix, [ticket]))[0]
+            return (await self._run(conn, queue, [ticket]))[0]
         loop = asyncio.get_running_loop()
         key = (loop, tenant_id, queue_id)
         line = _lines.get(key)
@@ -102,28 +113,26 @@ class Batching:
                         self._hand_over(key, line)
                 raise
             if outcome is _ALONE:
-                return (await self._run(conn, tenant_id, queue_id, timezone, prefix, [ticket]))[0]
+                return (await self._run(conn, queue, [ticket]))[0]
             if not isinstance(outcome, _Lead):
                 row: Record = outcome
                 return row
             batch = outcome.batch
-        return await self._lead(conn, key, line, batch, timezone, prefix)
+        return await self._lead(conn, queue, key, line, batch)
 
     async def _lead(
         self,
         conn: Connection,
+        queue: _Queue,
         key: tuple[asyncio.AbstractEventLoop, uuid.UUID, uuid.UUID],
         line: _Line,
         batch: list[_Entry],
-        timezone: str,
-        prefix: str,
     ) -> Record:
-        _, tenant_id, queue_id = key
         mine = batch[0]
         batch = [mine, *(entry for entry in batch[1:] if not entry.outcome.done())]  # less the cancelled
         try:
             try:
-                rows = await self._run(conn, tenant_id, queue_id, timezone, prefix, [e.ticket for e in batch])
+                rows = await self._run(conn, queue, [entry.ticket for entry in batch])
             finally:
                 self._hand_over(key, line)  # however it ends, the next batch goes ahead
         except asyncpg.PostgresError:
@@ -132,7 +141,7 @@ class Batching:
             # Rolled back as a whole: each create runs again alone and gets its own answer.
             for other in batch[1:]:
                 _settle(other, _ALONE)
-            return (await self._run(conn, tenant_id, queue_id, timezone, prefix, [mine.ticket]))[0]
+            return (await self._run(conn, queue, [mine.ticket]))[0]
         except BaseException:
             # Unknown outcome (connection lost, cancelled): as a lost reply for every create of the batch.
             for other in batch[1:]:
@@ -143,18 +152,15 @@ class Batching:
             _settle(other, by_id[other.ticket["id"]])
         return by_id[mine.ticket["id"]]
 
-    async def _run(
-        self,
-        conn: Connection,
-        tenant_id: uuid.UUID,
-        queue_id: uuid.UUID,
-        timezone: str,
-        prefix: str,
-        tickets: list[dict[str, Any]],
-    ) -> list[Record]:
+    async def _run(self, conn: Connection, queue: _Queue, tickets: list[dict[str, Any]]) -> list[Record]:
         numbered = [{**ticket, "n": n} for n, ticket in enumerate(tickets, 1)]
         rows = await repository.insert_tickets(
-            conn, tenant_id=tenant_id, queue_id=queue_id, timezone=timezone, prefix=prefix, tickets=numbered
+            conn,
+            tenant_id=queue.tenant_id,
+            queue_id=queue.queue_id,
+            timezone=queue.timezone,
+            prefix=queue.prefix,
+            tickets=numbered,
         )
         if self.metrics is not None:
             self.metrics.create_statements.inc()

@@ -140,10 +140,11 @@ async def a_queue(client: httpx.AsyncClient, api: Api) -> tuple[uuid.UUID, uuid.
     return uuid.UUID(t.id), uuid.UUID(queue["id"]), uuid.UUID(order["id"])
 
 
-async def leading(db: asyncpg.Connection, queue_id: uuid.UUID, leader: asyncpg.Connection) -> None:
+async def leading(db: asyncpg.Connection, queue_id: uuid.UUID, leader: asyncpg.Connection | None) -> None:
     """Until `leader`'s statement, and no other, waits for the queue's advisory lock (which `db` holds): the
-    other creates wait in the process's line."""
-    pid = leader.get_server_pid()
+    other creates wait in the process's line. With no leader: until no statement waits for the lock (a
+    cancelled one is cancelled in PostgreSQL only once its cancel request has arrived)."""
+    pids = [] if leader is None else [leader.get_server_pid()]
     for _ in range(500):
         await asyncio.sleep(0.01)
         blocked = await db.fetch(
@@ -151,9 +152,9 @@ async def leading(db: asyncpg.Connection, queue_id: uuid.UUID, leader: asyncpg.C
             " AND objid = (hashtextextended($1::text, 0) & 4294967295)::oid",
             str(queue_id),
         )
-        if [row["pid"] for row in blocked] == [pid]:
+        if [row["pid"] for row in blocked] == pids:
             return
-    raise AssertionError("the leader's statement never waited for the lock")
+    raise AssertionError(f"the lock's waiters never became {pids}")
 
 
 async def test_a_refused_batch_runs_again_one_create_at_a_time(
@@ -220,6 +221,7 @@ async def test_a_batch_of_unknown_outcome_fails_as_unavailable_and_the_line_goes
     assert isinstance(results[1], asyncio.CancelledError)
     assert isinstance(results[2], Unavailable)
     assert isinstance(results[3], Unavailable)
+    await leading(db, queue_id, None)
     await db.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))", str(queue_id))
 
     # Nothing was committed (the cancelled statements were cancelled in PostgreSQL), and the line is free.

@@ -24,6 +24,7 @@ from virtualq.events.router import router as events_router
 from virtualq.health.router import router as health_router
 from virtualq.kit.cache import TtlCache
 from virtualq.kit.exception_handlers import install_exception_handlers
+from virtualq.kit.fastpath import index_routes
 from virtualq.kit.idempotency import IdempotencyMiddleware
 from virtualq.kit.metrics import Metrics, PoolCollector
 from virtualq.kit.middleware import RequestContextMiddleware
@@ -140,6 +141,9 @@ def create_app(
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # Metrics are Prometheus (kit/metrics.py) and logs structlog; FastAPI's own OpenTelemetry hooks would
+        # only ask, on every request, whether a provider has been configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.pool = None
@@ -175,6 +179,7 @@ def create_app(
         # The routes themselves, not a wrapper per router: FastAPI's included-router matching costs
         # about 0.4 ms per request with this many routes (docs/performance.md).
         app.router.routes.extend(router.routes)
+    index_routes(app.router)
 
     if settings.cors_origins:
         app.add_middleware(

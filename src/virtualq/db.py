@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any, cast
 
@@ -176,8 +176,13 @@ def get_pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
+def reading(request: Request) -> AbstractAsyncContextManager[Connection]:
+    """The connection of a read-only endpoint (ReadConn)."""
+    return acquire(get_pool(request), transaction=False)
+
+
 async def _read_connection(request: Request) -> AsyncIterator[Connection]:
-    async with acquire(get_pool(request), transaction=False) as conn:
+    async with reading(request) as conn:
         yield conn
 
 
@@ -237,13 +242,16 @@ async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
         yield conn
 
 
-async def _write_statement(request: Request) -> AsyncIterator[Connection]:
+def writing_statement(request: Request) -> AbstractAsyncContextManager[Connection]:
     """For endpoints whose change is one statement (a transition, which checks the version it read and is
     retried when another change came first; a create; a call-next): no BEGIN and COMMIT round trips. With
     an Idempotency-Key the same statements run in a transaction, so that the key's claim commits with the
     change."""
-    transaction = getattr(request.state, "idempotency", None) is not None
-    async with _writing(request, transaction=transaction) as conn:
+    return _writing(request, transaction=getattr(request.state, "idempotency", None) is not None)
+
+
+async def _write_statement(request: Request) -> AsyncIterator[Connection]:
+    async with writing_statement(request) as conn:
         yield conn
 
 

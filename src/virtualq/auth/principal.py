@@ -136,13 +136,17 @@ def rate_policy(
     return Policy(per_minute=per_minute, burst=burst)
 
 
+def check_role(principal: Principal, allowed: frozenset[Role]) -> Principal:
+    if principal.role not in allowed:
+        raise Forbidden(f"the {principal.role} role may not do this")
+    return principal
+
+
 def require_roles(*roles: Role) -> object:
     allowed = frozenset(roles)
 
     async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if principal.role not in allowed:
-            raise Forbidden(f"the {principal.role} role may not do this")
-        return principal
+        return check_role(principal, allowed)
 
     return Depends(dependency)
 
@@ -210,6 +214,15 @@ def tenant_context(*roles: Role) -> object:
     return Depends(dependency)
 
 
+async def act_for_tenant(
+    request: Request, allowed: frozenset[Role], tenant_id: uuid.UUID | None
+) -> TenantContext:
+    """What `tenant_context(*allowed)` gives a route, for a fast path (kit/fastpath.py) that has already
+    read the tenant it names (the X-Tenant-ID header; a tenant_id parameter makes it no fast path)."""
+    return await resolve_tenant(request, check_role(await authenticate(request), allowed), tenant_id)
+
+
+STAFF_ROLES = frozenset({Role.ADMIN, Role.STAFF})
 TenantAdmin = Annotated[TenantContext, tenant_context(Role.ADMIN)]
 TenantStaff = Annotated[TenantContext, tenant_context(Role.ADMIN, Role.STAFF)]
 TenantAnyRole = Annotated[TenantContext, tenant_context(Role.ADMIN, Role.STAFF, Role.DISPLAY)]

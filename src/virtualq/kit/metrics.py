@@ -77,8 +77,18 @@ class Metrics:
         self.tickets_created = Counter(
             "virtualq_tickets_created_total", "Tickets created through the API.", registry=self.registry
         )
+        self.fast_paths = Counter(
+            "virtualq_fast_path_requests_total",
+            "Requests to an endpoint with a fast path (kit/fastpath.py), by the path that answered them: "
+            "fast, or full (FastAPI's) for requests outside the plain case.",
+            ["endpoint", "path"],
+            registry=self.registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         status_label = str(status)
         self.requests.labels(method, route, status_label).inc()
         self.latency.labels(method, route, status_label).observe(seconds)
+
+    def fast_path(self, endpoint: str, fast: bool) -> None:
+        self.fast_paths.labels(endpoint, "fast" if fast else "full").inc()

@@ -34,12 +34,14 @@ def fields_of(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(model.model_fields)
 
 
-def trusted_json(payload: Any) -> Response:
+def trusted_json(payload: Any, status_code: int = 200) -> Response:
     """A JSON response for data that already has the response model's shape and types (rows this code built
     from the database): serialised directly, without validating it again. Datetimes come out as Pydantic
     writes them (RFC 3339, `Z` for UTC)."""
     return Response(
-        orjson.dumps(payload, default=_default, option=orjson.OPT_UTC_Z), media_type="application/json"
+        orjson.dumps(payload, default=_default, option=orjson.OPT_UTC_Z),
+        status_code=status_code,
+        media_type="application/json",
     )
 
 

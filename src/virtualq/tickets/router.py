@@ -6,9 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from virtualq.auth.principal import Role, TenantAnyRole, TenantContext, TenantStaff
-from virtualq.db import ReadConn, StatementConn, WriteConn
+from virtualq.auth.principal import (
+    STAFF_ROLES,
+    Role,
+    TenantAnyRole,
+    TenantContext,
+    TenantStaff,
+    act_for_tenant,
+)
+from virtualq.db import ReadConn, StatementConn, WriteConn, reading, writing_statement
 from virtualq.fsm import Category
+from virtualq.kit.fastpath import fast_path, json_body, named_tenant, no_query, path_uuid, single_header
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.responses import fields_of, project, trusted_json
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, error_responses
@@ -46,6 +54,14 @@ TICKET_TRANSITION_ERRORS = {**TRANSITION_ERRORS, **error_responses(412)}
 PERSONAL_FIELDS = ("customer_id", "custom_data", "employee_id")
 # The hot read endpoints send rows as they are (no second validation); the models still document them.
 TICKET_FIELDS = fields_of(Ticket)
+TRANSITIONED_FIELDS = fields_of(TransitionedTicket)
+
+
+def _ticket_answer(ticket: Any, fields: tuple[str, ...], status_code: int = 200) -> Response:
+    """A fast path's answer: the response model's fields, as the route would send them, with the ETag."""
+    answer = trusted_json(project(ticket, fields), status_code)
+    tag(answer, ticket)
+    return answer
 
 
 async def _ticket_filters(
@@ -80,6 +96,17 @@ async def create_ticket(
     return tag(response, await service.create_ticket(conn, ctx, body, request.app.state.create_batching))
 
 
+@fast_path(router, create_ticket)
+async def _create_ticket_fast(request: Request) -> Response:
+    no_query(request)
+    tenant_id = named_tenant(request)
+    body = await json_body(request, TicketCreate)
+    ctx = await act_for_tenant(request, STAFF_ROLES, tenant_id)
+    async with writing_statement(request) as conn:
+        ticket = await service.create_ticket(conn, ctx, body, request.app.state.create_batching)
+    return _ticket_answer(ticket, TICKET_FIELDS, 201)
+
+
 @router.get("/v1/tickets", response_model=Page[Ticket], responses=READ_ERRORS)
 async def list_tickets(
     ctx: TenantStaff,
@@ -104,6 +131,16 @@ async def get_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> 
     answer = trusted_json(project(ticket, TICKET_FIELDS))
     tag(answer, ticket)
     return answer
+
+
+@fast_path(router, get_ticket)
+async def _get_ticket_fast(request: Request) -> Response:
+    ticket_id = path_uuid(request, "ticket_id")
+    no_query(request)
+    ctx = await act_for_tenant(request, STAFF_ROLES, named_tenant(request))
+    async with reading(request) as conn:
+        ticket = await service.get_ticket(conn, ctx, ticket_id)
+    return _ticket_answer(ticket, TICKET_FIELDS)
 
 
 @router.patch("/v1/tickets/{ticket_id}", response_model=Ticket, responses=TICKET_WRITE_ERRORS)
@@ -149,6 +186,19 @@ async def transition_ticket(
     return tag(response, await service.transition_ticket(conn, ctx, ticket_id, body, if_match))
 
 
+@fast_path(router, transition_ticket)
+async def _transition_ticket_fast(request: Request) -> Response:
+    ticket_id = path_uuid(request, "ticket_id")
+    no_query(request)
+    tenant_id = named_tenant(request)
+    if_match = single_header(request, "if-match", 1024)
+    body = await json_body(request, TransitionRequest)
+    ctx = await act_for_tenant(request, STAFF_ROLES, tenant_id)
+    async with writing_statement(request) as conn:
+        ticket = await service.transition_ticket(conn, ctx, ticket_id, body, if_match)
+    return _ticket_answer(ticket, TRANSITIONED_FIELDS)
+
+
 @router.get("/v1/tickets/{ticket_id}/history", response_model=list[HistoryEntry], responses=READ_ERRORS)
 async def ticket_history(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
     """Every state change, oldest first (the first entry has previous_state null)."""
@@ -170,6 +220,18 @@ async def call_next(
     the API key is bound to) is assigned and recorded in the history. A disabled queue can still be served.
     """
     return tag(response, await line.call_next(conn, ctx, queue_id, body))
+
+
+@fast_path(router, call_next)
+async def _call_next_fast(request: Request) -> Response:
+    queue_id = path_uuid(request, "queue_id")
+    no_query(request)
+    tenant_id = named_tenant(request)
+    body = await json_body(request, CallNextRequest)
+    ctx = await act_for_tenant(request, STAFF_ROLES, tenant_id)
+    async with writing_statement(request) as conn:
+        ticket = await line.call_next(conn, ctx, queue_id, body)
+    return _ticket_answer(ticket, TRANSITIONED_FIELDS)
 
 
 @router.post(

@@ -1,0 +1,207 @@
+"""Fast paths for the hottest endpoints, and routes found by their path's first segments.
+
+A FastAPI route resolves its dependencies and validates its parameters generically on every request; for
+the endpoints called thousands of times a second (get, create and transition a ticket, call the next one)
+that machinery was a quarter of the process's time, and finding the route among a hundred others, one
+regular expression after another, a tenth (docs/performance.md).
+
+A fast path answers the plain case of one endpoint by hand, with the same functions the route's
+dependencies call (authenticate, resolve_tenant, the connection context managers of `virtualq.db`) and the
+same body model. Whatever is not the plain case (a path parameter or tenant header not in canonical form, a
+query string, a body that does not parse or validate, a repeated or oversized header) raises `NotPlain`
+before anything with an effect has happened (authentication takes a rate-limit token), and the request goes
+to the FastAPI route untouched, body included. Every error answer about the request's shape is therefore
+the one FastAPI gives; errors the service raises (404, 409, ...) are the same exceptions either way.
+
+`FAST_PATHS=false` serves everything through FastAPI (tests/test_fast_paths.py compares the two).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+Handler = Callable[[Request], Awaitable[Response]]
+M = TypeVar("M", bound=BaseModel)
+
+# The form every client library writes; anything else (braces, URNs, no hyphens) is left to the route.
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+class NotPlain(Exception):
+    """This request is not the plain case: the FastAPI route answers it."""
+
+
+def fast_path(router: APIRouter, endpoint: Callable[..., Any]) -> Callable[[Handler], Handler]:
+    """Serve the plain requests of `endpoint`'s route(s) with the decorated handler."""
+
+    def register(handler: Handler) -> Handler:
+        routes = [
+            route for route in router.routes if isinstance(route, APIRoute) and route.endpoint is endpoint
+        ]
+        if not routes:
+            raise LookupError(f"{endpoint.__name__} is not a route of this router")
+        for route in routes:
+            route.app = _serving(endpoint.__name__, handler, route.app)
+        return handler
+
+    return register
+
+
+def _serving(name: str, handler: Handler, full: ASGIApp) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        if not state.settings.fast_paths:
+            await full(scope, receive, send)
+            return
+        read: list[bytes] = []
+
+        async def recording() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                read.append(message.get("body", b""))
+            return message
+
+        response: Response | None = None
+        try:
+            response = await handler(Request(scope, recording, send))
+        except NotPlain:
+            pass
+        finally:  # an error answer the handler raised (404, 409, ...) was answered by the fast path too
+            state.metrics.fast_path(name, response is not None or sys.exc_info()[0] is not None)
+        if response is None:
+            await full(scope, _replaying(b"".join(read), receive) if read else receive, send)
+            return
+        await response(scope, receive, send)
+
+    return app
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """The body the fast path already read, then whatever the client sends next (a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def path_uuid(request: Request, name: str) -> uuid.UUID:
+    value = request.path_params[name]
+    if not _CANONICAL_UUID.fullmatch(value):
+        raise NotPlain
+    return uuid.UUID(value)
+
+
+def no_query(request: Request) -> None:
+    if request.scope["query_string"]:
+        raise NotPlain
+
+
+def single_header(request: Request, name: str, max_length: int) -> str | None:
+    """The header's value when it is absent or given once within `max_length`; else NotPlain."""
+    values = request.headers.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1 or len(values[0]) > max_length:
+        raise NotPlain
+    return values[0]
+
+
+def named_tenant(request: Request) -> uuid.UUID | None:
+    """The X-Tenant-ID header, if given in canonical form (the route's own parameter otherwise)."""
+    value = single_header(request, "x-tenant-id", 36)
+    if value is None:
+        return None
+    if not _CANONICAL_UUID.fullmatch(value):
+        raise NotPlain
+    return uuid.UUID(value)
+
+
+async def json_body(request: Request, model: type[M]) -> M:
+    """The body as `model`, read exactly as FastAPI reads it (the standard library's JSON parser, then the
+    model in Python mode; orjson would turn integers beyond 64 bits into floats instead of refusing them); a
+    body that is empty, not JSON or not valid goes to the route, which explains what is wrong."""
+    body = await request.body()
+    try:
+        return model.model_validate(json.loads(body))
+    except Exception as exc:
+        raise NotPlain from exc
+
+
+class RouteIndex:
+    """The routes that can match a path's first two segments, in their order in the router.
+
+    Starlette tries every route in turn; with a hundred routes the hot ones sit sixty regular expressions
+    down the list. Routes whose first two segments are fixed are filed under them; the others (parameters
+    there, mounts) are candidates for every path. The first full match among a path's candidates is the
+    first full match of the whole list, since every route that could match it is a candidate.
+    """
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        self.size = len(routes)
+        keyed: dict[tuple[str, ...], list[tuple[int, BaseRoute]]] = {}
+        anywhere: list[tuple[int, BaseRoute]] = []
+        for order, route in enumerate(routes):
+            key = _key(route.path_format) if isinstance(route, Route) else None
+            if key is None:
+                anywhere.append((order, route))
+            else:
+                keyed.setdefault(key, []).append((order, route))
+        self.everywhere = [route for _, route in anywhere]
+        self.table = {
+            key: [route for _, route in sorted(filed + anywhere, key=lambda pair: pair[0])]
+            for key, filed in keyed.items()
+        }
+
+    def candidates(self, path: str) -> list[BaseRoute]:
+        return self.table.get(tuple(path.split("/", 3)[1:3]), self.everywhere)
+
+
+def _key(path_format: str) -> tuple[str, ...] | None:
+    key = tuple(path_format.split("/", 3)[1:3])
+    return None if any("{" in segment for segment in key) else key
+
+
+def index_routes(router: Router) -> None:
+    """Match requests against their path's candidates only (RouteIndex); a request without a full match
+    among them (404, 405, a redirect for a trailing slash) goes through the router's own loop, as do
+    lifespan, websockets and apps mounted under a root path. Routes added later rebuild the index."""
+    if router.middleware_stack != router.app:  # pragma: no cover - router-level middleware would be skipped
+        raise RuntimeError("index_routes needs a router without middleware of its own")
+    full = router.app
+    index = [RouteIndex(router.routes)]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("root_path"):
+            await full(scope, receive, send)
+            return
+        if index[0].size != len(router.routes):
+            index[0] = RouteIndex(router.routes)
+        for route in index[0].candidates(scope["path"]):
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope.setdefault("router", router)
+                scope.update(child_scope)
+                await route.handle(scope, receive, send)
+                return
+        await full(scope, receive, send)
+
+    router.middleware_stack = app

@@ -60,7 +60,6 @@ BENCH_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "max
 @dataclass
 class Setup:
     key: str
-    key_hash: str
     tenant_id: str
     type_id: str
     line_queue: str
@@ -255,11 +254,14 @@ async def prepare(base: str, dsn: str) -> Setup:
         await asyncio.gather(*(ticket(queues[3]) for _ in range(DRAIN_TICKETS)))
     conn = await asyncpg.connect(dsn)
     try:
-        key_hash = await conn.fetchval(
-            "SELECT encode(key_hash, 'hex') FROM api_keys WHERE tenant_id = $1", uuid.UUID(tenant["id"])
-        )
         # pgbench clients pick their ticket by :client_id, as HTTP workers do by index.
         await conn.execute("CREATE TABLE bench_clients (client_id int PRIMARY KEY, ticket_id uuid NOT NULL)")
+        # ... and get_ticket reads any ticket of the line, by a random n, as the HTTP clients do.
+        await conn.execute("CREATE TABLE bench_line (n int PRIMARY KEY, ticket_id uuid NOT NULL)")
+        await conn.executemany(
+            "INSERT INTO bench_line VALUES ($1, $2)",
+            [(index, uuid.UUID(ticket_id)) for index, ticket_id in enumerate(line)],
+        )
         await conn.executemany(
             "INSERT INTO bench_clients VALUES ($1, $2)",
             [(index, uuid.UUID(ticket_id)) for index, ticket_id in enumerate(movers)],
@@ -279,7 +281,6 @@ async def prepare(base: str, dsn: str) -> Setup:
         await conn.close()
     return Setup(
         key,
-        key_hash,
         tenant["id"],
         type_id,
         queues[0],
@@ -338,12 +339,10 @@ def pgbench_ceiling(
         return float("nan")
     pgbench = EmbeddedPostgres(Path(tempfile.gettempdir())).binary("pgbench")
     variables = {
-        "key_hash": setup.key_hash,
         "tenant_id": setup.tenant_id,
         "type_id": setup.type_id,
         "line_queue": setup.line_queue,
         "create_queue": setup.create_queue,
-        "ticket_id": setup.line_tickets[0],
         "drain_queue": setup.sql_drain_queue,
     }
     args = [
@@ -368,7 +367,12 @@ def pgbench_ceiling(
     for variable, value in variables.items():
         args += ["-D", f"{variable}={value}"]
     user = "virtualq_pg" if os.geteuid() == 0 and not os.environ.get("BENCH_DATABASE_URL") else None
-    output = subprocess.run([*args, conn_args["db"]], capture_output=True, text=True, check=False, user=user)
+    # As the server's connections run them: as the application role, under row-level security, scoped to the
+    # bench tenant (db.py); the tables' owner would skip the policies' cost.
+    env = {**os.environ, "PGOPTIONS": f"-c role=virtualq_app -c virtualq.tenant_id={setup.tenant_id}"}
+    output = subprocess.run(
+        [*args, conn_args["db"]], capture_output=True, text=True, check=False, user=user, env=env
+    )
     match = re.search(r"tps = ([0-9.]+)", output.stdout)
     if not match:
         print(f"pgbench {name} failed: {output.stderr.strip()[-500:]}", file=sys.stderr)

@@ -1,12 +1,8 @@
 -- The statements POST /v1/queues/{id}/call-next runs (autocommit, as the app does without an
 -- Idempotency-Key), draining a copy of the drain queue; the plan (type version, waiting state -> transition)
 -- is the one the app has learnt for the bench type: waiting --serve--> serving.
--- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
-SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
-       coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
-  FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
- WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
-SELECT account_id FROM tenants WHERE id = :tenant_id;
+-- (no API key or tenant lookup: the process caches both, for AUTH_CACHE_SECONDS and for good, so a request
+-- runs none; the ceiling holds only what the endpoint sends per request)
 -- tickets/line_repository.CALL_FIRST_WAITING
 WITH q AS (
     SELECT id FROM queues WHERE tenant_id = :tenant_id AND id = :drain_queue

@@ -1,10 +1,6 @@
 -- The statements POST /v1/tickets runs (autocommit: the reads, then one writing statement).
--- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
-SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
-       coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
-  FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
- WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
-SELECT account_id FROM tenants WHERE id = :tenant_id;
+-- (no API key or tenant lookup: the process caches both, for AUTH_CACHE_SECONDS and for good, so a request
+-- runs none; the ceiling holds only what the endpoint sends per request)
 -- queues/repository.get_for_new_ticket (the type's schemas are read only on a process's first use of a version)
 SELECT q.id, q.tenant_id, q.name, q.description, q.allowed_type_definition_ids, q.wait_estimation_method,
        q.show_wait_time, q.max_wait_minutes, q.manual_wait_minutes, q.ticket_prefix, q.display_order, q.is_active,

@@ -1,10 +1,6 @@
 -- The statements GET /v1/queues/{id}/monitor runs, on the line of 1,000 waiting tickets.
--- auth/repository.find_usable_key and auth/repository.tenant_account: every authenticated tenant request.
-SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
-       coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
-  FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id LEFT JOIN tenants t ON t.id = k.tenant_id
- WHERE k.key_hash = decode(:key_hash, 'hex') AND k.revoked_at IS NULL;
-SELECT account_id FROM tenants WHERE id = :tenant_id;
+-- (no API key or tenant lookup: the process caches both, for AUTH_CACHE_SECONDS and for good, so a request
+-- runs none; the ceiling holds only what the endpoint sends per request)
 -- queues/repository.get
 SELECT id, tenant_id, name, description, allowed_type_definition_ids, wait_estimation_method, show_wait_time,
        max_wait_minutes, manual_wait_minutes, ticket_prefix, display_order, is_active, created_at, updated_at

@@ -17,7 +17,7 @@ import pytest
 from starlette.routing import Match, Route
 
 from tests.helpers import Api, auth
-from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, coffee, ok
 from virtualq.kit.fastpath import RouteIndex
 from virtualq.tickets.schemas import Ticket, TransitionedTicket
 
@@ -97,9 +97,7 @@ async def test_route_index_picks_the_route_the_router_would(app: Any) -> None:
 async def test_get_ticket_answers_as_fastapi_does(
     app: Any, client: httpx.AsyncClient, api: Api, fast_off: Callable[[bool], None]
 ) -> None:
-    t = await Tenant.create(client, api)
-    order = (await t.type("order", FOOD_ORDER_FSM))["id"]
-    queue = (await t.queue("Main"))["id"]
+    t, queue, order = await coffee(client, api)
     ticket = (await t.ticket(queue, order, custom_data={"name": "Ann"}))["id"]
     other = await Tenant.create(client, api)
     foreign = await other.ticket((await other.queue())["id"], (await other.type("o", FOOD_ORDER_FSM))["id"])
@@ -147,9 +145,7 @@ async def test_transition_answers_as_fastapi_does(
     db: asyncpg.Connection,
     fast_off: Callable[[bool], None],
 ) -> None:
-    t = await Tenant.create(client, api)
-    order = (await t.type("order", FOOD_ORDER_FSM))["id"]
-    queue = (await t.queue("Main"))["id"]
+    t, queue, order = await coffee(client, api)
     ticket = (await t.ticket(queue, order))["id"]
     path = f"/v1/tickets/{ticket}/transition"
 
@@ -209,9 +205,7 @@ async def test_create_and_call_next_answer_as_fastapi_does(
     db: asyncpg.Connection,
     fast_off: Callable[[bool], None],
 ) -> None:
-    t = await Tenant.create(client, api)
-    order = (await t.type("order", FOOD_ORDER_FSM))["id"]
-    queue = (await t.queue("Main"))["id"]
+    t, queue, order = await coffee(client, api)
     closed = (await t.queue("Closed"))["id"]
     ok(await client.patch(f"/v1/queues/{closed}", json={"is_active": False}, headers=t.h))
 

@@ -33,6 +33,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from virtualq.kit.middleware import replay_body
+
 Handler = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)
 
@@ -82,25 +84,11 @@ def _serving(name: str, handler: Handler, full: ASGIApp) -> ASGIApp:
         finally:  # an error answer the handler raised (404, 409, ...) was answered by the fast path too
             state.metrics.fast_path(name, response is not None or sys.exc_info()[0] is not None)
         if response is None:
-            await full(scope, _replaying(b"".join(read), receive) if read else receive, send)
+            await full(scope, replay_body(b"".join(read), receive) if read else receive, send)
             return
         await response(scope, receive, send)
 
     return app
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """The body the fast path already read, then whatever the client sends next (a disconnect)."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 def path_uuid(request: Request, name: str) -> uuid.UUID:

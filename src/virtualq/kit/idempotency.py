@@ -31,7 +31,7 @@ from virtualq.auth import keys
 from virtualq.auth.principal import presented_key
 from virtualq.db import CONNECTION_ERRORS, acquire
 from virtualq.errors import Unauthorized, Unavailable
-from virtualq.kit.middleware import header, send_error
+from virtualq.kit.middleware import header, replay_body, send_error
 from virtualq.logging import get_logger
 
 HEADER = b"idempotency-key"
@@ -134,7 +134,7 @@ class IdempotencyMiddleware:
                 continue  # the holder gave its claim up (or it expired) just now: claim again
             if row["revoked"]:
                 # Nothing is replayed to a revoked key: the request runs and is refused (401) as usual.
-                await self.app(scope, _replay_request(body), send)
+                await self.app(scope, replay_body(body), send)
                 return
             if row["fingerprint"] != fingerprint:
                 await _send_error(
@@ -190,7 +190,7 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, _replay_request(body), capture)
+            await self.app(scope, replay_body(body), capture)
         finally:
             body = b"".join(chunks)
             redact = scope["state"].get("idempotency_redact")
@@ -254,21 +254,6 @@ async def _replay(send: Send, row: Any) -> None:
     headers += [(b"content-length", str(len(body)).encode()), (b"idempotent-replayed", b"true")]
     await send({"type": "http.response.start", "status": row["response_status"], "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _replay_request(body: bytes) -> Receive:
-    """The already-read body, for the app to read again."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # like a client that stays connected until the answer is sent
-        return {"type": "http.disconnect"}
-
-    return receive
 
 
 async def _read_body(receive: Receive) -> bytes:

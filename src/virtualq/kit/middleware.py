@@ -3,6 +3,7 @@ last-resort 500."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -92,6 +93,24 @@ async def send_error(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def replay_body(body: bytes, then: Receive | None = None) -> Receive:
+    """A `receive` for an app that must read a body already read: the body, then `then` (the client's own
+    channel, which reports a disconnect), or with no `then` a client that stays until it has its answer."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if then is not None:
+            return await then()
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 class RequestContextMiddleware:

@@ -272,3 +272,35 @@ async def test_create_and_call_next_answer_as_fastapi_does(
 
 def post_headers(headers: dict[str, str]) -> dict[str, str]:
     return {"Content-Type": "application/json", **headers}
+
+
+async def test_a_fast_path_that_gives_up_after_authenticating_is_a_bug() -> None:
+    """Giving up hands the request to the route, which would authenticate (and take a rate-limit token)
+    again: the fast path must decide before it authenticates, and fails loudly if it does not."""
+    from fastapi import APIRouter, FastAPI, Request
+    from starlette.responses import Response
+
+    from virtualq.kit.fastpath import NotPlain, fast_path
+    from virtualq.kit.metrics import Metrics
+
+    router = APIRouter()
+
+    @router.get("/thing")
+    async def thing() -> dict[str, str]:
+        return {"via": "route"}
+
+    @fast_path(router, thing)
+    async def _thing_fast(request: Request) -> Response:
+        if request.headers.get("x-late") is not None:
+            request.state.principal = object()  # what authenticate() leaves behind
+        raise NotPlain
+
+    toy = FastAPI()
+    toy.router.routes.extend(router.routes)
+    toy.state.settings = type("Settings", (), {"fast_paths": True})()
+    toy.state.metrics = Metrics()
+    transport = httpx.ASGITransport(app=toy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://toy") as http:
+        assert (await http.get("/thing")).json() == {"via": "route"}  # gave up in time: the route answers
+        with pytest.raises(RuntimeError, match="gave up after authenticating"):
+            await http.get("/thing", headers={"X-Late": "1"})

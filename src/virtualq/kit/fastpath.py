@@ -80,7 +80,10 @@ def _serving(name: str, handler: Handler, full: ASGIApp) -> ASGIApp:
         try:
             response = await handler(Request(scope, recording, send))
         except NotPlain:
-            pass
+            if "principal" in scope.get("state", {}):
+                # The full route would authenticate again (a second rate-limit token): a fast path must
+                # decide before it authenticates.
+                raise RuntimeError(f"the fast path of {name} gave up after authenticating") from None
         finally:  # an error answer the handler raised (404, 409, ...) was answered by the fast path too
             state.metrics.fast_path(name, response is not None or sys.exc_info()[0] is not None)
         if response is None:

@@ -160,18 +160,80 @@ def server(
         process.wait(timeout=30)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn workers), in MB."""
-    total = 0
+def family(pid: int) -> list[int]:
+    """A process and its children (uvicorn workers)."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.exists():
         pids += [int(child) for child in children.read_text().split()]
-    for each in pids:
+    return pids
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn workers), in MB."""
+    total = 0
+    for each in family(pid):
         for line in Path(f"/proc/{each}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
     return total / 1024
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time each process has used so far."""
+    used = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def postgres_pids() -> list[int]:
+    """This machine's PostgreSQL processes (none when BENCH_DATABASE_URL names a remote server)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used in between by the processes alive at the end (those started in between count in full)."""
+    return sum(end - before.get(pid, 0.0) for pid, end in after.items())
+
+
+@dataclass
+class Cpu:
+    """CPU time per request during an endpoint's load, in µs: the server, PostgreSQL, this load generator."""
+
+    server: float
+    postgres: float
+    client: float
+
+    @classmethod
+    def measure(cls, server_pid: int) -> Callable[[int], Cpu]:
+        """Start measuring; call the result with the number of requests done to get the figures."""
+        servers = cpu_seconds(family(server_pid))
+        databases = cpu_seconds(postgres_pids())
+        client = time.process_time()
+
+        def done(requests: int) -> Cpu:
+            per_request = 1e6 / max(requests, 1)
+            database_now = cpu_seconds(postgres_pids())
+            return cls(
+                _spent(servers, cpu_seconds(family(server_pid))) * per_request,
+                _spent(databases, database_now) * per_request if database_now else float("nan"),
+                (time.process_time() - client) * per_request,
+            )
+
+        return done
 
 
 async def bench_tenant(base: str, name: str) -> tuple[dict[str, str], str, str]:
@@ -380,18 +442,23 @@ def pgbench_ceiling(
     return float(match.group(1))
 
 
-def print_table(rows: list[tuple[Result, float]], rss: float) -> None:
-    header = f"{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'SQL tps':>10}{'ratio':>7}  statuses"
+def print_table(rows: list[tuple[Result, float, Cpu]], rss: float) -> None:
+    header = (
+        f"{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'SQL tps':>10}{'ratio':>7}"
+        f"{'srv µs':>8}{'pg µs':>8}{'gen µs':>8}  statuses"
+    )
     print(header)
     print("-" * len(header))
-    for result, ceiling in rows:
+    for result, ceiling, cpu in rows:
         ratio = result.requests_per_second / ceiling if ceiling == ceiling and ceiling else float("nan")
         statuses = dict(sorted(result.statuses.items()))
         print(
             f"{result.name:<16}{result.requests_per_second:>9.0f}{result.percentile(0.5):>9.1f}"
-            f"{result.percentile(0.99):>9.1f}{ceiling:>10.0f}{ratio:>7.2f}  {statuses}"
+            f"{result.percentile(0.99):>9.1f}{ceiling:>10.0f}{ratio:>7.2f}"
+            f"{cpu.server:>8.0f}{cpu.postgres:>8.0f}{cpu.client:>8.0f}  {statuses}"
         )
     print(f"server RSS after the run: {rss:.0f} MB")
+    print("srv / pg / gen µs: CPU time per request of the server, PostgreSQL and the load generator")
 
 
 def main() -> int:
@@ -419,11 +486,13 @@ def main() -> int:
                 factory = endpoints(setup)[name]
                 clients, stop_status, transactions = SPECIAL.get(name, (args.concurrency, None, None))
                 seconds = args.seconds if stop_status is None else max(args.seconds, 120)
+                measured = Cpu.measure(process.pid)
                 result = asyncio.run(
                     run_load(name, "127.0.0.1", port, headers, factory, clients, seconds, stop_status)
                 )
+                cpu = measured(len(result.latencies))
                 ceiling = pgbench_ceiling(name, conn_args, setup, clients, args.seconds, transactions)
-                rows.append((result, ceiling))
+                rows.append((result, ceiling, cpu))
             print(
                 f"\n{args.concurrency} clients, {args.seconds:.0f} s each, {args.workers} {args.server} "
                 f"process(es), pool {args.pool_size}, {WAITING_TICKETS} waiting tickets in the line; "

@@ -142,7 +142,11 @@ def server(
             *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
             "virtualq.cli:create_app_from_env",
         ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    # With the access log on (LOG_LEVEL=info), its lines go where a service manager would take them: away.
+    quiet = env["LOG_LEVEL"] != "warning"
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -471,11 +475,18 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated endpoint names")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
     parser.add_argument("--pool-size", type=int, default=20, help="DB_POOL_MAX_SIZE per process")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request as production does (LOG_LEVEL=info, ENV=production: JSON lines)",
+    )
     args = parser.parse_args()
     with database() as (dsn, conn_args):
         migrate.upgrade(dsn)
         port = free_port()
         extra = {"DB_POOL_MAX_SIZE": str(args.pool_size)}
+        if args.access_log:
+            extra |= {"LOG_LEVEL": "info", "ENV": "production"}
         with server(dsn, port, args.workers, extra, kind=args.server) as process:
             setup = asyncio.run(prepare(f"http://127.0.0.1:{port}", dsn))
             idle_rss = rss_mb(process.pid)

@@ -110,11 +110,8 @@ def json_logs() -> Iterator[io.StringIO]:
     alembic_logger = logging.getLogger("alembic")
     saved_alembic_level = alembic_logger.level
     saved_structlog = structlog.get_config()
-    configure_logging("info", json=True)
     buffer = io.StringIO()
-    capture = logging.StreamHandler(buffer)
-    capture.setFormatter(root.handlers[0].formatter)
-    root.handlers[:] = [capture]
+    configure_logging("info", json=True, stream=buffer)
     try:
         yield buffer
     finally:

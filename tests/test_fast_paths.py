@@ -71,6 +71,8 @@ async def test_route_index_picks_the_route_the_router_would(app: Any) -> None:
     routes = app.router.routes
     index = RouteIndex(routes)
     paths = {"/", "/v1", "/v1/", "/v1/tickets/", "/v1//tickets", "/static/app.js", "/nowhere/at/all"}
+    paths |= {"/v1/tickets//transition", "/v1/tickets/x/transition/", "/v1/tickets/x/y/transition"}
+    paths |= {"/healthz/x", "/healthz", "/v1/tickets" + "/x" * 40}
     for route in routes:
         if isinstance(route, Route):
             sample = route.path_format
@@ -91,7 +93,9 @@ async def test_route_index_picks_the_route_the_router_would(app: Any) -> None:
             matched += expected is not None
     assert matched > len([r for r in routes if isinstance(r, Route)]) / 2
     # The hot routes are looked for among a few candidates, not the hundred.
-    assert len(index.candidates("/v1/tickets/x")) < 20 < len(routes)
+    assert len(index.candidates("/v1/tickets/x")) < 8 < 20 < len(routes)
+    transition = index.candidates(f"/v1/tickets/{uuid.uuid4()}/transition")
+    assert [route.path for route in transition] == ["/v1/tickets/{ticket_id}/transition"]
 
 
 async def test_get_ticket_answers_as_fastapi_does(

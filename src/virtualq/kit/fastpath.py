@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.convertors import StringConvertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route, Router
@@ -138,37 +139,72 @@ async def json_body(request: Request, model: type[M]) -> M:
 
 
 class RouteIndex:
-    """The routes that can match a path's first two segments, in their order in the router.
+    """The routes that can match a path, by the path's shape, in their order in the router.
 
     Starlette tries every route in turn; with a hundred routes the hot ones sit sixty regular expressions
-    down the list. Routes whose first two segments are fixed are filed under them; the others (parameters
-    there, mounts) are candidates for every path. The first full match among a path's candidates is the
-    first full match of the whole list, since every route that could match it is a candidate.
+    down the list. A route whose parameters each stand for one segment can only match paths with as many
+    segments as its own, and with its fixed first two and last segments where it has them. A path's shape
+    is its number of segments and those three segments (each replaced by None when no route has it there,
+    and the number capped, so that shapes are as few as the routes allow); the candidates of a shape are
+    worked out once. Routes
+    of other kinds (a `path` parameter, mounts) are candidates for every shape. The first full match among a
+    path's candidates is the first full match of the whole list, since every route that could match it is
+    a candidate.
     """
 
     def __init__(self, routes: list[BaseRoute]) -> None:
         self.size = len(routes)
-        keyed: dict[tuple[str, ...], list[tuple[int, BaseRoute]]] = {}
-        anywhere: list[tuple[int, BaseRoute]] = []
-        for order, route in enumerate(routes):
-            key = _key(route.path_format) if isinstance(route, Route) else None
-            if key is None:
-                anywhere.append((order, route))
-            else:
-                keyed.setdefault(key, []).append((order, route))
-        self.everywhere = [route for _, route in anywhere]
-        self.table = {
-            key: [route for _, route in sorted(filed + anywhere, key=lambda pair: pair[0])]
-            for key, filed in keyed.items()
-        }
+        self.routes = routes
+        self.known: tuple[set[str], set[str], set[str]] = (set(), set(), set())
+        self.longest = 0
+        for route in routes:
+            segments = _segments(route)
+            if segments is not None:
+                self.longest = max(self.longest, len(segments))
+                for position, segment in zip((0, 1, 2), _ends(segments), strict=True):
+                    if segment is not None and "{" not in segment:
+                        self.known[position].add(segment)
+        self.by_shape: dict[tuple[int, str | None, str | None, str | None], list[BaseRoute]] = {}
 
     def candidates(self, path: str) -> list[BaseRoute]:
-        return self.table.get(tuple(path.split("/", 3)[1:3]), self.everywhere)
+        segments = path.split("/")[1:]
+        first, second, last = _ends(segments)
+        known = self.known
+        shape = (
+            min(len(segments), self.longest + 1),  # any longer path has the shape "longer than every route"
+            first if first in known[0] else None,
+            second if second in known[1] else None,
+            last if last in known[2] else None,
+        )
+        found = self.by_shape.get(shape)
+        if found is None:
+            found = self.by_shape[shape] = [route for route in self.routes if _may_match(route, shape)]
+        return found
 
 
-def _key(path_format: str) -> tuple[str, ...] | None:
-    key = tuple(path_format.split("/", 3)[1:3])
-    return None if any("{" in segment for segment in key) else key
+def _segments(route: BaseRoute) -> list[str] | None:
+    """A route's path segments, when each of its parameters stands for exactly one segment."""
+    if not isinstance(route, Route) or any(
+        not isinstance(convertor, StringConvertor) for convertor in route.param_convertors.values()
+    ):
+        return None
+    return route.path_format.split("/")[1:]
+
+
+def _ends(segments: list[str]) -> tuple[str | None, str | None, str]:
+    return (segments[0], segments[1] if len(segments) > 1 else None, segments[-1])
+
+
+def _may_match(route: BaseRoute, shape: tuple[int, str | None, str | None, str | None]) -> bool:
+    segments = _segments(route)
+    if segments is None:
+        return True
+    if len(segments) != shape[0]:
+        return False
+    return all(
+        segment is None or "{" in segment or segment == wanted
+        for segment, wanted in zip(_ends(segments), shape[1:], strict=True)
+    )
 
 
 def index_routes(router: Router) -> None:

@@ -476,6 +476,12 @@ def main() -> int:
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
     parser.add_argument("--pool-size", type=int, default=20, help="DB_POOL_MAX_SIZE per process")
     parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the server processes at this nice value (PostgreSQL stays at 0): see docs/performance.md",
+    )
+    parser.add_argument(
         "--access-log",
         action="store_true",
         help="log every request as production does (LOG_LEVEL=info, ENV=production: JSON lines)",
@@ -488,6 +494,8 @@ def main() -> int:
         if args.access_log:
             extra |= {"LOG_LEVEL": "info", "ENV": "production"}
         with server(dsn, port, args.workers, extra, kind=args.server) as process:
+            for pid in family(process.pid):
+                os.setpriority(os.PRIO_PROCESS, pid, args.nice)
             setup = asyncio.run(prepare(f"http://127.0.0.1:{port}", dsn))
             idle_rss = rss_mb(process.pid)
             headers = {"Authorization": f"Bearer {setup.key}"}
@@ -504,9 +512,10 @@ def main() -> int:
                 cpu = measured(len(result.latencies))
                 ceiling = pgbench_ceiling(name, conn_args, setup, clients, args.seconds, transactions)
                 rows.append((result, ceiling, cpu))
+            niced = f" at nice {args.nice}" if args.nice else ""
             print(
                 f"\n{args.concurrency} clients, {args.seconds:.0f} s each, {args.workers} {args.server} "
-                f"process(es), pool {args.pool_size}, {WAITING_TICKETS} waiting tickets in the line; "
+                f"process(es){niced}, pool {args.pool_size}, {WAITING_TICKETS} waiting tickets in the line; "
                 f"idle RSS {idle_rss:.0f} MB;\n"
                 f"call_next: {COUNTERS} counters draining {DRAIN_TICKETS} tickets (req/s = tickets/s)"
             )

@@ -146,10 +146,9 @@ class RouteIndex:
     segments as its own, and with its fixed first two and last segments where it has them. A path's shape
     is its number of segments and those three segments (each replaced by None when no route has it there,
     and the number capped, so that shapes are as few as the routes allow); the candidates of a shape are
-    worked out once. Routes
-    of other kinds (a `path` parameter, mounts) are candidates for every shape. The first full match among a
-    path's candidates is the first full match of the whole list, since every route that could match it is
-    a candidate.
+    worked out once. Routes of other kinds (a `path` parameter, mounts) are candidates for every shape. The
+    first full match among a path's candidates is the first full match of the whole list, since every route
+    that could match it is a candidate.
     """
 
     def __init__(self, routes: list[BaseRoute]) -> None:

@@ -26,6 +26,7 @@ from tests.conftest import make_settings
 from tests.helpers import Api, auth
 from virtualq import migrate
 from virtualq.app import create_app
+from virtualq.health import router as health
 from virtualq.logging import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +151,37 @@ async def test_readyz_checks_the_database(client: httpx.AsyncClient) -> None:
     assert body["status"] == "ready"
     assert body["checks"]["database"] == "ok"
     assert "redis" not in body["checks"]  # no REDIS_URL, no redis check
+
+
+async def test_readyz_reports_a_database_that_does_not_answer_within_seconds(database_dsn: str) -> None:
+    """A database that takes the readiness query's lock and keeps it (as a long migration or a stuck
+    transaction would) makes /readyz answer 503 within its check timeout, not after 10 or 30 s; the
+    connection it used goes back to the pool, and /readyz is ready again once the lock is gone."""
+    app = create_app(make_settings(), dsn=database_dsn)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http,
+    ):
+        assert (await http.get("/readyz")).status_code == 200
+        locker = await asyncpg.connect(database_dsn)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+                started = asyncio.get_running_loop().time()
+                response = await asyncio.wait_for(http.get("/readyz"), timeout=30)
+                waited = asyncio.get_running_loop().time() - started
+                assert response.status_code == 503, response.text
+                assert response.json() == {"status": "unavailable", "checks": {"database": "unreachable"}}
+                assert (
+                    health.DATABASE_CHECK_TIMEOUT_SECONDS
+                    <= waited
+                    < health.DATABASE_CHECK_TIMEOUT_SECONDS + 3
+                )
+        finally:
+            await locker.close()
+        assert (await http.get("/readyz")).status_code == 200
+        pool = app.state.pool
+        assert pool.get_size() - pool.get_idle_size() == 0  # nothing left checked out
 
 
 @pytest.fixture

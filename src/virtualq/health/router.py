@@ -14,6 +14,9 @@ router = APIRouter(tags=["operations"])
 log = get_logger("virtualq.health")
 # A Redis that hangs (paused, partitioned) is reported as unreachable this fast, not after redis-py's 5 s.
 REDIS_PING_TIMEOUT_SECONDS = 1.0
+# A database that does not answer (locked out, overloaded, paused) is reported as unreachable this fast, not
+# after the pool's 10 s wait for a connection or the 30 s command timeout, which outlast any probe's timeout.
+DATABASE_CHECK_TIMEOUT_SECONDS = 2.0
 
 
 @router.get("/healthz")
@@ -27,8 +30,9 @@ async def readyz(request: Request) -> Any:
     """Ready to serve: the database answers and is migrated to this build's revision; Redis answers if set."""
     checks: dict[str, str] = {}
     try:
-        async with acquire(get_pool(request), transaction=False) as conn:
-            revision = await conn.fetchval("SELECT version_num FROM alembic_version")
+        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_SECONDS):
+            async with acquire(get_pool(request), transaction=False) as conn:
+                revision = await conn.fetchval("SELECT version_num FROM alembic_version")
         expected = request.app.state.head_revision
         checks["database"] = "ok" if revision == expected else f"at revision {revision}, expected {expected}"
     except Exception as exc:  # any failure means "not ready"

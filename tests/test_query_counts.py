@@ -113,6 +113,63 @@ async def test_round_trips_per_request_and_no_n_plus_one(
     assert listed <= 3  # the page, then one estimate load per queue on it
 
 
+# The other changes of a ticket: each writes its row, history and event in one statement; the rest are the
+# locks and reads the change needs first. BEGIN and COMMIT included.
+OTHER_CHANGES_BUDGET = {
+    "cancel": 2,  # the ticket, update+history+events if still at that version (no BEGIN/COMMIT)
+    "update": 4,  # BEGIN, lock the ticket with its type, update+event, COMMIT
+    "assign": 5,  # BEGIN, lock, the employee is active, update+event, COMMIT
+    "unassign": 4,  # BEGIN, lock, update+event, COMMIT
+    "reorder": 7,  # BEGIN, lock, lock the line, old position, new key, move+position+event, COMMIT
+    "forward": 5,  # BEGIN, lock, lock the target line, move+position+event, COMMIT (to its end)
+}
+
+
+async def test_round_trips_of_the_other_ticket_changes(
+    counted: tuple[httpx.AsyncClient, Counter], api: Api, client: httpx.AsyncClient
+) -> None:
+    http, counter = counted
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    queue, other = await t.queue("Main"), await t.queue("Other")
+    h = auth(t.world.tenant_admin)
+    employee = ok(
+        await http.post(
+            "/v1/employees", json={"fname": "Ana", "lname": "Lopez", "email": "a@example.com"}, headers=h
+        ),
+        201,
+    )
+
+    async def measure() -> dict[str, int]:
+        ids = []
+        for _ in range(4):
+            body = {"queue_id": queue["id"], "type_definition_id": order["id"]}
+            ids.append(ok(await http.post("/v1/tickets", json=body, headers=h), 201)["id"])
+        changes = {
+            "update": http.patch(f"/v1/tickets/{ids[1]}", json={"custom_data": {"table": 4}}, headers=h),
+            "assign": http.post(
+                f"/v1/tickets/{ids[1]}/assign", json={"employee_id": employee["id"]}, headers=h
+            ),
+            "unassign": http.post(f"/v1/tickets/{ids[1]}/unassign", headers=h),
+            "reorder": http.post(f"/v1/tickets/{ids[3]}/reorder", json={"position": 1}, headers=h),
+            "forward": http.post(
+                f"/v1/tickets/{ids[2]}/forward", json={"target_queue_id": other["id"]}, headers=h
+            ),
+            # Last: a cancel is the ticket's first departure from the line, which drops the line's shared
+            # pace, so the next change in this queue reads it again (two round trips).
+            "cancel": http.delete(f"/v1/tickets/{ids[0]}", headers=h),
+        }
+        seen = {}
+        for name, request in changes.items():
+            seen[name], response = await count(counter, request)
+            ok(response, 200)
+        return seen
+
+    await measure()  # warm up: key, tenant and both lines' pace cached
+    seen = await measure()
+    assert seen == OTHER_CHANGES_BUDGET
+
+
 async def plan(db: asyncpg.Connection, sql: str, *args: Any) -> str:
     await db.execute("SET enable_seqscan = off")  # small test tables: ask which index the planner can use
     try:

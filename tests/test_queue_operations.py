@@ -217,6 +217,101 @@ async def test_reorder_is_recorded_in_the_event_log(
     assert data["reason"] == "VIP"
 
 
+async def test_events_written_inside_the_changes_statement_carry_the_whole_payload(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """Update, reorder, forward, assign and unassign write their event in the change's own statement (built
+    by PostgreSQL): each event has the summary every ticket event carries, its own fields, the ticket's queue
+    after the change, and exactly one row."""
+    t, queue_id, _, ids = await coffee(client, api, tickets=4)
+    pickup = await t.queue("Pickup", ticket_prefix="P")
+    ana = ok(
+        await client.post(
+            "/v1/employees", json={"fname": "Ana", "lname": "Lopez", "email": "ana@example.com"}, headers=t.h
+        ),
+        201,
+    )
+
+    async def only_event(ticket_id: str, event_type: str) -> tuple[str, dict[str, Any]]:
+        rows = await db.fetch(
+            "SELECT queue_id, data FROM events WHERE ticket_id = $1 AND type = $2",
+            uuid.UUID(ticket_id),
+            event_type,
+        )
+        assert len(rows) == 1, (event_type, rows)
+        return str(rows[0]["queue_id"]), json.loads(rows[0]["data"])
+
+    def summary(ticket: dict[str, Any]) -> dict[str, Any]:
+        keys = ("display_code", "number", "current_state", "state_category", "type_definition_id", "version")
+        return {key: ticket[key] for key in keys}
+
+    updated = ok(
+        await client.patch(f"/v1/tickets/{ids[0]}", json={"ttl_minutes": 90, "custom_data": {}}, headers=t.h)
+    )
+    assert await only_event(ids[0], "ticket.updated") == (
+        queue_id,
+        {**summary(updated), "changed": ["custom_data", "ttl_minutes"]},
+    )
+
+    # Down the line: the ticket's old place (1st) is before its new one, and must not count itself.
+    moved = ok(await reorder(client, t, ids[0], position=3, reason="late"))
+    assert (moved["previous_position"], moved["position"]) == (1, 3)
+    assert await only_event(ids[0], "ticket.reordered") == (
+        queue_id,
+        {**summary(moved), "previous_position": 1, "position": 3, "reason": "late"},
+    )
+
+    sent = ok(await forward(client, t, ids[1], target_queue_id=pickup["id"]))
+    assert sent["position"] == 1
+    assert await only_event(ids[1], "ticket.forwarded") == (
+        pickup["id"],
+        {
+            **summary(sent),
+            "previous_queue_id": queue_id,
+            "queue_id": pickup["id"],
+            "position": 1,
+            "reason": None,
+        },
+    )
+    await t.move(ids[2], "start_preparation")  # out of the line: no position
+    served = ok(await forward(client, t, ids[2], target_queue_id=pickup["id"], reason="desk 2"))
+    assert served["position"] is None
+    assert await only_event(ids[2], "ticket.forwarded") == (
+        pickup["id"],
+        {
+            **summary(served),
+            "previous_queue_id": queue_id,
+            "queue_id": pickup["id"],
+            "position": None,
+            "reason": "desk 2",
+        },
+    )
+
+    assigned = ok(
+        await client.post(f"/v1/tickets/{ids[3]}/assign", json={"employee_id": ana["id"]}, headers=t.h)
+    )
+    assert await only_event(ids[3], "ticket.assigned") == (
+        queue_id,
+        {**summary(assigned), "employee_id": ana["id"], "previous_employee_id": None},
+    )
+    unassigned = ok(await client.post(f"/v1/tickets/{ids[3]}/unassign", headers=t.h))
+    assert await only_event(ids[3], "ticket.unassigned") == (
+        queue_id,
+        {**summary(unassigned), "employee_id": None, "previous_employee_id": ana["id"]},
+    )
+    # A refused change writes no event.
+    before = await db.fetchval("SELECT count(*) FROM events WHERE ticket_id = $1", uuid.UUID(ids[3]))
+    assert_error(await reorder(client, t, ids[2], position=1), 400, "validation_error")
+    assert_error(
+        await client.post(
+            f"/v1/tickets/{ids[3]}/assign", json={"employee_id": str(uuid.uuid4())}, headers=t.h
+        ),
+        400,
+        "validation_error",
+    )
+    assert await db.fetchval("SELECT count(*) FROM events WHERE ticket_id = $1", uuid.UUID(ids[3])) == before
+
+
 async def test_concurrent_reorders_and_calls_keep_positions_gap_free(
     client: httpx.AsyncClient, api: Api
 ) -> None:

@@ -16,7 +16,6 @@ from virtualq.errors import (
     ValidationFailed,
     not_found,
 )
-from virtualq.events import repository as events
 from virtualq.fsm import Category, Machine
 from virtualq.kit.ids import new_id
 from virtualq.queues import repository as queues
@@ -31,7 +30,6 @@ from virtualq.tickets.service import (
     _machine_for,
     annotated,
     check_employee,
-    event_data,
     no_way,
 )
 
@@ -180,13 +178,9 @@ async def reorder(
     await line.lock_queue(conn, ctx.tenant_id, queue_id)
     previous = await line.waiting_position(conn, ctx.tenant_id, queue_id, locked["sort_key"])
     key = await _key_for(conn, ctx, queue_id, ticket_id, body.position)
-    row = await line.move(conn, ctx.tenant_id, ticket_id, queue_id, key)
-    position = await line.waiting_position(conn, ctx.tenant_id, queue_id, row["sort_key"])
-    data = event_data(row, previous_position=previous, position=position, reason=body.reason)
-    await events.record(
-        conn, ctx.tenant_id, "ticket.reordered", queue_id=queue_id, ticket_id=ticket_id, data=data
-    )
-    ticket = await annotated(conn, ctx, {**dict(row), "position": position})
+    extra = {"previous_position": previous, "reason": body.reason}
+    row = await line.move(conn, ctx.tenant_id, ticket_id, queue_id, key, "ticket.reordered", extra)
+    ticket = await annotated(conn, ctx, row)
     ticket["previous_position"] = previous
     return ticket
 
@@ -217,23 +211,13 @@ async def forward(
         )
     position = body.position if locked["state_category"] == Category.WAITING else None
     key = await _key_for(conn, ctx, target["id"], ticket_id, position)
-    row = await line.move(conn, ctx.tenant_id, ticket_id, target["id"], key)
-    new_position = (
-        await line.waiting_position(conn, ctx.tenant_id, target["id"], row["sort_key"])
-        if row["state_category"] == Category.WAITING
-        else None
-    )
-    data = event_data(
-        row,
-        previous_queue_id=str(locked["queue_id"]),
-        queue_id=str(target["id"]),
-        position=new_position,
-        reason=body.reason,
-    )
-    await events.record(
-        conn, ctx.tenant_id, "ticket.forwarded", queue_id=target["id"], ticket_id=ticket_id, data=data
-    )
-    ticket = await annotated(conn, ctx, {**dict(row), "position": new_position})
+    extra = {
+        "previous_queue_id": str(locked["queue_id"]),
+        "queue_id": str(target["id"]),
+        "reason": body.reason,
+    }
+    row = await line.move(conn, ctx.tenant_id, ticket_id, target["id"], key, "ticket.forwarded", extra)
+    ticket = await annotated(conn, ctx, row)
     ticket["previous_queue_id"] = locked["queue_id"]
     return ticket
 
@@ -245,15 +229,5 @@ async def assign(
     locked = await _locked(conn, ctx, ticket_id)
     if employee_id is not None:
         await check_employee(conn, ctx.tenant_id, employee_id)
-    row = await line.set_employee(conn, ctx.tenant_id, ticket_id, employee_id)
-    previous = locked["employee_id"]
-    event_type = "ticket.assigned" if employee_id is not None else "ticket.unassigned"
-    data = event_data(
-        row,
-        employee_id=str(employee_id) if employee_id else None,
-        previous_employee_id=str(previous) if previous else None,
-    )
-    await events.record(
-        conn, ctx.tenant_id, event_type, queue_id=row["queue_id"], ticket_id=ticket_id, data=data
-    )
+    row = await line.set_employee(conn, ctx.tenant_id, ticket_id, employee_id, locked["employee_id"])
     return await annotated(conn, ctx, row)

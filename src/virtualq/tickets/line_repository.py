@@ -18,6 +18,7 @@ from virtualq.tickets.repository import (
     TICKET_COLUMNS,
     TIMESTAMP_ASSIGNMENTS,
     state_change_events,
+    ticket_event,
 )
 
 
@@ -171,33 +172,63 @@ async def move(
     ticket_id: uuid.UUID,
     queue_id: uuid.UUID,
     sort_key: Decimal | None,
+    event_type: str,
+    event_extra: dict[str, Any],
 ) -> Record:
-    """Put the ticket in `queue_id` at `sort_key` (None: the end of the line)."""
-    return await fetch_returning(
+    """Put the ticket in `queue_id` at `sort_key` (None: the end of the line) and write its event
+    (`event_extra` and the new `position` on top of the summary) in one statement. The result carries the
+    ticket's new position among the waiting: the statement sees the line as it was before the move, so the
+    count leaves out the ticket's own old row."""
+    row = await fetch_returning(
         conn,
         f"""WITH t AS (
                 UPDATE tickets
                    SET queue_id = $3, sort_key = coalesce($4::numeric, nextval('ticket_sort_key_seq')),
                        version = version + 1, updated_at = now()
-                 WHERE tenant_id = $1 AND id = $2 RETURNING *)
-            SELECT {TICKET_COLUMNS}, t.sort_key FROM t""",
+                 WHERE tenant_id = $1 AND id = $2 RETURNING *
+            ), p AS (
+                SELECT t.*, CASE WHEN t.state_category = 'waiting' THEN
+                    (SELECT count(*) + 1 FROM tickets w
+                      WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
+                        AND w.state_category = 'waiting' AND w.sort_key < t.sort_key AND w.id <> t.id)
+                    END AS position
+                  FROM t
+            ), {ticket_event("$5::text", "jsonb_build_object('position', position) || $6::jsonb", "p")}
+            SELECT {TICKET_COLUMNS}, t.sort_key, t.position FROM p t""",
         tenant_id,
         ticket_id,
         queue_id,
         sort_key,
+        event_type,
+        event_extra,
     )
+    EVENTS_WRITTEN.set(True)
+    return row
 
 
 async def set_employee(
-    conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID, employee_id: uuid.UUID | None
+    conn: Connection,
+    tenant_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    employee_id: uuid.UUID | None,
+    previous_employee_id: uuid.UUID | None,
 ) -> Record:
-    """Assign, or with None unassign."""
-    return await fetch_returning(
+    """Assign, or with None unassign, and write ticket.assigned or ticket.unassigned in one statement."""
+    row = await fetch_returning(
         conn,
         f"""WITH t AS (UPDATE tickets SET employee_id = $3, version = version + 1, updated_at = now()
-                        WHERE tenant_id = $1 AND id = $2 RETURNING *)
+                        WHERE tenant_id = $1 AND id = $2 RETURNING *),
+                 {
+            ticket_event(
+                "CASE WHEN $3::uuid IS NULL THEN 'ticket.unassigned' ELSE 'ticket.assigned' END",
+                "jsonb_build_object('employee_id', $3::uuid, 'previous_employee_id', $4::uuid)",
+            )
+        }
             SELECT {TICKET_COLUMNS}, {POSITION} FROM t""",
         tenant_id,
         ticket_id,
         employee_id,
+        previous_employee_id,
     )
+    EVENTS_WRITTEN.set(True)
+    return row

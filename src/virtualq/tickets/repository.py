@@ -38,6 +38,16 @@ EVENT_SUMMARY = """'display_code', display_code, 'number', number, 'current_stat
     'state_category', state_category, 'type_definition_id', type_definition_id, 'version', version"""
 
 
+def ticket_event(event_type: str, extra: str, source: str = "t") -> str:
+    """CTE `e` following a CTE `source` of one changed ticket: its event of `event_type`, the summary merged
+    with `extra` (SQL expressions: a text and a jsonb object whose keys win, as service.event_data's do)."""
+    return f"""e AS (
+        INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
+        SELECT tenant_id, {event_type}, queue_id, id, jsonb_build_object({EVENT_SUMMARY}) || {extra}
+          FROM {source}
+    )"""
+
+
 # One new ticket, as insert_tickets reads it from its JSON array: `n` orders the list (1, 2, ...); the
 # booleans are the init state's effects (tickets/rules.Effects); `pace` is the line's minutes per ticket.
 NEW_TICKET_COLUMNS = """n int, id uuid, history_id uuid, type_definition_id uuid, current_state text,
@@ -280,8 +290,9 @@ async def apply_transition(
 async def update_ticket(
     conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID, changes: dict[str, Any]
 ) -> Record:
+    """Apply `changes` and write the ticket.updated event (naming the changed fields) in one statement."""
     assignments = ["version = version + 1", "updated_at = now()"]
-    args: list[Any] = [tenant_id, ticket_id]
+    args: list[Any] = [tenant_id, ticket_id, {"changed": sorted(changes)}]
     for column in ("custom_data", "estimated_wait_minutes"):
         if column in changes:
             args.append(changes[column])
@@ -290,13 +301,16 @@ async def update_ticket(
         args.append(changes["ttl_minutes"])
         assignments.append(f"ttl_minutes = ${len(args)}")
         assignments.append(f"expires_at = created_at + make_interval(mins => ${len(args)})")
-    return await fetch_returning(
+    row = await fetch_returning(
         conn,
         f"""WITH t AS (UPDATE tickets SET {", ".join(assignments)}
-                        WHERE tenant_id = $1 AND id = $2 RETURNING *)
+                        WHERE tenant_id = $1 AND id = $2 RETURNING *),
+                 {ticket_event("'ticket.updated'", "$3::jsonb")}
             SELECT {TICKET_COLUMNS}, {POSITION} FROM t""",
         *args,
     )
+    EVENTS_WRITTEN.set(True)
+    return row
 
 
 def _filters(tenant_id: uuid.UUID, filters: dict[str, Any]) -> Where:

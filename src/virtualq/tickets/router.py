@@ -162,11 +162,10 @@ async def update_ticket(
     "/v1/tickets/{ticket_id}", response_model=TransitionedTicket, responses=TICKET_TRANSITION_ERRORS
 )
 async def cancel_ticket(
-    ticket_id: uuid.UUID, response: Response, ctx: TenantStaff, conn: WriteConn, if_match: IfMatch = None
+    ticket_id: uuid.UUID, response: Response, ctx: TenantStaff, conn: StatementConn, if_match: IfMatch = None
 ) -> Any:
     """Cancel: apply the transition into a cancelled-category state; the ticket stays readable."""
-    await check_if_match(conn, ctx, ticket_id, if_match)
-    return tag(response, await service.cancel_ticket(conn, ctx, ticket_id))
+    return tag(response, await service.cancel_ticket(conn, ctx, ticket_id, if_match))
 
 
 @router.post(

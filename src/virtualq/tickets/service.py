@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -17,7 +18,6 @@ from virtualq.errors import (
     ValidationFailed,
     not_found,
 )
-from virtualq.events import repository as events
 from virtualq.fsm import Category, Machine, TransitionRejected
 from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
@@ -225,11 +225,40 @@ async def transition_ticket(
     request: TransitionRequest,
     if_match: str | None = None,
 ) -> dict[str, Any]:
-    """Read the ticket (no lock), apply the transition to the state read, and write only if the ticket is
-    still at the version read — one statement; when another change came first, read again and retry.
-    Two round trips without a transaction (tickets/router uses StatementConn), and the row is locked only
-    for the instant of its update."""
+    """Apply a named transition (see _change)."""
     await check_employee(conn, ctx.tenant_id, request.employee_id)
+    return await _change(
+        conn, ctx, ticket_id, lambda _, __: request.transition, request.employee_id, request.notes, if_match
+    )
+
+
+async def cancel_ticket(
+    conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, if_match: str | None = None
+) -> dict[str, Any]:
+    """Apply the transition from the current state into a cancelled-category state (see _change)."""
+
+    def cancel(machine: Machine, state: str) -> str:
+        transition = machine.cancel_transition(state)
+        if transition is None:
+            raise no_way(machine, state, "to a cancelled state")
+        return transition
+
+    return await _change(conn, ctx, ticket_id, cancel, None, None, if_match)
+
+
+async def _change(
+    conn: Connection,
+    ctx: TenantContext,
+    ticket_id: uuid.UUID,
+    choose: Callable[[Machine, str], str],
+    employee_id: uuid.UUID | None,
+    notes: str | None,
+    if_match: str | None,
+) -> dict[str, Any]:
+    """Read the ticket (no lock), apply the transition `choose` picks for the state read, and write only if
+    the ticket is still at the version read — one statement; when another change came first, read again and
+    retry. Two round trips without a transaction (the routes use StatementConn), and the row is locked only
+    for the instant of its update."""
     for _ in range(CHANGE_ATTEMPTS):
         current = await repository.current_ticket(conn, ctx.tenant_id, ticket_id)
         if current is None:
@@ -238,13 +267,12 @@ async def transition_ticket(
         machine = await _machine_for(conn, current["type_definition_id"], current["type_version"])
         if machine is None:
             continue
+        transition = choose(machine, current["current_state"])
         try:
-            return await _apply(
-                conn, ctx, current, machine, request.transition, request.employee_id, request.notes
-            )
+            return await _apply(conn, ctx, current, machine, transition, employee_id, notes)
         except Superseded:
             continue
-    raise Conflict("the ticket kept changing while this transition was being applied; retry")
+    raise Conflict("the ticket kept changing while this change was being applied; retry")
 
 
 async def _apply(
@@ -308,15 +336,6 @@ def no_way(machine: Machine, state: str, where: str) -> InvalidTransition:
     )
 
 
-async def cancel_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> dict[str, Any]:
-    """Apply the transition from the current state into a cancelled-category state."""
-    locked, machine = await _locked_machine(conn, ctx, ticket_id)
-    transition = machine.cancel_transition(locked["current_state"])
-    if transition is None:
-        raise no_way(machine, locked["current_state"], "to a cancelled state")
-    return await _apply(conn, ctx, locked, machine, transition, None, None)
-
-
 async def update_ticket(
     conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, body: TicketUpdate
 ) -> dict[str, Any]:
@@ -335,14 +354,6 @@ async def update_ticket(
             changes["custom_data"],
         )
     row = await repository.update_ticket(conn, ctx.tenant_id, ticket_id, changes)
-    await events.record(
-        conn,
-        ctx.tenant_id,
-        "ticket.updated",
-        queue_id=row["queue_id"],
-        ticket_id=row["id"],
-        data=event_data(row, changed=sorted(changes)),
-    )
     return await annotated(conn, ctx, row)
 
 

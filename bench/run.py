@@ -208,7 +208,7 @@ def postgres_pids() -> list[int]:
     return pids
 
 
-def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU used in between by the processes alive at the end (those started in between count in full)."""
     return sum(end - before.get(pid, 0.0) for pid, end in after.items())
 
@@ -232,8 +232,8 @@ class Cpu:
             per_request = 1e6 / max(requests, 1)
             database_now = cpu_seconds(postgres_pids())
             return cls(
-                _spent(servers, cpu_seconds(family(server_pid))) * per_request,
-                _spent(databases, database_now) * per_request if database_now else float("nan"),
+                spent(servers, cpu_seconds(family(server_pid))) * per_request,
+                spent(databases, database_now) * per_request if database_now else float("nan"),
                 (time.process_time() - client) * per_request,
             )
 
@@ -388,6 +388,26 @@ def endpoints(setup: Setup) -> dict[str, Callable[[int, int], tuple[str, str, by
     }
 
 
+ENDPOINT_NAMES = (
+    "create_ticket",
+    "create_8_queues",
+    "transition",
+    "get_ticket",
+    "queue_tickets",
+    "monitor",
+    "call_next",
+)
+
+
+def selected_endpoints(parser: argparse.ArgumentParser, only: str) -> list[str]:
+    """The names given to --only (all when empty); a usage error for a name that is not an endpoint."""
+    names = [name for name in only.split(",") if name] or list(ENDPOINT_NAMES)
+    unknown = sorted(set(names) - set(ENDPOINT_NAMES))
+    if unknown:
+        parser.error(f"unknown endpoint(s) {', '.join(unknown)}; choose from {', '.join(ENDPOINT_NAMES)}")
+    return names
+
+
 # Endpoints that do not run at --concurrency: (clients, stop at this status, pgbench transactions per client).
 SPECIAL = {"call_next": (COUNTERS, 404, DRAIN_TICKETS // COUNTERS)}
 
@@ -487,6 +507,7 @@ def main() -> int:
         help="log every request as production does (LOG_LEVEL=info, ENV=production: JSON lines)",
     )
     args = parser.parse_args()
+    selected = selected_endpoints(parser, args.only)
     with database() as (dsn, conn_args):
         migrate.upgrade(dsn)
         port = free_port()
@@ -499,7 +520,6 @@ def main() -> int:
             setup = asyncio.run(prepare(f"http://127.0.0.1:{port}", dsn))
             idle_rss = rss_mb(process.pid)
             headers = {"Authorization": f"Bearer {setup.key}"}
-            selected = [name for name in args.only.split(",") if name] or list(endpoints(setup))
             rows = []
             for name in selected:
                 factory = endpoints(setup)[name]

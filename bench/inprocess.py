@@ -1,0 +1,199 @@
+"""The application's own CPU per request: the ASGI app driven directly, with no HTTP server and no socket,
+against a real PostgreSQL.
+
+    .venv/bin/python bench/inprocess.py [--only get_ticket,transition] [--requests 20000] [--concurrency 16]
+    .venv/bin/python bench/inprocess.py --only transition --profile [--top 40]
+
+bench/run.py measures the whole served request, shared with PostgreSQL and the load generator on the same
+cores. This script answers the narrower question behind its "srv µs" column: how much of it is the
+application (middleware, routing, auth, validation, the asyncpg calls, the answer) and, with `--profile`,
+which functions (cProfile, sorted by their own time; it roughly doubles every cost, so read it for shares,
+not for absolute figures). The requests are bench/run.py's, on the same kind of database; a real server is
+started only to set that data up. Uses an embedded PostgreSQL unless BENCH_DATABASE_URL is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import (  # noqa: E402
+    ADMIN_KEY,
+    SPECIAL,
+    Setup,
+    cpu_seconds,
+    database,
+    endpoints,
+    free_port,
+    postgres_pids,
+    prepare,
+    selected_endpoints,
+    server,
+    spent,
+)
+from virtualq import migrate  # noqa: E402
+
+Asgi = Any  # the application: an ASGI callable
+
+
+class Driver:
+    """Sends requests straight into the ASGI app: one scope, one body message, the answer's status."""
+
+    def __init__(self, app: Asgi, key: str) -> None:
+        self.app = app
+        # Requests each (endpoint, task) has sent so far, across runs: bench/run.py's transitions alternate
+        # serve and requeue by this count, so a second run must go on from where the first one stopped.
+        self.sent: dict[tuple[str, int], int] = {}
+        self.headers = [
+            (b"host", b"bench"),
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"user-agent", b"bench-inprocess"),
+        ]
+
+    async def request(self, method: str, target: str, body: bytes | None) -> int:
+        path, _, query = target.partition("?")
+        headers = list(self.headers)
+        if body is not None:
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8080),
+        }
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body or b"", "more_body": False}
+            await asyncio.Event().wait()  # the client stays until it has its answer
+            return {"type": "http.disconnect"}
+
+        status = 0
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await self.app(scope, receive, send)
+        return status
+
+
+async def drive(driver: Driver, setup: Setup, name: str, requests: int, concurrency: int) -> dict[str, Any]:
+    """`requests` requests of endpoint `name` from `concurrency` tasks; CPU of this process and PostgreSQL."""
+    make = endpoints(setup)[name]
+    clients, stop_status, _ = SPECIAL.get(name, (concurrency, None, None))
+    remaining = iter(range(requests))
+    statuses: dict[int, int] = {}
+    done = 0
+
+    async def worker(index: int) -> None:
+        nonlocal done
+        while next(remaining, None) is not None:
+            n = driver.sent.get((name, index), 0)
+            driver.sent[name, index] = n + 1
+            status = await driver.request(*make(index, n))
+            if status == stop_status:
+                return
+            statuses[status] = statuses.get(status, 0) + 1
+            done += 1
+
+    databases = cpu_seconds(postgres_pids())
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(index) for index in range(clients)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    database_cpu = spent(databases, cpu_seconds(postgres_pids()))
+    per_request = 1e6 / max(done, 1)
+    return {
+        "name": name,
+        "requests": done,
+        "rate": done / wall if wall else 0.0,
+        "app_us": cpu * per_request,
+        "pg_us": database_cpu * per_request if databases else float("nan"),
+        "statuses": dict(sorted(statuses.items())),
+    }
+
+
+async def measure(setup: Setup, dsn: str, args: argparse.Namespace) -> None:
+    os.environ.update(
+        {
+            "DATABASE_URL": dsn,
+            "ADMIN_API_KEY": ADMIN_KEY,
+            "LOG_LEVEL": "warning",
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "DB_POOL_MAX_SIZE": "20",
+            "AUTO_MIGRATE": "false",
+        }
+    )
+    from virtualq.cli import create_app_from_env
+
+    app = create_app_from_env()
+    driver = Driver(app, setup.key)
+    names = args.names
+    async with app.router.lifespan_context(app):
+        for name in names:  # warm up: caches, prepared statements, compiled types
+            await drive(driver, setup, name, min(2000, args.requests), args.concurrency)
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            result = await drive(driver, setup, names[0], args.requests, args.concurrency)
+            profiler.disable()
+            print(f"{result['name']}: {result['requests']} requests under cProfile {result['statuses']}")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+            return
+        print(f"in process, no HTTP: {args.concurrency} tasks, {args.requests} requests per endpoint")
+        print(f"{'endpoint':<16}{'req/s':>9}{'app µs':>9}{'pg µs':>9}  statuses")
+        for name in names:
+            result = await drive(driver, setup, name, args.requests, args.concurrency)
+            print(
+                f"{name:<16}{result['rate']:>9.0f}{result['app_us']:>9.0f}{result['pg_us']:>9.0f}"
+                f"  {result['statuses']}"
+            )
+        print("app µs: CPU of this process per request (the application alone); pg µs: PostgreSQL's")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default="get_ticket,transition,create_ticket", help="endpoint names")
+    parser.add_argument("--requests", type=int, default=20000, help="per endpoint")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent tasks (call_next: 8)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the first endpoint named")
+    parser.add_argument("--top", type=int, default=40, help="functions printed with --profile")
+    args = parser.parse_args()
+    args.names = selected_endpoints(parser, args.only)
+    with database() as (dsn, _):
+        migrate.upgrade(dsn)
+        port = free_port()
+        with server(dsn, port, 1):
+            setup = asyncio.run(prepare(f"http://127.0.0.1:{port}", dsn))
+        uvloop.run(measure(setup, dsn, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -121,3 +121,27 @@ async def test_two_writers_with_the_same_etag_one_wins(
         stored = ok(await client.get(path, headers=t.h))
         assert stored["custom_data"] == winner["custom_data"]
         assert stored["version"] == 2
+
+
+async def test_two_cancels_with_the_same_etag_one_wins(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, db: asyncpg.Connection
+) -> None:
+    """Cancel reads without a lock and writes only if the version is unchanged: the losers read again and
+    find the version moved on (412), never cancel twice."""
+    t, queue, order = await coffee(client, api)
+    for round_ in range(5):
+        ticket = await t.ticket(queue, order)
+        path = f"/v1/tickets/{ticket['id']}"
+        async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
+            answers: list[Any] = await asyncio.gather(
+                *(http.delete(path, headers=if_match(t.h, '"1"')) for _ in range(8))
+            )
+        statuses = sorted(response.status_code for response in answers)
+        assert statuses == [200] + [412] * 7, (round_, [r.text for r in answers])
+        stored = ok(await client.get(path, headers=t.h))
+        assert (stored["state_category"], stored["version"]) == ("cancelled", 2)
+        history = await db.fetchval(
+            "SELECT count(*) FROM ticket_history WHERE ticket_id = $1 AND new_state = 'cancelled'",
+            uuid.UUID(ticket["id"]),
+        )
+        assert history == 1

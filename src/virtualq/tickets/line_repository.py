@@ -206,6 +206,13 @@ async def move(
     return row
 
 
+# ticket.assigned or ticket.unassigned ($3: the new employee or NULL; $4: the previous one).
+ASSIGNMENT_EVENT = ticket_event(
+    "CASE WHEN $3::uuid IS NULL THEN 'ticket.unassigned' ELSE 'ticket.assigned' END",
+    "jsonb_build_object('employee_id', $3::uuid, 'previous_employee_id', $4::uuid)",
+)
+
+
 async def set_employee(
     conn: Connection,
     tenant_id: uuid.UUID,
@@ -218,12 +225,7 @@ async def set_employee(
         conn,
         f"""WITH t AS (UPDATE tickets SET employee_id = $3, version = version + 1, updated_at = now()
                         WHERE tenant_id = $1 AND id = $2 RETURNING *),
-                 {
-            ticket_event(
-                "CASE WHEN $3::uuid IS NULL THEN 'ticket.unassigned' ELSE 'ticket.assigned' END",
-                "jsonb_build_object('employee_id', $3::uuid, 'previous_employee_id', $4::uuid)",
-            )
-        }
+                 {ASSIGNMENT_EVENT}
             SELECT {TICKET_COLUMNS}, {POSITION} FROM t""",
         tenant_id,
         ticket_id,

@@ -3,6 +3,7 @@ number of tickets it returns. Also EXPLAIN checks that the main queries use thei
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from tests.conftest import make_settings
 from tests.helpers import Api, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
 from virtualq.app import create_app
+from virtualq.tickets.repository import POSITION, TICKET_COLUMNS
 
 
 class Counter:
@@ -223,6 +225,70 @@ async def test_main_queries_use_their_indexes(db: asyncpg.Connection) -> None:
         assert "Index" in shown, (index, shown)
         if index.endswith("_idx"):  # among equally good indexes an empty table's planner may pick another
             assert index in shown or "tickets_" in shown, (index, shown)
+
+
+async def _blocks_and_position(db: asyncpg.Connection, scope: str, ticket_id: uuid.UUID) -> tuple[int, Any]:
+    """The buffers the get-ticket statement touches, as the server runs it, and the position it answers."""
+    sql = f"SELECT {TICKET_COLUMNS}, {POSITION} FROM tickets t WHERE t.id = $1"
+    async with db.transaction():
+        await db.execute("SET LOCAL ROLE virtualq_app")
+        await db.execute("SELECT set_config('virtualq.tenant_id', $1, true)", scope)
+        await db.fetchrow(sql, ticket_id)  # plans the function's count (catalog reads) once per session
+        shown = await db.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", ticket_id)
+        row = await db.fetchrow(sql, ticket_id)
+    top = json.loads(shown)[0]["Plan"]
+    return top["Shared Hit Blocks"] + top["Shared Read Blocks"], row["position"] if row else "no row"
+
+
+async def test_a_position_reads_the_line_up_to_the_ticket_only(
+    db: asyncpg.Connection, client: httpx.AsyncClient, api: Api
+) -> None:
+    """Migration 0013: under row security the count of the tickets ahead could not bound its index scan by
+    the sort key (numeric comparison is not leakproof) and read the whole line from the heap, so every
+    position cost O(line length). tickets_waiting_ahead() counts through the index: the head of a line of
+    3,000 touches a handful of buffers. The count is the same for the tenant, and nothing for another."""
+    t = await Tenant.create(client, api)
+    kind = await t.type("toggle", TOGGLE_FSM)
+    queue = await t.queue("Long line")
+    h = auth(t.world.tenant_admin)
+    body = {"queue_id": queue["id"], "type_definition_id": kind["id"]}
+    head = uuid.UUID(ok(await client.post("/v1/tickets", json=body, headers=h), 201)["id"])
+    await db.execute(
+        """INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
+                                display_code, local_date, current_state, state_category)
+           SELECT tenant_id, gen_random_uuid(), queue_id, queue_id, type_definition_id, number + g,
+                  display_code, local_date, current_state, state_category
+             FROM tickets, generate_series(1, 3000) g WHERE id = $1""",
+        head,
+    )
+    await db.execute("ANALYZE tickets")
+    last = await db.fetchval(
+        "SELECT id FROM tickets WHERE queue_id = $1 ORDER BY sort_key DESC LIMIT 1", uuid.UUID(queue["id"])
+    )
+    head_blocks, head_position = await _blocks_and_position(db, t.id, head)
+    last_blocks, last_position = await _blocks_and_position(db, t.id, last)
+    assert (head_position, last_position) == (1, 3001)
+    assert head_blocks < 20, head_blocks  # the whole line is ~20 index and ~60 heap pages
+    assert last_blocks > head_blocks
+    # The system scope (background work, the customer's page) counts too; another tenant sees no ticket,
+    # and asking the function directly about this tenant's line answers nothing.
+    assert (await _blocks_and_position(db, "system", last))[1] == 3001
+    other = await Tenant.create(client, api)
+    assert (await _blocks_and_position(db, other.id, last))[1] == "no row"
+    async with db.transaction():
+        await db.execute("SET LOCAL ROLE virtualq_app")
+        await db.execute("SELECT set_config('virtualq.tenant_id', $1, true)", other.id)
+        asked = await db.fetchval(
+            "SELECT tickets_waiting_ahead($1, $2, 1e30)", uuid.UUID(t.id), uuid.UUID(queue["id"])
+        )
+        assert asked is None
+    granted = await db.fetch(
+        """SELECT coalesce(r.rolname, 'PUBLIC') AS grantee FROM pg_proc p, aclexplode(p.proacl) a
+             LEFT JOIN pg_roles r ON r.oid = a.grantee
+            WHERE p.proname = 'tickets_waiting_ahead' AND a.privilege_type = 'EXECUTE'"""
+    )
+    assert "PUBLIC" not in {row["grantee"] for row in granted}
+    assert "virtualq_app" in {row["grantee"] for row in granted}
 
 
 TOGGLE_FSM: dict[str, Any] = {

@@ -10,8 +10,7 @@ SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_
        t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
        t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page,
        CASE WHEN t.state_category = 'waiting' THEN
-         (SELECT count(*) + 1 FROM tickets w WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
-             AND w.state_category = 'waiting' AND w.sort_key < t.sort_key) END AS position
+         tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position
   FROM tickets t
  WHERE t.tenant_id = :tenant_id
    AND t.id = (SELECT ticket_id FROM bench_line WHERE n = :n);

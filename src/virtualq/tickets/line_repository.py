@@ -123,8 +123,7 @@ async def lock_queue(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID
 
 async def waiting_position(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, sort_key: Any) -> int:
     position: int = await conn.fetchval(
-        """SELECT count(*) + 1 FROM tickets
-            WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting' AND sort_key < $3""",
+        "SELECT tickets_waiting_ahead($1, $2, $3) + 1",
         tenant_id,
         queue_id,
         sort_key,
@@ -188,10 +187,7 @@ async def move(
                  WHERE tenant_id = $1 AND id = $2 RETURNING *
             ), p AS (
                 SELECT t.*, CASE WHEN t.state_category = 'waiting' THEN
-                    (SELECT count(*) + 1 FROM tickets w
-                      WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
-                        AND w.state_category = 'waiting' AND w.sort_key < t.sort_key AND w.id <> t.id)
-                    END AS position
+                    tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key, t.id) + 1 END AS position
                   FROM t
             ), {ticket_event("$5::text", "jsonb_build_object('position', position) || $6::jsonb", "p")}
             SELECT {TICKET_COLUMNS}, t.sort_key, t.position FROM p t""",

@@ -26,11 +26,9 @@ CURRENT_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.t
 LOCKED_COLUMNS = f"{CURRENT_COLUMNS}, td.fsm_schema, td.custom_fields_schema"
 
 # The 1-based rank among the queue's waiting tickets (uses tickets_waiting_line_idx).
+# One more than the waiting tickets ahead, counted through the line's index (migration 0013).
 POSITION = """CASE WHEN t.state_category = 'waiting' THEN
-    (SELECT count(*) + 1 FROM tickets w
-      WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
-        AND w.state_category = 'waiting' AND w.sort_key < t.sort_key)
-    END AS position"""
+    tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position"""
 
 # The display-safe summary every ticket event carries (service.event_data builds the same in Python), as
 # jsonb_build_object arguments over a row with the ticket's columns.

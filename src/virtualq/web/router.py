@@ -92,8 +92,7 @@ SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.display_code, t.cu
        t.estimated_wait_minutes, t.public_token, t.updated_at, q.name AS queue_name, q.show_wait_time,
        q.wait_estimation_method, q.manual_wait_minutes, q.id AS q_id,
        CASE WHEN t.state_category = 'waiting' THEN
-         (SELECT count(*) + 1 FROM tickets w WHERE w.tenant_id = t.tenant_id AND w.queue_id = t.queue_id
-             AND w.state_category = 'waiting' AND w.sort_key < t.sort_key) END AS position
+         tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position
   FROM tickets t JOIN queues q ON q.tenant_id = t.tenant_id AND q.id = t.queue_id
  WHERE t.id = $1
 """

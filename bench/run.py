@@ -430,6 +430,7 @@ def pgbench_ceiling(
         "line_queue": setup.line_queue,
         "create_queue": setup.create_queue,
         "drain_queue": setup.sql_drain_queue,
+        "version": "0",  # transition.sql reads its ticket while it has no version from its last update
     }
     args = [
         str(pgbench),

@@ -31,6 +31,7 @@ from virtualq.tickets.service import (
     annotated,
     check_employee,
     no_way,
+    remember_written,
 )
 
 # Call next never cancels by default: it prefers service, then ready, then done (docs/decisions.md).
@@ -103,6 +104,7 @@ async def call_next(
         if row["candidate_id"] is None:
             raise QueueEmpty("nobody is waiting in this queue", {"queue_id": str(queue_id)})
         if row["id"] is not None:
+            remember_written(conn, ctx.tenant_id, row, row["candidate_type_version"])
             if tickets.first_departure(row):
                 forget_queue(ctx.tenant_id, queue_id)  # a departure changes the line's pace
             called = {name: value for name, value in row.items() if name not in line.CALL_FACTS}

@@ -206,6 +206,65 @@ class Superseded(Exception):
     """Another change reached the ticket (or its type) between reading it and writing."""
 
 
+# What this process last committed per ticket: (tenant, ticket) -> (version, state, category, type, type
+# version). A change starts from it instead of reading the ticket when it has it; the write happens only if
+# the ticket is still at that version, so an entry another process (or the sweeper) made stale costs a
+# missed write and then the read, never a wrong change: versions only grow, every change of the state
+# raises it, and only committed writes are remembered. Bounded; the oldest entries go first.
+LAST_WRITTEN_MAX = 10_000
+_last_written: dict[tuple[uuid.UUID, uuid.UUID], tuple[int, str, str, uuid.UUID, int]] = {}
+
+
+def remember_written(conn: Connection, tenant_id: uuid.UUID, row: Any, type_version: int) -> None:
+    """Remember a ticket as a change left it, once that change has committed (autocommit only: a transaction
+    could still roll back, and a version remembered from it could later name another state)."""
+    if conn.is_in_transaction():
+        return
+    key = (tenant_id, row["id"])
+    _last_written.pop(key, None)
+    if len(_last_written) >= LAST_WRITTEN_MAX:
+        del _last_written[next(iter(_last_written))]
+    _last_written[key] = (
+        row["version"],
+        row["current_state"],
+        row["state_category"],
+        row["type_definition_id"],
+        type_version,
+    )
+
+
+async def _change_as_last_written(
+    conn: Connection,
+    ctx: TenantContext,
+    ticket_id: uuid.UUID,
+    choose: Callable[[Machine, str], str],
+    employee_id: uuid.UUID | None,
+    notes: str | None,
+) -> dict[str, Any] | None:
+    """The change applied to the ticket as this process last wrote it, in one statement; None when this
+    process has not written it, or it changed since, or the change would be refused from that state (the
+    caller then reads the ticket: a refusal must come from what is stored, not from what was remembered)."""
+    entry = _last_written.pop((ctx.tenant_id, ticket_id), None)
+    if entry is None:
+        return None
+    version, state, category, type_id, type_version = entry
+    found = cached(type_id, type_version)
+    machine = found.machine if found is not None else None
+    if machine is None:
+        return None
+    current = {
+        "id": ticket_id,
+        "current_state": state,
+        "state_category": category,
+        "version": version,
+        "type_version": type_version,
+    }
+    try:
+        return await _apply(conn, ctx, current, machine, choose(machine, state), employee_id, notes)
+    except (Superseded, InvalidTransition):
+        return None
+
+
 async def _machine_for(conn: Connection, type_id: uuid.UUID, version: int) -> Machine | None:
     """The state machine of a ticket type at `version` (None: the type has changed since; read again)."""
     found = cached(type_id, version)
@@ -259,6 +318,10 @@ async def _change(
     the ticket is still at the version read — one statement; when another change came first, read again and
     retry. Two round trips without a transaction (the routes use StatementConn), and the row is locked only
     for the instant of its update."""
+    if if_match is None:
+        changed = await _change_as_last_written(conn, ctx, ticket_id, choose, employee_id, notes)
+        if changed is not None:
+            return changed
     for _ in range(CHANGE_ATTEMPTS):
         current = await repository.current_ticket(conn, ctx.tenant_id, ticket_id)
         if current is None:
@@ -278,7 +341,7 @@ async def _change(
 async def _apply(
     conn: Connection,
     ctx: TenantContext,
-    locked: Record,
+    locked: Record | dict[str, Any],
     machine: Machine,
     transition: str,
     employee_id: uuid.UUID | None,
@@ -317,6 +380,7 @@ async def _apply(
     )
     if row is None:
         raise Superseded
+    remember_written(conn, ctx.tenant_id, row, locked["type_version"])
     if conn.is_in_transaction():
         return await annotated(conn, ctx, row)
     # Without a transaction the change has committed already: an estimate that cannot be computed now must

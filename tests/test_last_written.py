@@ -15,7 +15,8 @@ import httpx
 
 from tests.helpers import Api, assert_error
 from tests.test_ticket_flows import coffee, ok
-from virtualq.tickets import service
+from virtualq.tickets import line, service
+from virtualq.type_definitions import compiled as compiled_types
 
 
 async def _behind_the_back(db: asyncpg.Connection, ticket_id: str, state: str, category: str) -> None:
@@ -152,3 +153,22 @@ async def test_call_next_remembers_the_ticket_it_called(
     called = ok(await client.post(f"/v1/queues/{queue}/call-next", json={}, headers=t.h))
     assert called["id"] == ticket["id"]
     assert _remembered(t.id, ticket["id"])[:3] == (called["version"], called["current_state"], "in_service")
+
+
+async def test_a_new_database_connection_forgets_what_versions_named(
+    client: httpx.AsyncClient, api: Api, app: Any
+) -> None:
+    """After a failover to a replica that lost the last commits, or a restore, a version can be written again
+    with other content; every connection is new then. Opening one forgets the remembered tickets, the
+    call-next plans and the compiled types (app.forget_versions)."""
+    t, queue, order = await coffee(client, api)
+    tickets = [await t.ticket(queue, order) for _ in range(2)]
+    called = ok(await client.post(f"/v1/queues/{queue}/call-next", json={}, headers=t.h))
+    assert _remembered(t.id, called["id"]) is not None
+    assert line._plans
+    assert compiled_types._cache
+    await app.state.pool.expire_connections()  # as a failover would: every connection replaced
+    ok(await client.get(f"/v1/tickets/{tickets[1]['id']}", headers=t.h))
+    assert _remembered(t.id, called["id"]) is None
+    assert not line._plans
+    assert not compiled_types._cache

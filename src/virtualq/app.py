@@ -33,8 +33,10 @@ from virtualq.logging import get_logger
 from virtualq.queues.feed_cache import FeedCache
 from virtualq.queues.router import router as queues_router
 from virtualq.tenants.router import router as tenants_router
+from virtualq.tickets import line, service
 from virtualq.tickets.batching import Batching
 from virtualq.tickets.router import router as tickets_router
+from virtualq.type_definitions import compiled as compiled_types
 from virtualq.type_definitions.router import router as type_definitions_router
 from virtualq.web.router import pages as web_pages
 from virtualq.web.router import public as public_router
@@ -55,6 +57,18 @@ Every error is `{"error", "message", "details", "request_id"}`.
 """
 
 
+def forget_versions() -> None:
+    """Forget what this process learnt by version: the tickets as its last writes left them, the call-next
+    plans and the compiled types. Each is trusted only while a version names one content, which a database
+    that lost its last commits (a failover to a lagging replica, a restore) breaks: the same version can be
+    written again with other content. Every connection is new then, so this runs whenever the request pool
+    opens one (also as it grows or replaces idle connections; a forgotten entry only costs a read). The
+    background work does not use these memories for its writes (the sweeper locks and reads)."""
+    service.forget_last_written()
+    line.forget_plans()
+    compiled_types.forget()
+
+
 def create_app(
     settings: Settings, dsn: str | None = None, query_logger: Callable[[Any], None] | None = None
 ) -> FastAPI:
@@ -65,7 +79,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings, database_dsn, query_logger)
+        app.state.pool = await create_pool(settings, database_dsn, query_logger, on_connect=forget_versions)
         # The background work that spans tenants (event hub, webhook worker, sweeper) has its own few
         # connections: it never waits behind requests, and the request pool's connections keep their
         # tenant scope instead of flipping to 'system' and back (a round trip each way).

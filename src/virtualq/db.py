@@ -82,12 +82,16 @@ async def create_pool(
     dsn: str,
     query_logger: Callable[[Any], None] | None = None,
     sizes: tuple[int, int] | None = None,
+    on_connect: Callable[[], None] | None = None,
 ) -> asyncpg.Pool:
     """`query_logger` sees every statement (tests count queries per request with it); `sizes` overrides
-    DB_POOL_MIN_SIZE / DB_POOL_MAX_SIZE."""
+    DB_POOL_MIN_SIZE / DB_POOL_MAX_SIZE; `on_connect` runs whenever the pool opens a connection, before
+    anything uses it."""
     min_size, max_size = sizes or (settings.db_pool_min_size, settings.db_pool_max_size)
 
     async def init(conn: Connection) -> None:
+        if on_connect is not None:
+            on_connect()
         await _init_connection(conn)
         # Act as the application role, which row-level security always applies to (migration 0008).
         await conn.execute(f"SET ROLE {APP_ROLE}")

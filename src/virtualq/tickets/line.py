@@ -76,6 +76,10 @@ CALL_ATTEMPTS = 10
 _plans: dict[tuple[uuid.UUID, uuid.UUID], CallPlan] = {}
 
 
+def forget_plans() -> None:
+    _plans.clear()
+
+
 async def call_next(
     conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, body: CallNextRequest
 ) -> dict[str, Any]:

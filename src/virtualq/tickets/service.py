@@ -215,6 +215,10 @@ LAST_WRITTEN_MAX = 10_000
 _last_written: dict[tuple[uuid.UUID, uuid.UUID], tuple[int, str, str, uuid.UUID, int]] = {}
 
 
+def forget_last_written() -> None:
+    _last_written.clear()
+
+
 def remember_written(conn: Connection, tenant_id: uuid.UUID, row: Any, type_version: int) -> None:
     """Remember a ticket as a change left it, once that change has committed (autocommit only: a transaction
     could still roll back, and a version remembered from it could later name another state)."""

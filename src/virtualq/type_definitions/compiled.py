@@ -98,6 +98,10 @@ def json_schema_problems(schema: Any) -> list[str]:
 _cache: OrderedDict[tuple[uuid.UUID, int], CompiledType] = OrderedDict()
 
 
+def forget() -> None:
+    _cache.clear()
+
+
 def cached(type_id: uuid.UUID, version: int) -> CompiledType | None:
     """The compiled type if this process has it already (then its schemas need not be read again)."""
     return _cache.get((type_id, version))

@@ -111,9 +111,11 @@ async def test_nothing_is_remembered_from_inside_a_transaction(
         "state_category": "ready",
         "type_definition_id": uuid.UUID(order),
     }
+    created = _remembered(t.id, ticket["id"])
+    assert created == (1, "received", "waiting", uuid.UUID(order), 1)  # the create's own write
     async with db.transaction():
         service.remember_written(db, uuid.UUID(t.id), row, 1)
-    assert _remembered(t.id, ticket["id"]) is None
+    assert _remembered(t.id, ticket["id"]) == created
     service.remember_written(db, uuid.UUID(t.id), row, 1)
     assert _remembered(t.id, ticket["id"]) == (99, "ready", "ready", uuid.UUID(order), 1)
     # Such a memory matches no stored version: the transition reads and is judged on what is stored.

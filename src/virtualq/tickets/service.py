@@ -147,6 +147,7 @@ async def create_ticket(
             "pace": pace,
         },
     )
+    remember_written(conn, ctx.tenant_id, row, compiled_type.version)
     ticket = dict(row)
     if category is Category.WAITING:
         if ticket["estimated_wait_minutes"] is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -211,8 +212,9 @@ class Superseded(Exception):
 # version). A change starts from it instead of reading the ticket when it has it; the write happens only if
 # the ticket is still at that version, so an entry another process (or the sweeper) made stale costs a
 # missed write and then the read, never a wrong change: versions only grow, every change of the state
-# raises it, and only committed writes are remembered. Bounded; the oldest entries go first.
-LAST_WRITTEN_MAX = 10_000
+# raises it, and only committed writes are remembered. Bounded (about 1.7 MB); the oldest entries go first,
+# which only costs their next change a read.
+LAST_WRITTEN_MAX = 4096
 _last_written: dict[tuple[uuid.UUID, uuid.UUID], tuple[int, str, str, uuid.UUID, int]] = {}
 
 
@@ -231,8 +233,8 @@ def remember_written(conn: Connection, tenant_id: uuid.UUID, row: Any, type_vers
         del _last_written[next(iter(_last_written))]
     _last_written[key] = (
         row["version"],
-        row["current_state"],
-        row["state_category"],
+        sys.intern(row["current_state"]),  # a type's few states, shared by every entry
+        sys.intern(row["state_category"]),
         row["type_definition_id"],
         type_version,
     )

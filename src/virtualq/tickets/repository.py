@@ -25,8 +25,8 @@ CURRENT_COLUMNS = """t.id, t.employee_id, t.current_state, t.state_category, t.t
 # What a change needs of the ticket it locks: the same, and the type's machine and schema.
 LOCKED_COLUMNS = f"{CURRENT_COLUMNS}, td.fsm_schema, td.custom_fields_schema"
 
-# The 1-based rank among the queue's waiting tickets (uses tickets_waiting_line_idx).
-# One more than the waiting tickets ahead, counted through the line's index (migration 0013).
+# The 1-based rank among the queue's waiting tickets: one more than the waiting tickets ahead, counted through
+# tickets_waiting_line_idx by a function that may use it under row security (migration 0013).
 POSITION = """CASE WHEN t.state_category = 'waiting' THEN
     tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position"""
 

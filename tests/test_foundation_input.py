@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from tests.helpers import Api, assert_error, auth
 from tests.test_ticket_flows import ok
+from virtualq.kit.middleware import request_ids
 
 MALFORMED = [b'{"name": ', b"[1, 2]", b"42", b'"text"', b"null", b"", b"\xff\xfe", b'{"name": "a",}']
 TOO_LONG = "x" * 101
@@ -353,3 +356,27 @@ async def test_request_ids_are_echoed_or_generated(client: httpx.AsyncClient, ap
         response = await client.get("/v1/accounts", headers={**h, "X-Request-ID": weird})
         assert response.headers["x-request-id"] != weird
         assert len(response.headers["x-request-id"]) <= 128
+
+
+async def test_generated_request_ids_are_distinct(client: httpx.AsyncClient, api: Api) -> None:
+    h = auth(api.admin_key)
+    ids = [(await client.get("/v1/accounts", headers=h)).headers["x-request-id"] for _ in range(20)]
+    assert len(set(ids)) == 20
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
+    assert {value[:16] for value in ids} == {request_ids.prefix}
+
+
+def test_a_forked_process_draws_its_own_request_ids() -> None:
+    # A worker forked from a process that already served requests must not repeat its ids.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write_end, request_ids.next().encode())
+        os._exit(0)
+    os.close(write_end)
+    child_id = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent_id = request_ids.next()
+    assert re.fullmatch(r"[0-9a-f]{32}", child_id)
+    assert child_id[:16] != parent_id[:16]

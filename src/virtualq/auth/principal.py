@@ -11,7 +11,7 @@ import structlog
 from fastapi import Depends, Header, Query, Request
 
 from virtualq.auth import keys, repository
-from virtualq.db import DB_SCOPE, acquire, after_commit, get_pool
+from virtualq.db import DB_SCOPE, Record, acquire, after_commit, get_pool, request_state
 from virtualq.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 from virtualq.kit.cache import MISSING, TtlCache
 from virtualq.kit.ratelimit import Policy
@@ -65,57 +65,82 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key")
 
 
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """What a usable key's row says, as authentication uses it: kept in the key cache instead of the row,
+    so that a cached key costs no Principal, enums or label to build again."""
+
+    principal: Principal
+    active: bool
+    label: str  # the key's id as text: the rate-limit bucket and the log's api_key_id
+    limits: tuple[int | None, int | None]
+
+
+_ADMIN_CALLER = _Caller(PLATFORM_ADMIN, True, "env-admin", (None, None))
+
+
+def _caller(row: Record) -> _Caller:
+    principal = Principal(
+        key_id=row["id"],
+        scope=Scope(row["scope"]),
+        role=Role(row["role"]),
+        account_id=row["account_id"],
+        tenant_id=row["tenant_id"],
+        employee_id=row["employee_id"],
+    )
+    limits = (row["rate_limit_per_minute"], row["rate_limit_burst"])
+    return _Caller(principal, row["owner_active"], str(row["id"]), limits)
+
+
 async def authenticate(request: Request) -> Principal:
     presented = presented_key(request.headers)
     if not presented:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
     settings = request.app.state.settings
     admin_key = settings.admin_api_key
-    limits: tuple[int | None, int | None] = (None, None)
     if admin_key is not None and hmac.compare_digest(
         presented.encode(), admin_key.get_secret_value().encode()
     ):
-        principal = PLATFORM_ADMIN
+        caller = _ADMIN_CALLER
     else:
         if not keys.looks_like_key(presented):
             raise Unauthorized("the API key is not valid")
         digest = keys.hash_key(presented)
         cache: TtlCache = request.app.state.key_cache
-        row = cache.get(digest)
-        if row is MISSING:
+        caller = cache.get(digest)
+        if caller is MISSING:
             async with acquire(get_pool(request), transaction=False, unscoped=True) as conn:
                 row = await repository.find_usable_key(conn, digest)
-            if row is not None:
-                cache.put(digest, row)
-        if row is None:
-            raise Unauthorized("the API key is not valid or has been revoked")
-        if not row["owner_active"]:
+            if row is None:
+                raise Unauthorized("the API key is not valid or has been revoked")
+            caller = _caller(row)
+            cache.put(digest, caller)
+        if not caller.active:
             raise Forbidden("the account or tenant of this API key is deactivated")
-        principal = Principal(
-            key_id=row["id"],
-            scope=Scope(row["scope"]),
-            role=Role(row["role"]),
-            account_id=row["account_id"],
-            tenant_id=row["tenant_id"],
-            employee_id=row["employee_id"],
-        )
-        limits = (row["rate_limit_per_minute"], row["rate_limit_burst"])
-    request.state.principal = principal
+    principal = caller.principal
+    state = request_state(request)
+    state["principal"] = principal
     if principal.tenant_id is not None:
-        request.state.tenant_id = str(principal.tenant_id)
-    key_label = str(principal.key_id) if principal.key_id else "env-admin"
-    structlog.contextvars.bind_contextvars(api_key_id=key_label)
-    policy = rate_policy(settings.rate_limit_per_minute, settings.rate_limit_burst, *limits)
+        _set_tenant(request, principal.tenant_id)
+    structlog.contextvars.bind_contextvars(api_key_id=caller.label)
+    policy = rate_policy(settings.rate_limit_per_minute, settings.rate_limit_burst, *caller.limits)
     if policy is not None:
-        decision = await request.app.state.rate_limiter.take(key_label, policy)
+        decision = await request.app.state.rate_limiter.take(caller.label, policy)
         # The middleware puts the X-RateLimit-* headers (and Retry-After) on whatever the answer is.
-        request.state.rate_limit = decision
+        state["rate_limit"] = decision
         if not decision.allowed:
             raise RateLimited(
                 f"too many requests for this API key; retry in {decision.retry_after} s",
                 {"retry_after": decision.retry_after, "limit": decision.limit},
             )
     return principal
+
+
+def _set_tenant(request: Request, tenant_id: uuid.UUID) -> None:
+    """The request's tenant, for the access log (`tenant_id`) and for what runs after a commit (`tenant`)."""
+    state = request_state(request)
+    state["tenant_id"] = str(tenant_id)
+    state["tenant"] = tenant_id
 
 
 def rate_policy(
@@ -188,7 +213,7 @@ async def resolve_tenant(
             raise NotFound("tenant not found")
         # Out of scope and nonexistent look the same, so nothing leaks about other accounts.
         raise Forbidden("this API key may not act on that tenant")
-    request.state.tenant_id = str(tenant_id)
+    _set_tenant(request, tenant_id)
     DB_SCOPE.set(str(tenant_id))  # row-level security: this request's connections see this tenant only
     structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
     return TenantContext(tenant_id=tenant_id, account_id=account_id, principal=principal)

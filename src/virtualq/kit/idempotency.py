@@ -85,7 +85,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         key = header(scope, HEADER)
-        credential = _credential(scope)
+        credential = None if key is None else _credential(scope)
         if key is None or credential is None:
             # No key or no credential: the request runs as usual (refused with 401 if unauthenticated).
             await self.app(scope, receive, send)

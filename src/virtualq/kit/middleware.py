@@ -4,9 +4,11 @@ last-resort 500."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -24,6 +26,29 @@ UNMATCHED_ROUTE = "<unmatched>"
 
 access_log = get_logger("virtualq.access")
 error_log = get_logger("virtualq.error")
+# Both logging configurations (logging.py) drop the access log below the root logger's level: asked once
+# per request here, it costs a cached lookup instead of structlog's processors refusing the line.
+_access_logging = logging.getLogger("virtualq.access")
+
+
+class _RequestIds:
+    """Request ids: 16 random hex digits per process, then a counter in 16 more (32 in all, as a UUID's
+    hex). Unique across processes without a system call per request, which `uuid4()` makes (os.urandom);
+    a forked child draws its own prefix."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+request_ids = _RequestIds()
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -64,8 +89,13 @@ def _has_body(scope: Scope) -> bool:
 
 
 def _security_headers(headers: list[tuple[bytes, bytes]], production: bool) -> None:
-    present = {name.lower() for name, _ in headers}
-    content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+    present = set()
+    content_type = b""
+    for name, value in headers:
+        name = name.lower()
+        present.add(name)
+        if name == b"content-type":
+            content_type = value
     headers.extend(header for header in SECURITY_HEADERS if header[0] not in present)
     if content_type.startswith(b"text/html"):
         headers.append((b"content-security-policy", PAGE_POLICY))
@@ -127,7 +157,7 @@ class RequestContextMiddleware:
 
         started = time.perf_counter()
         supplied = header(scope, REQUEST_ID_HEADER)
-        request_id = supplied if supplied and _VALID_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+        request_id = supplied if supplied and _VALID_REQUEST_ID.fullmatch(supplied) else request_ids.next()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
@@ -137,19 +167,37 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
         body_too_large = False
+        replaced = False
         received = 0
 
-        async def send_with_request_id(message: Message) -> None:
+        def start(message: Message) -> None:
             nonlocal status, response_started
+            response_started = True
+            status = message["status"]
+            headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+            decision = state.get("rate_limit")
+            if decision is not None:
+                headers.extend(decision.headers())
+            _security_headers(headers, self.production)
+            message["headers"] = headers
+
+        async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                response_started = True
-                status = message["status"]
-                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
-                decision = state.get("rate_limit")
-                if decision is not None:
-                    headers.extend(decision.headers())
-                _security_headers(headers, self.production)
-                message["headers"] = headers
+                start(message)
+            await send(message)
+
+        async def send_from_app(message: Message) -> None:
+            # As send_with_request_id, but once the streamed body went over the limit whatever the app
+            # answers is replaced with 413.
+            nonlocal replaced
+            if message["type"] == "http.response.start":
+                if body_too_large:
+                    replaced = True
+                    await send_error(send_with_request_id, 413, request_id)
+                    return
+                start(message)
+            elif replaced:
+                return
             await send(message)
 
         async def receive_with_limit() -> Message:
@@ -181,11 +229,7 @@ class RequestContextMiddleware:
                 # PostgreSQL text cannot hold NUL; refuse it before it reaches a query.
                 await send_error(send_with_request_id, 400, request_id)
             else:
-                await self.app(
-                    scope,
-                    receive_with_limit,
-                    self._guard(send_with_request_id, lambda: body_too_large, request_id),
-                )
+                await self.app(scope, receive_with_limit, send_from_app)
         except Exception:
             error_log.exception("unhandled error", method=scope["method"], path=scope["path"])
             if response_started:
@@ -196,28 +240,13 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             duration = time.perf_counter() - started
             self.metrics.observe_request(scope["method"], template, status, duration)
-            access_log.info(
-                "request",
-                tenant_id=state.get("tenant_id"),
-                method=scope["method"],
-                route=template,
-                status=status,
-                duration_ms=round(duration * 1000, 2),
-            )
+            if _access_logging.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "request",
+                    tenant_id=state.get("tenant_id"),
+                    method=scope["method"],
+                    route=template,
+                    status=status,
+                    duration_ms=round(duration * 1000, 2),
+                )
             structlog.contextvars.clear_contextvars()
-
-    def _guard(self, send: Send, too_large: Any, request_id: str) -> Send:
-        """Replace whatever the app answers with 413 once the streamed body went over the limit."""
-        replaced = False
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal replaced
-            if replaced:
-                return
-            if message["type"] == "http.response.start" and too_large():
-                replaced = True
-                await send_error(send, 413, request_id)
-                return
-            await send(message)
-
-        return guarded_send

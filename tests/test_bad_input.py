@@ -22,6 +22,8 @@ import httpx
 import pytest
 
 from tests.helpers import Api, assert_error, auth
+from virtualq.kit.metrics import Metrics
+from virtualq.kit.middleware import RequestContextMiddleware
 
 # --- the world every table case runs against ----------------------------------------------------------------
 
@@ -1338,3 +1340,31 @@ async def test_request_id_on_middleware_413(client: httpx.AsyncClient, body_limi
         headers={"content-type": "application/json", "X-Request-ID": "big-body-1"},
     )
     assert assert_error(response, 413, "payload_too_large")["request_id"] == "big-body-1"
+
+
+async def test_an_app_that_swallows_the_body_limit_is_still_answered_413() -> None:
+    """The middleware's last word on a streamed body over the limit: even an app that catches the failed
+    read and answers something else (here 200) is replaced by 413, and nothing of its answer gets out."""
+    reads: list[str] = []
+
+    async def swallowing_app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except Exception as exc:
+            reads.append(type(exc).__name__)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": b"swallowed", "more_body": True})
+        await send({"type": "http.response.body", "body": b" twice"})
+
+    app = RequestContextMiddleware(swallowing_app, metrics=Metrics(), max_body_bytes=1024)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.post(
+            "/anything", content=_chunks(b"{}", 4096, chunk=512), headers={"content-type": "application/json"}
+        )
+    assert reads == ["HTTPException"]
+    assert_error(response, 413, "payload_too_large")
+    assert b"swallowed" not in response.content
+    assert response.headers["x-request-id"]

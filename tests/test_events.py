@@ -26,7 +26,9 @@ from tests.helpers import Api, assert_cancel_right_after_a_wake_up_stops, assert
 from tests.test_ticket_flows import coffee, ok
 from virtualq.auth.principal import PLATFORM_ADMIN, TenantContext
 from virtualq.db import acquire
+from virtualq.events import repository as events_repository
 from virtualq.events.hub import EventHub
+from virtualq.events.repository import UNSETTLED_SQL
 from virtualq.tickets import service as tickets
 from virtualq.tickets.schemas import TransitionRequest
 
@@ -370,6 +372,60 @@ async def test_a_hub_cancelled_right_after_a_wake_up_stops(app: Any, database_ds
             await assert_cancel_right_after_a_wake_up_stops(hub._task, hub.wake, settle)
         finally:
             await hub.stop()
+
+
+async def test_an_event_committed_behind_a_running_transaction_is_sent_once_that_one_ends(
+    app: Any, database_dsn: str, db: asyncpg.Connection
+) -> None:
+    """The hub reads only settled events (no older transaction still running), so a cursor never skips a
+    late commit. Meanwhile it must notice the events that wait and look again shortly, with no wake-up from
+    anyone: here the long transaction ends on a bare connection, and the hub's own poll is 30 s away."""
+    hub = EventHub(app.state.system_pool, database_dsn, app.state.metrics, poll_seconds=30)
+    await hub.start()
+    insert = "INSERT INTO events (tenant_id, type) VALUES ($1, 'test.late') RETURNING tx_id::text::bigint, id"
+    tenant = uuid.uuid4()
+    long = await asyncpg.connect(database_dsn)
+    try:
+        transaction = long.transaction()
+        await transaction.start()
+        early = tuple(await long.fetchrow(insert, tenant))
+        late = tuple(await db.fetchrow(insert, tenant))  # commits now, behind `early`
+        hub.wake()
+        await asyncio.sleep(0.3)
+        assert hub.cursor < early  # nothing past the running transaction was taken as final
+        reached = asyncio.Event()
+        hub.listeners.append(lambda: reached.set() if hub.cursor >= late else None)
+        await transaction.commit()
+        async with asyncio.timeout(2):
+            await reached.wait()
+    finally:
+        await long.close()
+        await hub.stop()
+
+
+async def test_the_unsettled_check_skips_the_events_of_a_long_transaction(
+    database_dsn: str, db: asyncpg.Connection
+) -> None:
+    """Thousands of events written by a transaction still running sit at the oldest running transaction id:
+    the hub's check for events waiting behind it starts past them and reads a handful of buffers (checked
+    from the reader's cursor, it visited every one of those entries, and a plan it had cached while the
+    table was small read the whole table: docs/performance.md)."""
+    insert = "INSERT INTO events (tenant_id, type) SELECT $1, 'test.bulk' FROM generate_series(1, $2::int)"
+    tenant = uuid.uuid4()
+    long = await asyncpg.connect(database_dsn)
+    try:
+        async with long.transaction():
+            await long.execute(insert, tenant, 3000)
+            await db.execute(insert, tenant, 1)  # committed behind the long transaction
+            assert await events_repository.unsettled(db)
+            buffers = []
+            for _ in range(3):  # another test's write may be older than ours for a moment: best of three
+                shown = await db.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {UNSETTLED_SQL}")
+                top = json.loads(shown)[0]["Plan"]
+                buffers.append(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
+            assert min(buffers) < 10, buffers
+    finally:
+        await long.close()
 
 
 # --- two server processes ---------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ class EventHub:
                         listener()
                     await asyncio.sleep(0)
                 if len(rows) < batch:
-                    return await repository.unsettled_after(conn, self.cursor)
+                    return await repository.unsettled(conn)
 
     def _dispatch(self, rows: list[Any]) -> None:
         self.metrics.events_dispatched.inc(len(rows))

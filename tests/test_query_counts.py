@@ -16,6 +16,7 @@ from tests.conftest import make_settings
 from tests.helpers import Api, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
 from virtualq.app import create_app
+from virtualq.kit.responses import project, project_rows
 from virtualq.tickets import service
 from virtualq.tickets.repository import POSITION, TICKET_COLUMNS
 
@@ -378,3 +379,45 @@ async def test_no_endpoint_or_dependency_runs_in_a_worker_thread(app: Any) -> No
     for route in routes:
         visit(route.dependant, f"{sorted(route.methods)} {route.path}")
     assert sync == []
+
+
+async def test_lists_answer_each_ticket_exactly_as_get_ticket_does(
+    client: httpx.AsyncClient, api: Api
+) -> None:
+    """Queue tickets and the ticket list build their rows by position from the records (kit/responses.
+    project_rows): the same fields, in the same order, with the same values (live estimate and position
+    included) as GET /v1/tickets/{id}, for waiting tickets and one in service."""
+    t = await Tenant.create(client, api)
+    kind = await t.type("order", FOOD_ORDER_FSM)
+    queue = await t.queue("Lists")
+    made = [await t.ticket(queue["id"], kind["id"], custom_data={"n": n}) for n in range(4)]
+    await t.move(made[1]["id"], "start_preparation")
+    h = auth(t.world.tenant_admin)
+
+    async def single(ticket_id: str) -> list[tuple[str, Any]]:
+        answer = ok(await client.get(f"/v1/tickets/{ticket_id}", headers=h), 200)
+        return list(answer.items())
+
+    for path, params in (
+        (f"/v1/queues/{queue['id']}/tickets", {}),
+        ("/v1/tickets", {"queue_id": queue["id"]}),
+    ):
+        page = ok(await client.get(path, params=params, headers=h), 200)
+        assert {row["id"] for row in page["data"]} == {ticket["id"] for ticket in made}
+        for row in page["data"]:
+            assert list(row.items()) == await single(row["id"]), path
+        waiting = [row for row in page["data"] if row["state_category"] == "waiting"]
+        assert [row["position"] for row in waiting] == [1, 2, 3]
+        assert all(row["estimated_wait_minutes"] is not None for row in waiting)
+
+
+async def test_rows_projected_by_position_match_rows_projected_by_name(db: asyncpg.Connection) -> None:
+    rows = await db.fetch(
+        "SELECT g AS b, g * 2 AS helper, 'x' || g AS a, NULL::uuid AS c FROM generate_series(1, 3) g"
+    )
+    for fields in (("a", "b", "c"), ("c",), ()):
+        assert project_rows(rows, fields) == [project(row, fields) for row in rows]
+        assert [list(row) for row in project_rows(rows, fields)] == [list(fields)] * 3
+    as_dicts = [dict(row) for row in rows]
+    assert project_rows(as_dicts, ("a", "b")) == [{"a": f"x{n}", "b": n} for n in (1, 2, 3)]
+    assert project_rows([], ("a",)) == []

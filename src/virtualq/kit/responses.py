@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import orjson
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -59,3 +62,14 @@ def trusted_json(payload: Any, status_code: int = 200, etag: str | None = None) 
 def project(row: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     """Only the model's fields, in its order (database rows carry helper columns too)."""
     return {name: row[name] for name in fields}
+
+
+def project_rows(rows: Sequence[Any], fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`project` for the rows of one query. Records are read by position, worked out once from the first
+    row's columns: looked up by name, a record searches its columns for each field (a page of 100 tickets
+    took twice as long)."""
+    if len(fields) < 2 or not rows or not isinstance(rows[0], asyncpg.Record):
+        return [project(row, fields) for row in rows]
+    columns = list(rows[0].keys())
+    take = operator.itemgetter(*(columns.index(name) for name in fields))  # a tuple for two or more
+    return [dict(zip(fields, take(row), strict=True)) for row in rows]

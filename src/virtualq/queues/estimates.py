@@ -25,6 +25,7 @@ from typing import Any
 from virtualq.db import Connection, Record
 from virtualq.kit import clock
 from virtualq.kit.cache import MISSING, TtlCache
+from virtualq.kit.responses import project_rows
 
 # With fewer busy intervals than this, the history is too thin to trust: fall back (docs/estimates.md).
 MIN_SAMPLES = 3
@@ -252,19 +253,29 @@ class Estimator:
     def pace_of(self, queue_id: uuid.UUID, type_id: uuid.UUID) -> float | None:
         return self._paces.get((queue_id, type_id))
 
-    async def annotate(self, rows: Sequence[Record | dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows as dicts with the live `estimated_wait_minutes` of each waiting ticket.
+    async def annotate(
+        self, rows: Sequence[Record | dict[str, Any]], fields: tuple[str, ...] | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts with the live `estimated_wait_minutes` of each waiting ticket; with `fields`, only
+        those (a response model's, in its order: they must include the columns an estimate reads).
 
         A staff override (estimated_wait_minutes stored on the ticket) wins; tickets not waiting have none.
         """
-        result = [dict(row) for row in rows]
-        waiting = [r for r in result if r["state_category"] == "waiting"]
-        await self.paces_for((r["queue_id"], r["type_definition_id"]) for r in waiting)
+        result = [dict(row) for row in rows] if fields is None else project_rows(rows, fields)
+        waiting = []
         for row in result:
-            if row["state_category"] != "waiting":
+            if row["state_category"] == "waiting":
+                waiting.append(row)
+            else:
                 row["estimated_wait_minutes"] = None
-            elif row["estimated_wait_minutes"] is None and row.get("position") is not None:
+        if not waiting:
+            return result
+        await self.paces_for({(row["queue_id"], row["type_definition_id"]) for row in waiting})
+        paces = self._paces
+        for row in waiting:
+            position = row.get("position")
+            if row["estimated_wait_minutes"] is None and position is not None:
                 row["estimated_wait_minutes"] = minutes_for(
-                    row["position"], self.pace_of(row["queue_id"], row["type_definition_id"])
+                    position, paces.get((row["queue_id"], row["type_definition_id"]))
                 )
         return result

@@ -112,8 +112,9 @@ async def list_tickets(
     page: PageQuery,
     filters: Annotated[TicketFilters, Depends(_ticket_filters)],
 ) -> Any:
-    rows, total = await service.list_tickets(conn, ctx, filters.model_dump(exclude_none=True), page)
-    return trusted_json(page_envelope([project(row, TICKET_FIELDS) for row in rows], total, page))
+    filtered = filters.model_dump(exclude_none=True)
+    rows, total = await service.list_tickets(conn, ctx, filtered, page, TICKET_FIELDS)
+    return trusted_json(page_envelope(rows, total, page))
 
 
 @router.post("/v1/tickets/count", response_model=TicketCount, responses=READ_ERRORS)
@@ -316,8 +317,8 @@ async def queue_tickets(
     cached, token = cache.lookup(ctx.tenant_id, key)
     if cached is not None:
         return Response(cached, media_type="application/json")
-    rows, total, show_wait_time = await service.queue_tickets(conn, ctx, queue_id, page)
-    data = [project(_redact(ctx, row, show_wait_time), TICKET_FIELDS) for row in rows]
+    rows, total, show_wait_time = await service.queue_tickets(conn, ctx, queue_id, page, TICKET_FIELDS)
+    data = [_redact(ctx, row, show_wait_time) for row in rows]
     answer = trusted_json(page_envelope(data, total, page))
     cache.store(ctx.tenant_id, key, token, bytes(answer.body))
     return answer

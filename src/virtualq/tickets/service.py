@@ -429,10 +429,15 @@ async def update_ticket(
 
 
 async def list_tickets(
-    conn: Connection, ctx: TenantContext, filters: dict[str, Any], params: PageParams
+    conn: Connection,
+    ctx: TenantContext,
+    filters: dict[str, Any],
+    params: PageParams,
+    fields: tuple[str, ...] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
+    """The page (with `fields`, only those, in their order) and the total."""
     rows, total = await repository.list_tickets(conn, ctx.tenant_id, filters, params)
-    return await Estimator(conn, ctx.tenant_id).annotate(rows), total
+    return await Estimator(conn, ctx.tenant_id).annotate(rows, fields), total
 
 
 async def count_tickets(conn: Connection, ctx: TenantContext, filters: dict[str, Any]) -> int:
@@ -446,16 +451,21 @@ async def ticket_history(conn: Connection, ctx: TenantContext, ticket_id: uuid.U
 
 
 async def queue_tickets(
-    conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, params: PageParams
+    conn: Connection,
+    ctx: TenantContext,
+    queue_id: uuid.UUID,
+    params: PageParams,
+    fields: tuple[str, ...] | None = None,
 ) -> tuple[list[dict[str, Any]], int, bool]:
-    """The page, the total, and whether the queue shows wait times."""
+    """The page (with `fields`, only those, in their order), the total, and whether the queue shows wait
+    times."""
     queue = await queues.get(conn, ctx.tenant_id, queue_id)
     if queue is None:
         raise not_found("queue")
     rows, total = await repository.queue_tickets(conn, ctx.tenant_id, queue_id, params)
     estimator = Estimator(conn, ctx.tenant_id)
     estimator.remember_queue(queue)
-    return await estimator.annotate(rows), total, queue["show_wait_time"]
+    return await estimator.annotate(rows, fields), total, queue["show_wait_time"]
 
 
 async def employee_tickets(

@@ -5,6 +5,7 @@ event hub's delay, and roles and tenants never share an answer."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +24,7 @@ class Statements:
         self.count = 0
 
     def __call__(self, record: Any) -> None:
-        if "FROM events WHERE (tx_id, id) >" not in record.query:  # the event hub's own reads
+        if not re.search(r"FROM events\s+WHERE", record.query):  # the event hub's own reads
             self.count += 1
 
 
@@ -49,6 +50,13 @@ async def test_repeated_reads_are_answered_without_a_query(
     await t.ticket(queue, order)
     for path in (f"/v1/queues/{queue}/monitor", f"/v1/queues/{queue}/tickets"):
         first = ok(await http.get(path, headers=t.h))
+        for _ in range(50):
+            # The ticket's event may reach this process's hub while the first answer is computed: that
+            # answer is then not kept (it might predate the change), and the next read computes it again.
+            again = ok(await http.get(path, headers=t.h))
+            if again == first:
+                break
+            first = again
         statements.count = 0
         for _ in range(5):
             assert ok(await http.get(path, headers=t.h)) == first
@@ -58,6 +66,34 @@ async def test_repeated_reads_are_answered_without_a_query(
     ok(await http.get(f"/v1/queues/{queue}/tickets", params={"limit": 5}, headers=t.h))
     ok(await http.get(f"/v1/queues/{queue}/monitor", params={"exclude": "channel:web"}, headers=t.h))
     assert statements.count > 0
+
+
+async def test_a_shared_answer_needs_no_database_connection(database_dsn: str, api: Api) -> None:
+    """With every pool connection busy (a burst of writes, a slow statement), displays still get the shared
+    answer at once: the route takes a connection only to compute it, not before looking it up."""
+    application = create_app(
+        make_settings(feed_cache_seconds=30, auth_cache_seconds=60, db_pool_min_size=1, db_pool_max_size=1),
+        dsn=database_dsn,
+    )
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://one") as http,
+    ):
+        t, queue, order = await coffee(http, Api(http, api.admin_key))
+        await t.ticket(queue, order)
+        paths = (f"/v1/queues/{queue}/monitor", f"/v1/queues/{queue}/tickets")
+        answers = {}
+        for path in paths:
+            answers[path] = ok(await http.get(path, headers=t.h))
+            for _ in range(50):  # until an answer is kept (see above)
+                again = ok(await http.get(path, headers=t.h))
+                if again == answers[path]:
+                    break
+                answers[path] = again
+        async with application.state.pool.acquire():  # the only connection is taken
+            async with asyncio.timeout(2):  # the pool would wait 10 s for it
+                for path in paths:
+                    assert ok(await http.get(path, headers=t.h)) == answers[path]
 
 
 async def test_a_write_here_is_read_back_at_once(

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from virtualq.auth.principal import StaffOrAdmin, TenantAdmin, TenantAnyRole, TenantStaff, resolve_tenant
-from virtualq.db import ReadConn, WriteConn, use_tenant
+from virtualq.db import ReadConn, WriteConn, reading, use_tenant
 from virtualq.errors import Forbidden, not_found
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
@@ -89,7 +89,6 @@ async def queue_monitor(
     queue_id: uuid.UUID,
     request: Request,
     ctx: TenantAnyRole,
-    conn: ReadConn,
     exclude: Annotated[
         list[str],
         Query(
@@ -118,7 +117,8 @@ async def queue_monitor(
     key = ("monitor", queue_id, ctx.principal.role, tuple(excludes), limit)
     body, token = cache.lookup(ctx.tenant_id, key)
     if body is None:
-        body = await monitor.monitor(conn, ctx, queue_id, excludes, limit)
+        async with reading(request) as conn:  # a shared answer needs no connection
+            body = await monitor.monitor(conn, ctx, queue_id, excludes, limit)
         cache.store(ctx.tenant_id, key, token, body)
     return Response(content=body, media_type="application/json")
 

@@ -306,9 +306,7 @@ async def employee_tickets(
 @router.get(
     "/v1/queues/{queue_id}/tickets", response_model=Page[Ticket], responses=READ_ERRORS, tags=["queues"]
 )
-async def queue_tickets(
-    queue_id: uuid.UUID, request: Request, ctx: TenantAnyRole, conn: ReadConn, page: PageQuery
-) -> Any:
+async def queue_tickets(queue_id: uuid.UUID, request: Request, ctx: TenantAnyRole, page: PageQuery) -> Any:
     """The queue's active tickets in line order: waiting ones by position, then those in service or ready.
     Display-role keys get no personal data (customer, custom data, employee are null/empty), and no
     estimates when the queue's show_wait_time is false."""
@@ -317,7 +315,8 @@ async def queue_tickets(
     cached, token = cache.lookup(ctx.tenant_id, key)
     if cached is not None:
         return Response(cached, media_type="application/json")
-    rows, total, show_wait_time = await service.queue_tickets(conn, ctx, queue_id, page, TICKET_FIELDS)
+    async with reading(request) as conn:  # a shared answer needs no connection
+        rows, total, show_wait_time = await service.queue_tickets(conn, ctx, queue_id, page, TICKET_FIELDS)
     data = [_redact(ctx, row, show_wait_time) for row in rows]
     answer = trusted_json(page_envelope(data, total, page))
     cache.store(ctx.tenant_id, key, token, bytes(answer.body))

@@ -79,15 +79,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def database() -> Iterator[tuple[str, dict[str, str]]]:
-    """Yield (dsn, pgbench connection args) for a fresh database."""
+def database(batch_scheduling: bool = True) -> Iterator[tuple[str, dict[str, str]]]:
+    """Yield (dsn, pgbench connection args) for a fresh database (on an embedded PostgreSQL whose processes
+    run under SCHED_BATCH unless batch_scheduling is False, as `virtualq serve`'s does)."""
     name = f"vq_bench_{uuid.uuid4().hex[:8]}"
     external = os.environ.get("BENCH_DATABASE_URL")
     embedded = None
     if external:
         server_dsn = external
     else:
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="vq-bench-")), database="postgres")
+        embedded = EmbeddedPostgres(
+            Path(tempfile.mkdtemp(prefix="vq-bench-")),
+            database="postgres",
+            batch_scheduling=batch_scheduling,
+        )
         server_dsn = embedded.start()
     asyncio.run(_execute(server_dsn, f'CREATE DATABASE "{name}"'))
     parts = urlsplit(server_dsn)
@@ -503,13 +508,20 @@ def main() -> int:
         help="run the server processes at this nice value (PostgreSQL stays at 0): see docs/performance.md",
     )
     parser.add_argument(
+        "--pg-scheduling",
+        choices=["batch", "other"],
+        default="batch",
+        help="the embedded PostgreSQL's scheduling policy (SCHED_BATCH, as `virtualq serve` runs it, or the "
+        "default SCHED_OTHER): see docs/performance.md",
+    )
+    parser.add_argument(
         "--access-log",
         action="store_true",
         help="log every request as production does (LOG_LEVEL=info, ENV=production: JSON lines)",
     )
     args = parser.parse_args()
     selected = selected_endpoints(parser, args.only)
-    with database() as (dsn, conn_args):
+    with database(batch_scheduling=args.pg_scheduling == "batch") as (dsn, conn_args):
         migrate.upgrade(dsn)
         port = free_port()
         extra = {"DB_POOL_MAX_SIZE": str(args.pool_size)}

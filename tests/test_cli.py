@@ -262,6 +262,35 @@ def test_embedded_postgres_keeps_data_across_restarts_and_stops_cleanly(tmp_path
             embedded.stop()
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "default-policy"])
+def test_embedded_postgres_backends_run_under_the_batch_policy(tmp_path: Path, batch: bool) -> None:
+    """The postmaster, the processes it started before we set the policy, and every backend forked since
+    (a connection's own process) run under SCHED_BATCH; with batch_scheduling off, under SCHED_OTHER."""
+    expected = os.SCHED_BATCH if batch else os.SCHED_OTHER
+    embedded = EmbeddedPostgres(tmp_path / "data", batch_scheduling=batch)
+    try:
+        dsn = embedded.start()
+        pid = postmaster_pid(embedded.pgdata)
+        started = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        assert started, "no auxiliary processes (checkpointer, walwriter, ...) found"
+        policies = {each: os.sched_getscheduler(each) for each in [pid, *started]}
+
+        async def backend_policy() -> tuple[int, int]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+                return backend, os.sched_getscheduler(backend)
+            finally:
+                await conn.close()
+
+        backend, policy = asyncio.run(backend_policy())
+        assert backend not in started
+        assert policy == expected
+        assert policies == {each: expected for each in policies}
+    finally:
+        embedded.stop()
+
+
 # --- virtualq serve --------------------------------------------------------------------------------------
 
 

@@ -178,7 +178,7 @@ class EmbeddedPostgres:
         forks later inherit the policy. SCHED_BATCH keeps the CPU share (same nice value) and gives up
         only wake-up preemption. Best effort: a system that refuses leaves the default policy."""
         pid = self.postmaster_pid()
-        if pid is None:
+        if pid is None or not hasattr(os, "sched_setscheduler"):  # Linux only
             return
         children = Path(f"/proc/{pid}/task/{pid}/children")
         try:

@@ -167,28 +167,23 @@ class EmbeddedPostgres:
         self._ensure_database()
         return self.dsn()
 
-    def postmaster_pid(self) -> int | None:
-        try:
-            return int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-
     def _schedule_as_batch(self) -> None:
-        """Move the postmaster and the processes it has started so far to SCHED_BATCH; the backends it
-        forks later inherit the policy. SCHED_BATCH keeps the CPU share (same nice value) and gives up
-        only wake-up preemption. Best effort: a system that refuses leaves the default policy."""
-        pid = self.postmaster_pid()
-        if pid is None or not hasattr(os, "sched_setscheduler"):  # Linux only
+        """Move the postmaster, then the processes it has started so far, to SCHED_BATCH: whatever it forks
+        after its own change (every backend) inherits the policy. SCHED_BATCH keeps the CPU share (same
+        nice value) and gives up only wake-up preemption. Best effort: a system that refuses keeps the
+        default policy."""
+        if not hasattr(os, "sched_setscheduler"):  # Linux only
             return
-        children = Path(f"/proc/{pid}/task/{pid}/children")
         try:
-            pids = [pid, *(int(child) for child in children.read_text().split())]
-        except OSError:
-            pids = [pid]
-        for each in pids:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+            os.sched_setscheduler(pid, os.SCHED_BATCH, os.sched_param(0))
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except (OSError, ValueError):
+            return
+        for child in children:
             try:
-                os.sched_setscheduler(each, os.SCHED_BATCH, os.sched_param(0))
-            except OSError:
+                os.sched_setscheduler(int(child), os.SCHED_BATCH, os.sched_param(0))
+            except OSError:  # gone meanwhile
                 continue
 
     def _ensure_database(self) -> None:

@@ -21,14 +21,14 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, make_settings
 from tests.helpers import Api, assert_cancel_right_after_a_wake_up_stops, assert_error, auth
 from tests.test_ticket_flows import coffee, ok
 from virtualq.auth.principal import PLATFORM_ADMIN, TenantContext
-from virtualq.db import acquire
+from virtualq.db import acquire, create_pool
 from virtualq.events import repository as events_repository
 from virtualq.events.hub import EventHub
-from virtualq.events.repository import UNSETTLED_SQL
+from virtualq.events.repository import WAITING_SQL
 from virtualq.tickets import service as tickets
 from virtualq.tickets.schemas import TransitionRequest
 
@@ -403,29 +403,124 @@ async def test_an_event_committed_behind_a_running_transaction_is_sent_once_that
         await hub.stop()
 
 
-async def test_the_unsettled_check_skips_the_events_of_a_long_transaction(
+async def test_the_waiting_check_skips_the_events_of_a_long_transaction(
     database_dsn: str, db: asyncpg.Connection
 ) -> None:
     """Thousands of events written by a transaction still running sit at the oldest running transaction id:
-    the hub's check for events waiting behind it starts past them and reads a handful of buffers (checked
-    from the reader's cursor, it visited every one of those entries, and a plan it had cached while the
-    table was small read the whole table: docs/performance.md)."""
+    the hub's check for events waiting behind it starts past them, its look for settled events past the
+    reader's cursor stops before them, and together they read a handful of buffers (checked from the
+    reader's cursor, it visited every one of those entries, and a plan it had cached while the table was
+    small read the whole table: docs/performance.md)."""
     insert = "INSERT INTO events (tenant_id, type) SELECT $1, 'test.bulk' FROM generate_series(1, $2::int)"
     tenant = uuid.uuid4()
+    cursor = await events_repository.horizon(db)
     long = await asyncpg.connect(database_dsn)
     try:
         async with long.transaction():
             await long.execute(insert, tenant, 3000)
             await db.execute(insert, tenant, 1)  # committed behind the long transaction
-            assert await events_repository.unsettled(db)
+            assert await events_repository.waiting(db, cursor)
             buffers = []
             for _ in range(3):  # another test's write may be older than ours for a moment: best of three
-                shown = await db.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {UNSETTLED_SQL}")
+                shown = await db.fetchval(
+                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {WAITING_SQL}", cursor[0], cursor[1]
+                )
                 top = json.loads(shown)[0]["Plan"]
                 buffers.append(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
             assert min(buffers) < 10, buffers
     finally:
         await long.close()
+
+
+async def test_the_waiting_check_counts_events_settled_after_the_read(db: asyncpg.Connection) -> None:
+    """A transaction that commits between the hub's read and its check leaves events the read could not
+    take and that are no longer behind anything: the check still answers yes, so the hub looks again at
+    once instead of at its next poll (checking only for events behind a running transaction, it answered
+    no, and a test that commits on a bare connection waited for the poll)."""
+    cursor = await events_repository.horizon(db)
+    assert not await events_repository.waiting(db, cursor)
+    await db.execute("INSERT INTO events (tenant_id, type) VALUES ($1, 'test.settled')", uuid.uuid4())
+    assert await events_repository.waiting(db, cursor)
+    assert not await events_repository.waiting(db, await events_repository.horizon(db))
+
+
+async def test_the_hubs_read_keeps_one_plan_instead_of_planning_every_call(
+    database_dsn: str, db: asyncpg.Connection
+) -> None:
+    """The hub reads with one limit for ever (`plan_once`): PostgreSQL keeps the statement's generic plan
+    after its first five calls instead of planning it again on every read, as it does for the same read with
+    the cursor and the limit as plain parameters (a custom plan, which probes the end of the cursor index
+    each time: docs/performance.md). pg_prepared_statements counts both kinds of plan per statement."""
+    tenant = uuid.uuid4()
+    insert = "INSERT INTO events (tenant_id, type) SELECT $1, 'test.bulk' FROM generate_series(1, $2::int)"
+    # A log of some size (the generic plan's estimate grows with it; on a few thousand rows PostgreSQL keeps
+    # the generic plan for the plain read too) with fresh statistics, read near its end as the hub does:
+    # there a custom plan looks far cheaper than the generic one.
+    for _ in range(200):
+        await db.execute(insert, tenant, 250)
+    await db.execute("ANALYZE events")
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await conn.execute("SET ROLE virtualq_app")
+        await conn.execute("SELECT set_config('virtualq.tenant_id', 'system', false)")
+        tail = await conn.fetchrow(
+            "SELECT tx_id::text::bigint AS tx, id FROM events ORDER BY tx_id DESC, id DESC OFFSET 5 LIMIT 1"
+        )
+        for plan_once in (True, False):
+            for _ in range(12):
+                rows = await events_repository.read(
+                    conn, tenant_id=None, after=(tail["tx"], tail["id"]), limit=256, plan_once=plan_once
+                )
+                assert len(rows) >= 5
+        plans = {
+            "SELECT $1::xid8" not in row["statement"]: (row["generic_plans"], row["custom_plans"])
+            for row in await conn.fetch(
+                """SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements
+                    WHERE starts_with(statement, $1)""",
+                f"SELECT {events_repository.ENVELOPE_COLUMNS} FROM events",
+            )
+        }
+    finally:
+        await conn.close()
+        await db.execute("DELETE FROM events WHERE tenant_id = $1", tenant)
+    assert len(plans) == 2, plans
+    plan_once_counts, plain_counts = plans[False], plans[True]
+    assert plan_once_counts == (7, 5), plan_once_counts
+    assert plain_counts == (0, 12), plain_counts
+
+
+async def test_the_hub_reads_in_the_form_planned_once(
+    app: Any, database_dsn: str, db: asyncpg.Connection
+) -> None:
+    """The hub's own reads go through `plan_once` (the statement with the cursor's transaction behind a
+    sub-select), on the one connection of a pool of its own here."""
+    pool = await create_pool(make_settings(), database_dsn, sizes=(1, 1))
+    hub = EventHub(pool, database_dsn, app.state.metrics, poll_seconds=30)
+    insert = "INSERT INTO events (tenant_id, type) VALUES ($1, 'test.hub') RETURNING tx_id::text::bigint, id"
+    await hub.start()
+    try:
+        for _ in range(3):
+            written = tuple(await db.fetchrow(insert, uuid.uuid4()))
+            reached = asyncio.Event()
+            hub.listeners.append(
+                lambda reached=reached, written=written: reached.set() if hub.cursor >= written else None
+            )
+            hub.wake()
+            async with asyncio.timeout(2):
+                await reached.wait()
+            hub.listeners.pop()
+    finally:
+        await hub.stop()
+    try:
+        async with pool.acquire() as conn:
+            statements = await conn.fetch(
+                "SELECT statement FROM pg_prepared_statements WHERE starts_with(statement, $1)",
+                f"SELECT {events_repository.ENVELOPE_COLUMNS} FROM events",
+            )
+    finally:
+        await pool.close()
+    assert statements, "the hub read nothing"
+    assert all("(SELECT $1::xid8)" in row["statement"] for row in statements), statements
 
 
 # --- two server processes ---------------------------------------------------------------------------------

@@ -199,7 +199,8 @@ class EventHub:
                 await asyncio.sleep(self.poll_seconds)
                 continue
             if behind:
-                # Committed events wait behind an older transaction still running: look again shortly.
+                # Committed events the read could not take (behind an older transaction still running, or
+                # settled just after it): look again shortly.
                 await asyncio.sleep(BEHIND_RETRY_SECONDS)
                 self._wake.set()
 
@@ -209,7 +210,9 @@ class EventHub:
         batch = max(1, min(BATCH, self.buffer_size // 2))
         async with acquire(self.pool, transaction=False, system=True) as conn:
             while True:
-                rows = await repository.read(conn, tenant_id=None, after=self.cursor, limit=batch)
+                rows = await repository.read(
+                    conn, tenant_id=None, after=self.cursor, limit=batch, plan_once=True
+                )
                 if rows:
                     self._dispatch(rows)
                     self.cursor = cursor_of(rows[-1])
@@ -217,7 +220,7 @@ class EventHub:
                         listener()
                     await asyncio.sleep(0)
                 if len(rows) < batch:
-                    return await repository.unsettled(conn)
+                    return await repository.waiting(conn, self.cursor)
 
     def _dispatch(self, rows: list[Any]) -> None:
         self.metrics.events_dispatched.inc(len(rows))

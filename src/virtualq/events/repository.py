@@ -16,9 +16,14 @@ INSERT_COLUMNS = "INSERT INTO events (tenant_id, type, queue_id, ticket_id, data
 ENVELOPE_COLUMNS = "tx_id::text::bigint AS tx, id, type, tenant_id, queue_id, ticket_id, occurred_at, data"
 # Only events of transactions that can no longer commit anything that sorts earlier.
 SETTLED = "tx_id < pg_snapshot_xmin(pg_current_snapshot())"
-# Committed events not settled yet (see `unsettled`).
-UNSETTLED_SQL = """SELECT tx_id FROM events WHERE tx_id > pg_snapshot_xmin(pg_current_snapshot())
-                    ORDER BY tx_id LIMIT 1"""
+# Committed events after a cursor that a read has not taken (see `waiting`): settled ones, then those behind
+# an older transaction still running. One statement, so both parts see the same snapshot.
+WAITING_SQL = """SELECT (SELECT tx_id FROM events
+                          WHERE (tx_id, id) > ((SELECT $1::xid8), $2::bigint)
+                            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                          ORDER BY tx_id, id LIMIT 1) IS NOT NULL
+                     OR (SELECT tx_id FROM events WHERE tx_id > pg_snapshot_xmin(pg_current_snapshot())
+                          ORDER BY tx_id LIMIT 1) IS NOT NULL"""
 
 
 async def record(
@@ -61,14 +66,24 @@ async def read(
     queue_id: uuid.UUID | None = None,
     ticket_id: uuid.UUID | None = None,
     limit: int = 100,
+    plan_once: bool = False,
 ) -> list[Record]:
     """Settled events after `after` (and at most `until`), in cursor order. tenant_id None: every tenant
-    (the in-process event hub only)."""
+    (the in-process event hub only).
+
+    plan_once (the hub, which reads with one limit for ever): PostgreSQL otherwise plans this statement
+    afresh on every call, because a custom plan for the cursor's value looks cheaper than the generic one,
+    and each planning probes the end of the cursor index for the column's actual maximum (about 200
+    buffers, more than executing the read). With the cursor's transaction behind a sub-select (an InitPlan:
+    unknown when planning, so no probe) and the limit written into the statement, the generic plan costs
+    what a custom one does and is kept after the first five calls: the same index scan
+    (docs/performance.md)."""
     where = Where()
     where.add_if("tenant_id = {}", tenant_id)
     where.args += [after[0], after[1]]
     n = len(where.args)
-    where.add_constant(f"(tx_id, id) > (${n - 1}::xid8, ${n}::bigint)")
+    after_tx = f"(SELECT ${n - 1}::xid8)" if plan_once else f"${n - 1}::xid8"
+    where.add_constant(f"(tx_id, id) > ({after_tx}, ${n}::bigint)")
     if until is not None:
         where.args += [until[0], until[1]]
         n = len(where.args)
@@ -78,9 +93,13 @@ async def read(
         where.add("type = ANY ({}::text[])", list(types))
     where.add_if("queue_id = {}", queue_id)
     where.add_if("ticket_id = {}", ticket_id)
-    where.args.append(limit)
+    if plan_once:
+        limit_sql = str(int(limit))
+    else:
+        where.args.append(limit)
+        limit_sql = f"${len(where.args)}"
     rows: list[Record] = await conn.fetch(
-        f"SELECT {ENVELOPE_COLUMNS} FROM events {where.sql} ORDER BY tx_id, id LIMIT ${len(where.args)}",
+        f"SELECT {ENVELOPE_COLUMNS} FROM events {where.sql} ORDER BY tx_id, id LIMIT {limit_sql}",
         *where.args,
     )
     return rows
@@ -95,16 +114,20 @@ async def horizon(conn: Connection) -> Cursor:
     return (row["tx"], row["id"]) if row else (0, 0)
 
 
-async def unsettled(conn: Connection) -> bool:
-    """Committed events that are not settled yet: an older transaction is still running.
+async def waiting(conn: Connection, after: Cursor) -> bool:
+    """Committed events after `after` that a read has not taken: settled since the read, or behind an older
+    transaction still running. The hub asks after a read that came back short, and looks again shortly
+    when the answer is yes: a commit between its read and this check (settling what the read could not
+    take yet) is then not left for the next poll, since both parts of the check see one snapshot.
 
-    Unsettled means `tx_id >= xmin`, and no committed row has `tx_id = xmin` (xmin is the oldest transaction
-    still running), so the scan starts past xmin: a long transaction that wrote many events (all at xmin,
-    not visible yet) is skipped instead of checked entry by entry. Every unread settled event sorts before
-    xmin, so the reader's cursor adds nothing. An ordered LIMIT 1 rather than EXISTS: the planner takes the
-    index for it even on a table of 10 rows, where for EXISTS it took a sequential scan while the table was
-    small, and the connection kept that cached plan as the table grew (docs/performance.md)."""
-    return await conn.fetchval(UNSETTLED_SQL) is not None
+    Behind a running transaction means `tx_id >= xmin`, and no committed row has `tx_id = xmin` (xmin is the
+    oldest transaction still running), so that scan starts past xmin, and the settled one stops before it:
+    a long transaction that wrote many events (all at xmin, not visible yet) is skipped instead of checked
+    entry by entry. Ordered LIMIT 1 subqueries rather than EXISTS: the planner takes the index for them even
+    on a table of 10 rows, where for EXISTS it took a sequential scan while the table was small, and the
+    connection kept that cached plan as the table grew; the cursor's transaction sits behind a sub-select so
+    that the plan is made once (see `read`; docs/performance.md)."""
+    return bool(await conn.fetchval(WAITING_SQL, after[0], after[1]))
 
 
 async def prune(conn: Connection, older_than_days: float) -> int:

@@ -1,11 +1,12 @@
-"""The asyncpg pool and the one place that opens transactions: one request = one transaction."""
+"""The connection pool (virtualq.pool) and the one place that opens transactions: one request = one
+transaction."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
@@ -14,6 +15,7 @@ from fastapi import Depends, Request
 
 from virtualq.config import Settings
 from virtualq.errors import Unavailable
+from virtualq.pool import Pool, settled
 
 log = structlog.get_logger("virtualq.db")
 
@@ -46,20 +48,20 @@ async def _init_connection(conn: Connection) -> None:
 # authenticated tenant (auth.principal.resolve_tenant); '' matches no tenant; SYSTEM is for work that spans
 # tenants and is asked for explicitly, `acquire(..., system=True)`.
 SYSTEM = "system"
+# How long a request waits for a pooled connection before it answers 503.
+POOL_TIMEOUT_SECONDS = 10.0
 DB_SCOPE: ContextVar[str] = ContextVar("db_scope", default="")
 APP_ROLE = "virtualq_app"
 
 
 class PooledConnection(asyncpg.Connection):
-    """No reset statement when a connection goes back to the pool: the app leaves no session state behind
-    except the row-security scope, which `acquire` sets on every use (no SET of its own, LISTEN, advisory
-    locks or cursors on pooled connections), and asyncpg's default reset
-    (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) costs a round trip per request."""
+    """A pooled connection, which remembers the row-security scope it was last set to. Nothing resets it
+    when it goes back to the pool: the app leaves no session state behind except that scope, which `acquire`
+    sets on every use (no SET of its own, LISTEN, advisory locks or cursors on pooled connections); asyncpg's
+    reset (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) cost a round trip per
+    request."""
 
     _vq_scope: str | None = None
-
-    def get_reset_query(self) -> str:
-        return ""
 
     def vq_scope(self) -> str | None:
         return self._vq_scope
@@ -82,31 +84,34 @@ async def create_pool(
     query_logger: Callable[[Any], None] | None = None,
     sizes: tuple[int, int] | None = None,
     on_connect: Callable[[], None] | None = None,
-) -> asyncpg.Pool:
+) -> Pool:
     """`query_logger` sees every statement (tests count queries per request with it); `sizes` overrides
     DB_POOL_MIN_SIZE / DB_POOL_MAX_SIZE; `on_connect` runs whenever the pool opens a connection, before
     anything uses it."""
     min_size, max_size = sizes or (settings.db_pool_min_size, settings.db_pool_max_size)
 
-    async def init(conn: Connection) -> None:
+    async def connect() -> Connection:
         if on_connect is not None:
             on_connect()
-        await _init_connection(conn)
-        # Act as the application role, which row-level security always applies to (migration 0008).
-        await conn.execute(f"SET ROLE {APP_ROLE}")
+        conn = await asyncpg.connect(
+            dsn,
+            command_timeout=settings.db_command_timeout_seconds,
+            connection_class=PooledConnection,
+            server_settings={"application_name": "virtualq", "timezone": "UTC"},
+        )
+        try:
+            await _init_connection(conn)
+            # Act as the application role, which row-level security always applies to (migration 0008).
+            await conn.execute(f"SET ROLE {APP_ROLE}")
+        except BaseException:
+            conn.terminate()
+            raise
         if query_logger is not None:
             conn.add_query_logger(query_logger)
+        return conn
 
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        command_timeout=settings.db_command_timeout_seconds,
-        init=init,
-        connection_class=PooledConnection,
-        server_settings={"application_name": "virtualq", "timezone": "UTC"},
-    )
-    assert pool is not None
+    pool = Pool(connect, min_size=min_size, max_size=max_size)
+    await pool.start()
     return pool
 
 
@@ -123,17 +128,17 @@ async def use_tenant(conn: Connection, tenant_id: Any) -> None:
 
 @asynccontextmanager
 async def acquire(
-    pool: asyncpg.Pool, *, transaction: bool, system: bool = False, unscoped: bool = False
+    pool: Pool, *, transaction: bool, system: bool = False, unscoped: bool = False
 ) -> AsyncIterator[Connection]:
     """A pooled connection scoped to the current tenant (DB_SCOPE), or to every tenant with `system=True`.
 
     `unscoped=True` leaves the connection's scope as it is (saving a round trip when it differs): only for
     statements on tables without row security (api_keys, accounts, tenants, idempotency_keys)."""
     try:
-        conn_cm = pool.acquire(timeout=10)
-        conn = cast(Connection, await conn_cm.__aenter__())
+        conn = await pool.take(POOL_TIMEOUT_SECONDS)
     except CONNECTION_ERRORS as exc:
         raise Unavailable("The database is unavailable; retry shortly.") from exc
+    reusable = False
     try:
         if not unscoped:
             await _use_scope(conn, SYSTEM if system else DB_SCOPE.get())
@@ -142,25 +147,20 @@ async def acquire(
                 yield conn
         else:
             yield conn
+        reusable = True
     except Exception as exc:
+        reusable = settled(type(exc))
         # The server went away mid-request and asyncpg reported it as a closed connection or a protocol
         # state error (InterfaceError, InternalClientError) rather than a connection error: that is
         # "unavailable" (503), not a bug (500). Errors already answered with 503 pass unchanged.
-        try:
-            gone = conn.is_closed()
-        except asyncpg.InterfaceError:  # the pool has already taken back a connection that closed
-            gone = True
-        if gone and not isinstance(exc, (Unavailable, *CONNECTION_ERRORS, asyncpg.PostgresConnectionError)):
+        if conn.is_closed() and not isinstance(
+            exc, (Unavailable, *CONNECTION_ERRORS, asyncpg.PostgresConnectionError)
+        ):
             raise Unavailable("The database is unavailable; retry shortly.") from exc
         raise
     finally:
-        try:
-            await conn_cm.__aexit__(None, None, None)
-        except (asyncpg.InterfaceError, asyncpg.InternalClientError):
-            # The server closed the connection while this request held it (a restart); asyncpg may have
-            # given the slot back to the pool already and then refuses the release. The request's own
-            # outcome stands: a create that committed must not turn into a 500.
-            log.warning("pool_release_after_close", exc_info=True)
+        # Given back without an await; one interrupted mid-statement is closed, not lent again (pool.settled).
+        pool.give_back(conn, reusable=reusable)
 
 
 async def fetch_returning(conn: Connection, sql: str, *args: Any) -> Record:
@@ -174,8 +174,8 @@ async def fetch_returning(conn: Connection, sql: str, *args: Any) -> Record:
 EVENTS_WRITTEN: ContextVar[bool] = ContextVar("events_written", default=False)
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
+def get_pool(request: Request) -> Pool:
+    pool: Pool = request.app.state.pool
     return pool
 
 

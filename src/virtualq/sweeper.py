@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import structlog
 
 from virtualq.config import Settings
@@ -30,6 +29,7 @@ from virtualq.events import repository as events
 from virtualq.fsm import Category
 from virtualq.kit import clock
 from virtualq.kit.ids import new_id
+from virtualq.pool import Pool
 from virtualq.tickets import repository as tickets
 from virtualq.tickets.rules import effects_of
 from virtualq.tickets.service import _compile, event_data
@@ -142,7 +142,7 @@ async def _handle_expiry(conn: Connection, row: Any, now: datetime) -> str:
     return outcome
 
 
-async def sweep_once(pool: asyncpg.Pool, now: datetime | None = None, batch: int = BATCH) -> SweepResult:
+async def sweep_once(pool: Pool, now: datetime | None = None, batch: int = BATCH) -> SweepResult:
     """One pass; repeats each kind of work until a batch comes back short."""
     now = now or clock.now()
     result = SweepResult()
@@ -168,7 +168,7 @@ async def sweep_once(pool: asyncpg.Pool, now: datetime | None = None, batch: int
 PRUNE_EVERY_SECONDS = 3600.0
 
 
-async def prune(pool: asyncpg.Pool, retention_days: float) -> tuple[int, int]:
+async def prune(pool: Pool, retention_days: float) -> tuple[int, int]:
     """Drop events and finished webhook deliveries older than the retention period, and idempotency keys
     past their 24 hours."""
     async with acquire(pool, transaction=False, system=True) as conn:
@@ -179,7 +179,7 @@ async def prune(pool: asyncpg.Pool, retention_days: float) -> tuple[int, int]:
 
 
 async def run_forever(
-    pool: asyncpg.Pool,
+    pool: Pool,
     interval_seconds: float,
     settings: Settings | None = None,
     on_events: Callable[[], Awaitable[None]] | None = None,
@@ -214,7 +214,7 @@ async def run_forever(
 
 @contextlib.asynccontextmanager
 async def running(
-    pool: asyncpg.Pool,
+    pool: Pool,
     interval_seconds: float,
     settings: Settings | None = None,
     on_events: Callable[[], Awaitable[None]] | None = None,

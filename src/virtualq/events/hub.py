@@ -28,6 +28,7 @@ from virtualq.events import repository
 from virtualq.events.cursor import Cursor
 from virtualq.events.envelope import cursor_of, display_safe, envelope, sse_message
 from virtualq.kit.metrics import Metrics
+from virtualq.pool import Pool
 
 log = structlog.get_logger("virtualq.events")
 CHANNEL = "virtualq_events"
@@ -68,7 +69,7 @@ class Subscriber:
 
 @dataclass
 class EventHub:
-    pool: asyncpg.Pool
+    pool: Pool
     dsn: str
     metrics: Metrics
     redis: Any = None

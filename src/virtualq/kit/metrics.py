@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from virtualq.pool import Pool
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -15,7 +16,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class PoolCollector(Collector):
     """Reads the pool's size at scrape time instead of tracking every acquire."""
 
-    def __init__(self, get_pool: Callable[[], asyncpg.Pool | None]) -> None:
+    def __init__(self, get_pool: Callable[[], Pool | None]) -> None:
         self._get_pool = get_pool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

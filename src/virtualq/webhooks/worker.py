@@ -27,6 +27,7 @@ from virtualq.config import Settings
 from virtualq.db import CONNECTION_ERRORS, acquire
 from virtualq.errors import Unavailable
 from virtualq.kit.metrics import Metrics
+from virtualq.pool import Pool
 from virtualq.webhooks import repository
 from virtualq.webhooks.ssrf import TargetRefused, check_target
 
@@ -60,7 +61,7 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
 
 @dataclass
 class WebhookWorker:
-    pool: asyncpg.Pool
+    pool: Pool
     settings: Settings
     metrics: Metrics
     client: httpx.AsyncClient | None = None

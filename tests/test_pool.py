@@ -1,0 +1,302 @@
+"""The connection pool (virtualq.pool) against a real PostgreSQL: lending, waiting, limits, and what it does
+with connections that closed, were interrupted, or were left in a transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from virtualq.pool import Pool, PoolClosedError, settled
+
+
+class Opener:
+    """The pool's connect function, counting connections and able to fail on demand."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.opened = 0
+        self.fail_with: BaseException | None = None
+
+    async def __call__(self) -> asyncpg.Connection:
+        if self.fail_with is not None:
+            raise self.fail_with
+        conn = await asyncpg.connect(self.dsn)
+        self.opened += 1
+        return conn
+
+
+@pytest.fixture
+async def make_pool(database_dsn: str) -> AsyncIterator[Callable[..., Any]]:
+    pools: list[Pool] = []
+
+    async def make(min_size: int = 0, max_size: int = 2, **options: Any) -> tuple[Pool, Opener]:
+        opener = Opener(database_dsn)
+        pool = Pool(opener, min_size=min_size, max_size=max_size, **options)
+        await pool.start()
+        pools.append(pool)
+        return pool, opener
+
+    yield make
+    for pool in pools:
+        await pool.close()
+
+
+async def backend_alive(db: asyncpg.Connection, pid: int) -> bool:
+    alive: bool = await db.fetchval("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", pid)
+    return alive
+
+
+async def wait_until_gone(db: asyncpg.Connection, pid: int) -> None:
+    async with asyncio.timeout(5):
+        while await backend_alive(db, pid):  # noqa: ASYNC110 - PostgreSQL's catalog, polled
+            await asyncio.sleep(0.02)
+
+
+async def test_start_opens_the_minimum_and_an_idle_connection_is_lent_again(make_pool: Any) -> None:
+    pool, opener = await make_pool(min_size=2, max_size=4)
+    assert (pool.get_size(), pool.get_idle_size(), opener.opened) == (2, 2, 2)
+    pids = set()
+    for _ in range(20):
+        async with pool.acquire() as conn:
+            pids.add(conn.get_server_pid())
+            assert await conn.fetchval("SELECT 1") == 1
+    assert opener.opened == 2  # nothing opened beyond the two idle ones
+    assert len(pids) == 1  # the most recently given back is lent first
+    assert (pool.get_size(), pool.get_idle_size()) == (2, 2)
+
+
+async def test_no_more_than_max_size_and_one_task_per_connection(make_pool: Any) -> None:
+    pool, opener = await make_pool(max_size=3)
+    holders: dict[int, int] = {}
+    most = 0
+    done = 0
+
+    async def work(n: int) -> None:
+        nonlocal most, done
+        async with pool.acquire(wait_seconds=10) as conn:
+            key = id(conn)
+            assert key not in holders, "a connection lent to two tasks at once"
+            holders[key] = n
+            most = max(most, len(holders))
+            assert await conn.fetchval("SELECT $1::int", n) == n
+            await asyncio.sleep(0.001)
+            del holders[key]
+        done += 1
+
+    await asyncio.gather(*(work(n) for n in range(60)))
+    assert done == 60
+    assert most == 3
+    assert opener.opened == 3
+    assert pool.get_size() == 3
+
+
+async def test_a_waiter_times_out_and_leaves_nothing_behind(make_pool: Any) -> None:
+    pool, _ = await make_pool(max_size=1)
+    held = await pool.take()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await pool.take(wait_seconds=0.2)
+    assert 0.15 < asyncio.get_running_loop().time() - started < 2
+    pool.give_back(held)
+    async with pool.acquire(wait_seconds=1) as conn:  # the slot was not lost
+        assert conn is held
+    assert pool.get_size() == 1
+
+
+async def test_a_waiter_cancelled_as_a_connection_reaches_it_passes_it_on(make_pool: Any) -> None:
+    pool, opener = await make_pool(max_size=1)
+    held = await pool.take()
+    first = asyncio.ensure_future(pool.take(wait_seconds=5))
+    second = asyncio.ensure_future(pool.take(wait_seconds=5))
+    await asyncio.sleep(0.01)  # both wait
+    pool.give_back(held)  # handed to the first waiter...
+    first.cancel()  # ...which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(2):
+        conn = await second  # the connection went on to the second
+    assert conn is held
+    pool.give_back(conn)
+    assert (pool.get_size(), pool.get_idle_size(), opener.opened) == (1, 1, 1)
+
+
+async def test_a_connection_interrupted_mid_statement_is_closed_and_its_statement_cancelled(
+    make_pool: Any, db: Any
+) -> None:
+    pool, _ = await make_pool(max_size=1)
+    conn = await pool.take()
+    pid = conn.get_server_pid()
+
+    async def interrupted() -> None:
+        async with pool.acquire() as conn, asyncio.timeout(0.2):
+            await conn.execute("SELECT pg_sleep(30)")
+
+    pool.give_back(conn)
+    with pytest.raises(TimeoutError):
+        await interrupted()
+    assert pool.get_size() == 0
+    started = asyncio.get_running_loop().time()
+    await wait_until_gone(db, pid)  # the sleep cancelled, the backend gone: not left running for 30 s
+    assert asyncio.get_running_loop().time() - started < 5
+    async with pool.acquire(wait_seconds=5) as fresh:
+        assert fresh.get_server_pid() != pid
+        assert await fresh.fetchval("SELECT 2") == 2
+
+
+async def test_an_error_from_the_server_keeps_the_connection(make_pool: Any) -> None:
+    pool, opener = await make_pool(max_size=1)
+    async with pool.acquire() as conn:
+        pid = conn.get_server_pid()
+
+    async def failing(sql: str | None) -> None:
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == pid
+            if sql is None:
+                raise LookupError("raised by the code between statements")
+            await conn.execute(sql)
+
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await failing("SELECT 1 / 0")
+    with pytest.raises(LookupError, match="between statements"):
+        await failing(None)
+    async with pool.acquire() as conn:
+        assert conn.get_server_pid() == pid
+    assert opener.opened == 1
+
+
+def test_which_exceptions_leave_a_connection_lendable() -> None:
+    assert settled(None)
+    assert settled(asyncpg.UniqueViolationError)
+    assert settled(ValueError)
+    assert not settled(asyncio.CancelledError)
+    assert not settled(TimeoutError)
+    assert not settled(asyncpg.InterfaceError)
+    assert not settled(ConnectionResetError)
+    assert not settled(KeyboardInterrupt)
+
+
+async def test_a_connection_the_server_closed_is_replaced(make_pool: Any, db: Any) -> None:
+    pool, opener = await make_pool(min_size=1, max_size=1)
+    async with pool.acquire() as conn:
+        pid = conn.get_server_pid()
+    assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+    await wait_until_gone(db, pid)
+    await asyncio.sleep(0.05)  # the client notices the closed socket
+    async with pool.acquire(wait_seconds=5) as conn:
+        assert conn.get_server_pid() != pid
+        assert await conn.fetchval("SELECT 3") == 3
+    assert (pool.get_size(), opener.opened) == (1, 2)
+
+
+async def test_a_connection_given_back_inside_a_transaction_is_not_lent_again(
+    make_pool: Any, db: Any
+) -> None:
+    pool, _ = await make_pool(max_size=1)
+    conn = await pool.take()
+    pid = conn.get_server_pid()
+    await conn.execute("BEGIN")
+    await conn.execute("CREATE TEMPORARY TABLE leftover (x int)")
+    pool.give_back(conn)
+    await wait_until_gone(db, pid)
+    async with pool.acquire(wait_seconds=5) as fresh:
+        assert fresh.get_server_pid() != pid
+        assert not fresh.is_in_transaction()
+
+
+async def test_a_dropped_connection_frees_its_slot_for_a_waiter(make_pool: Any) -> None:
+    pool, opener = await make_pool(max_size=1)
+    held = await pool.take()
+    waiting = asyncio.ensure_future(pool.take(wait_seconds=5))
+    await asyncio.sleep(0.01)
+    pool.give_back(held, reusable=False)  # terminated: the waiter opens a new connection in its slot
+    async with asyncio.timeout(5):
+        conn = await waiting
+    assert conn is not held
+    assert held.is_closed()
+    assert (pool.get_size(), opener.opened) == (1, 2)
+    pool.give_back(conn)
+
+
+async def test_a_failed_connect_frees_its_slot(make_pool: Any) -> None:
+    pool, opener = await make_pool(max_size=1)
+    opener.fail_with = OSError("refused")
+    with pytest.raises(OSError, match="refused"):
+        await pool.take(wait_seconds=1)
+    assert pool.get_size() == 0
+    opener.fail_with = None
+    async with pool.acquire(wait_seconds=5) as conn:
+        assert await conn.fetchval("SELECT 4") == 4
+    assert pool.get_size() == 1
+
+
+async def test_expire_connections_replaces_every_connection(make_pool: Any, db: Any) -> None:
+    pool, opener = await make_pool(min_size=2, max_size=2)
+    busy = await pool.take()
+    async with pool.acquire() as idle:
+        idle_pid = idle.get_server_pid()
+    busy_pid = busy.get_server_pid()
+    await pool.expire_connections()
+    await wait_until_gone(db, idle_pid)  # the idle one at once
+    assert await backend_alive(db, busy_pid)
+    pool.give_back(busy)
+    await wait_until_gone(db, busy_pid)  # the busy one when given back
+    async with pool.acquire(wait_seconds=5) as conn:
+        assert conn.get_server_pid() not in (idle_pid, busy_pid)
+    assert opener.opened == 3
+
+
+async def test_connections_idle_too_long_are_closed_down_to_the_minimum(make_pool: Any) -> None:
+    pool, _ = await make_pool(min_size=1, max_size=3, max_idle_seconds=0.2)
+    taken = [await pool.take() for _ in range(3)]
+    for conn in taken:
+        pool.give_back(conn)
+    assert pool.get_size() == 3
+    async with asyncio.timeout(3):
+        while pool.get_size() > 1:  # noqa: ASYNC110 - closed by a timer inside the pool
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert (pool.get_size(), pool.get_idle_size()) == (1, 1)
+    assert sum(conn.is_closed() for conn in taken) == 2
+
+
+async def test_close_waits_for_busy_connections_and_refuses_new_takers(make_pool: Any) -> None:
+    pool, _ = await make_pool(max_size=1)
+    held = await pool.take()
+    waiting = asyncio.ensure_future(pool.take(wait_seconds=5))
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(pool.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # waits for the busy connection
+    with pytest.raises(PoolClosedError):
+        await waiting
+    with pytest.raises(PoolClosedError):
+        await pool.take()
+    assert await held.fetchval("SELECT 5") == 5  # still usable by its holder
+    pool.give_back(held)
+    async with asyncio.timeout(5):
+        await closing
+    assert held.is_closed()
+    assert pool.get_size() == 0
+
+
+async def test_close_terminates_connections_not_given_back_in_time(make_pool: Any) -> None:
+    pool, _ = await make_pool(max_size=1, close_timeout=0.2)
+    held = await pool.take()
+    async with asyncio.timeout(5):
+        await pool.close()
+    assert held.is_closed()
+    assert pool.get_size() == 0
+
+
+def test_sizes_are_checked() -> None:
+    async def never() -> asyncpg.Connection:
+        raise AssertionError
+
+    with pytest.raises(ValueError, match="pool sizes"):
+        Pool(never, min_size=3, max_size=2)
+    with pytest.raises(ValueError, match="pool sizes"):
+        Pool(never, min_size=0, max_size=0)

@@ -18,7 +18,7 @@ from starlette.routing import Match, Route
 
 from tests.helpers import Api, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, coffee, ok
-from virtualq.kit.fastpath import RouteIndex
+from virtualq.kit.fastpath import FastDispatch, RouteIndex
 from virtualq.tickets.schemas import Ticket, TransitionedTicket
 
 Send = Callable[[], Awaitable[httpx.Response]]
@@ -140,6 +140,47 @@ async def test_get_ticket_answers_as_fastapi_does(
     repeated = [("X-Tenant-ID", t.id), ("X-Tenant-ID", other.id), *t.h.items()]
     send = lambda: client.get(f"/v1/tickets/{ticket}", headers=repeated)  # noqa: E731
     await both(app, fast_off, "get_ticket", send, "full")
+
+
+async def test_fast_paths_answer_ahead_of_the_exception_middleware_and_the_router(
+    app: Any, client: httpx.AsyncClient, api: Api
+) -> None:
+    """FastDispatch answers a plain request of a fast path, and its errors, without the rest of the stack;
+    anything else goes down the stack as before."""
+    t, queue, order = await coffee(client, api)
+    ticket = (await t.ticket(queue, order))["id"]
+    node = app.middleware_stack
+    for _ in range(10):  # down the middleware chain to the dispatcher
+        if isinstance(node, FastDispatch):
+            break
+        node = node.app
+    assert isinstance(node, FastDispatch)
+    inner = node.app
+    passed: list[str] = []
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        passed.append(scope["path"])
+        await inner(scope, receive, send)
+
+    node.app = counting
+    try:
+        plain = await client.get(f"/v1/tickets/{ticket}", headers=t.h)
+        missing = await client.get(f"/v1/tickets/{uuid.uuid4()}", headers=t.h)
+        unauthenticated = await client.get(f"/v1/tickets/{ticket}")
+        assert passed == []
+        with_query = await client.get(f"/v1/tickets/{ticket}", params={"x": "1"}, headers=t.h)
+        other_route = await client.get(f"/v1/queues/{queue}", headers=t.h)
+        assert passed == [f"/v1/tickets/{ticket}", f"/v1/queues/{queue}"]
+    finally:
+        node.app = inner
+    assert plain.status_code == 200
+    assert plain.json()["id"] == ticket
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+    assert missing.json()["request_id"] == missing.headers["x-request-id"]
+    assert unauthenticated.status_code == 401
+    assert with_query.status_code == 200
+    assert with_query.json()["id"] == ticket
+    assert other_route.status_code == 200
 
 
 async def test_transition_answers_as_fastapi_does(

@@ -24,7 +24,7 @@ from virtualq.events.router import router as events_router
 from virtualq.health.router import router as health_router
 from virtualq.kit.cache import TtlCache
 from virtualq.kit.exception_handlers import install_exception_handlers
-from virtualq.kit.fastpath import index_routes
+from virtualq.kit.fastpath import FastDispatch, index_routes
 from virtualq.kit.idempotency import IdempotencyMiddleware
 from virtualq.kit.metrics import Metrics, PoolCollector
 from virtualq.kit.middleware import RequestContextMiddleware
@@ -195,6 +195,8 @@ def create_app(
         app.router.routes.extend(router.routes)
     index_routes(app.router)
 
+    # Innermost of our middleware: the fast paths answer ahead of the exception middleware and the router.
+    app.add_middleware(FastDispatch)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -245,11 +245,17 @@ class Cpu:
         return done
 
 
+# The set-up's clients drop an idle connection after 2 s, before uvicorn closes it (after 5 s; httpx's own
+# default is also 5 s): reusing a connection at the moment the server closes it fails the request with a
+# ReadError, as one run Y set-up did.
+SETUP_LIMITS = httpx.Limits(keepalive_expiry=2.0)
+
+
 async def bench_tenant(base: str, name: str) -> tuple[dict[str, str], str, str]:
     """A fresh account and tenant with an admin key, the bench ticket type and one queue:
     (auth headers, type id, queue id). Shared by bench/stream.py and bench/scale.py."""
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=SETUP_LIMITS) as client:
 
         async def post(path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
             response = await client.post(path, json=body, headers=headers)
@@ -269,7 +275,7 @@ async def bench_tenant(base: str, name: str) -> tuple[dict[str, str], str, str]:
 
 async def prepare(base: str, dsn: str) -> Setup:
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=SETUP_LIMITS) as client:
 
         async def post(path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
             response = await client.post(path, json=body, headers=headers)

@@ -300,3 +300,30 @@ def test_sizes_are_checked() -> None:
         Pool(never, min_size=3, max_size=2)
     with pytest.raises(ValueError, match="pool sizes"):
         Pool(never, min_size=0, max_size=0)
+
+
+async def test_a_connection_given_back_twice_is_lent_once(make_pool: Any) -> None:
+    pool, opener = await make_pool(max_size=2)
+    conn = await pool.take()
+    pool.give_back(conn)
+    pool.give_back(conn)  # a bug elsewhere: ignored, not a second idle entry
+    assert pool.get_idle_size() == 1
+    first, second = await pool.take(), await pool.take()
+    assert first is not second
+    assert opener.opened == 2
+    pool.give_back(first)
+    pool.give_back(second)
+
+
+async def test_terminate_fails_the_waiters(make_pool: Any) -> None:
+    pool, _ = await make_pool(max_size=1)
+    held = await pool.take()
+    waiting = asyncio.ensure_future(pool.take(wait_seconds=5))
+    await asyncio.sleep(0.01)
+    pool.terminate()
+    async with asyncio.timeout(1):
+        with pytest.raises(PoolClosedError):
+            await waiting
+    assert held.is_closed()
+    pool.give_back(held)  # after terminate: nothing happens
+    assert pool.get_size() == 0

@@ -147,6 +147,12 @@ class Pool:
     def give_back(self, conn: Connection, *, reusable: bool = True) -> None:
         """Return a connection taken from this pool. `reusable=False` when its user was interrupted (see
         `settled`): the connection is closed instead of lent again."""
+        if conn not in self._busy:
+            # Given back twice, or after terminate() or close() gave up on it: lending it again would give
+            # one connection to two tasks.
+            if not conn.is_closed():
+                log.warning("pool_give_back_of_a_connection_not_lent")
+            return
         if (
             not reusable
             or self._closing
@@ -210,6 +216,13 @@ class Pool:
     def terminate(self) -> None:
         """Close every connection at once, busy ones included."""
         self._closing = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(PoolClosedError("the connection pool is closed"))
         for conn in [*(each for each, _ in self._idle), *self._busy]:
             conn.terminate()
         self._idle.clear()

@@ -183,6 +183,47 @@ async def test_fast_paths_answer_ahead_of_the_exception_middleware_and_the_route
     assert other_route.status_code == 200
 
 
+async def test_a_client_gone_mid_body_is_answered_as_fastapi_does(
+    app: Any, client: httpx.AsyncClient, api: Api
+) -> None:
+    """A client that disconnects before its body is complete: the fast path hands the request to the route,
+    whose answer (400: the body could not be read) is what FastAPI gives, not a 500 and an error log."""
+    t, queue, order = await coffee(client, api)
+    body = f'{{"queue_id": "{queue}", "type_definition_id": "{order}"'.encode()
+    messages = [
+        {"type": "http.request", "body": body, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    headers = [(name.lower().encode(), value.encode()) for name, value in t.h.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/tickets",
+        "raw_path": b"/v1/tickets",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*headers, (b"content-type", b"application/json"), (b"content-length", b"999")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    before = served(app, "create_ticket", "full")
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 400, sent
+    assert served(app, "create_ticket", "full") == before + 1
+
+
 async def test_transition_answers_as_fastapi_does(
     app: Any,
     client: httpx.AsyncClient,

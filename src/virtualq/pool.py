@@ -17,7 +17,7 @@ one in, within its timeout). What asyncpg's pool did that this one keeps:
   the middle of a statement: it is closed (the server cancels the statement first), never lent again; so
   is one given back inside a transaction (the app's transactions end before their connection goes back, so
   that would be a bug elsewhere, not to be carried into the next request);
-- connections idle for `max_idle_seconds` beyond `min_size` are closed;
+- connections idle for `max_idle_seconds` are closed (and opened again when needed);
 - `expire_connections()` replaces every connection (idle ones at once, busy ones when given back);
 - `close()` waits for the busy connections (up to `close_timeout`) and closes everything.
 
@@ -53,8 +53,9 @@ INTERRUPTING: tuple[type[BaseException], ...] = (
 
 
 def settled(exc_type: type[BaseException] | None) -> bool:
-    """Can a connection whose user stopped with `exc_type` (None: no exception) be lent again?"""
-    if exc_type is None:
+    """Can a connection whose user stopped with `exc_type` (None: no exception) be lent again? asyncpg's
+    DataError (an argument it could not encode) is raised before anything is sent."""
+    if exc_type is None or issubclass(exc_type, asyncpg.DataError):
         return True
     return issubclass(exc_type, Exception) and not issubclass(exc_type, INTERRUPTING)
 
@@ -171,7 +172,7 @@ class Pool:
                 return
         self._busy.discard(conn)
         self._idle.append((conn, time.monotonic()))
-        if self._sweep is None and self._size > self._min_size:
+        if self._sweep is None:
             self._sweep = asyncio.get_running_loop().call_later(self._max_idle_seconds, self._close_idle)
 
     async def expire_connections(self) -> None:
@@ -225,10 +226,11 @@ class Pool:
                 waiter.set_exception(PoolClosedError("the connection pool is closed"))
         for conn in [*(each for each, _ in self._idle), *self._busy]:
             conn.terminate()
+        # Connections still opening, and slots promised to waiters, leave the count when they finish.
+        self._size -= len(self._idle) + len(self._busy)
         self._idle.clear()
         self._busy.clear()
         self._generation.clear()
-        self._size = 0
 
     # -- inside ------------------------------------------------------------------------------------------
 
@@ -302,13 +304,15 @@ class Pool:
                 return
 
     def _close_idle(self) -> None:
-        """Close the connections idle for `max_idle_seconds` beyond `min_size`; look again when due."""
+        """Close the connections idle for `max_idle_seconds` (the minimum too: a connection idle that long
+        may have been dropped by a firewall on the way, and is opened again when needed, as asyncpg's pool
+        did); look again when the next one is due."""
         self._sweep = None
         now = time.monotonic()
         idle = self._idle
-        while idle and self._size > self._min_size and now - idle[0][1] >= self._max_idle_seconds:
+        while idle and now - idle[0][1] >= self._max_idle_seconds:
             self._drop(idle.pop(0)[0])
-        if idle and self._size > self._min_size:
+        if idle:
             wait = max(self._max_idle_seconds - (now - idle[0][1]), 0.0)
             self._sweep = asyncio.get_running_loop().call_later(wait, self._close_idle)
 

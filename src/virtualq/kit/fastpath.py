@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.convertors import StringConvertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -167,10 +167,13 @@ def _exception_handler(
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]], exc: Exception
 ) -> Callable[[Request, Exception], Awaitable[Response]] | None:
     """The handler Starlette's exception middleware would pick: by status code for an HTTPException, else
-    by the nearest class in the exception's MRO."""
-    if isinstance(exc, StarletteHTTPException) and exc.status_code in handlers:
+    by the nearest class in the exception's MRO. Handlers for `Exception` and 500 belong to Starlette's
+    server-error middleware, outside ours: those errors go on to it, as from the exception middleware."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code in handlers and exc.status_code != 500:
         return handlers[exc.status_code]
     for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
         if cls in handlers:
             return handlers[cls]
     return None
@@ -212,7 +215,10 @@ async def json_body(request: Request, model: type[M]) -> M:
     """The body as `model`, read exactly as FastAPI reads it (the standard library's JSON parser, then the
     model in Python mode; orjson would turn integers beyond 64 bits into floats instead of refusing them); a
     body that is empty, not JSON or not valid goes to the route, which explains what is wrong."""
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # the route reads what is left and answers as FastAPI does
+        raise NotPlain from None
     try:
         return model.model_validate(json.loads(body))
     except Exception as exc:

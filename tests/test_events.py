@@ -509,15 +509,15 @@ async def test_the_hub_reads_in_the_form_planned_once(
             async with asyncio.timeout(2):
                 await reached.wait()
             hub.listeners.pop()
-    finally:
-        await hub.stop()
-    try:
-        async with pool.acquire() as conn:
+        # The pool's one connection, between the hub's reads (before stop(), which may interrupt a read
+        # and so close the connection it was on).
+        async with pool.acquire(wait_seconds=5) as conn:
             statements = await conn.fetch(
                 "SELECT statement FROM pg_prepared_statements WHERE starts_with(statement, $1)",
                 f"SELECT {events_repository.ENVELOPE_COLUMNS} FROM events",
             )
     finally:
+        await hub.stop()
         await pool.close()
     assert statements, "the hub read nothing"
     assert all("(SELECT $1::xid8)" in row["statement"] for row in statements), statements

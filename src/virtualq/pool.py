@@ -189,14 +189,7 @@ class Pool:
         """Refuse new takers, wait up to `close_timeout` for busy connections, close everything."""
         if self._closing:
             return
-        self._closing = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(PoolClosedError("the connection pool is closed"))
+        self._stop_lending()
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             self._drop(conn)
@@ -216,6 +209,17 @@ class Pool:
 
     def terminate(self) -> None:
         """Close every connection at once, busy ones included."""
+        self._stop_lending()
+        for conn in [*(each for each, _ in self._idle), *self._busy]:
+            conn.terminate()
+        # Connections still opening, and slots promised to waiters, leave the count when they finish.
+        self._size -= len(self._idle) + len(self._busy)
+        self._idle.clear()
+        self._busy.clear()
+        self._generation.clear()
+
+    def _stop_lending(self) -> None:
+        """Refuse new takers, fail the waiting ones, stop the idle sweep."""
         self._closing = True
         if self._sweep is not None:
             self._sweep.cancel()
@@ -224,13 +228,6 @@ class Pool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(PoolClosedError("the connection pool is closed"))
-        for conn in [*(each for each, _ in self._idle), *self._busy]:
-            conn.terminate()
-        # Connections still opening, and slots promised to waiters, leave the count when they finish.
-        self._size -= len(self._idle) + len(self._busy)
-        self._idle.clear()
-        self._busy.clear()
-        self._generation.clear()
 
     # -- inside ------------------------------------------------------------------------------------------
 

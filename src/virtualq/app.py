@@ -35,6 +35,7 @@ from virtualq.queues.router import router as queues_router
 from virtualq.tenants.router import router as tenants_router
 from virtualq.tickets import line, service
 from virtualq.tickets.batching import Batching
+from virtualq.tickets.reads import ReadBatching
 from virtualq.tickets.router import router as tickets_router
 from virtualq.type_definitions import compiled as compiled_types
 from virtualq.type_definitions.router import router as type_definitions_router
@@ -172,6 +173,7 @@ def create_app(
     app.state.head_revision = migrate.head_revision()
     app.state.metrics = metrics = Metrics()
     app.state.create_batching = Batching(settings.create_batch_max, metrics)
+    app.state.read_batching = ReadBatching(settings.read_batch_max, metrics)
     metrics.registry.register(PoolCollector(lambda: app.state.pool))
 
     install_exception_handlers(app)

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     feed_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # Creates into one queue arriving together share one statement, up to this many (1: one each).
     create_batch_max: int = Field(default=64, ge=1, le=1000)
+    # Reads of one ticket of a tenant arriving together share one statement, up to this many (1: one each).
+    read_batch_max: int = Field(default=64, ge=1, le=1000)
     # The hottest endpoints' plain requests skip FastAPI's per-request machinery (kit/fastpath.py).
     fast_paths: bool = True
     event_retention_days: float = Field(default=7.0, gt=0, le=3650)

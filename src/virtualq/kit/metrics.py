@@ -78,6 +78,16 @@ class Metrics:
         self.tickets_created = Counter(
             "virtualq_tickets_created_total", "Tickets created through the API.", registry=self.registry
         )
+        self.ticket_reads = Counter(
+            "virtualq_ticket_reads_total",
+            "Tickets read one at a time through the API (GET /v1/tickets/{id}).",
+            registry=self.registry,
+        )
+        self.ticket_read_statements = Counter(
+            "virtualq_ticket_read_statements_total",
+            "Statements that read them (reads of one tenant arriving together share one).",
+            registry=self.registry,
+        )
         self.fast_paths = Counter(
             "virtualq_fast_path_requests_total",
             "Requests to an endpoint with a fast path (kit/fastpath.py), by the path that answered them: "

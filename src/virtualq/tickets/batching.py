@@ -19,23 +19,22 @@ reply of their own.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from virtualq.db import EVENTS_WRITTEN, Connection, Record
 from virtualq.errors import Unavailable
+from virtualq.kit.lines import ALONE, Entry, Lead, Lines, fail, settle
 from virtualq.kit.metrics import Metrics
 from virtualq.tickets import repository
 
 
 @dataclass(frozen=True)
 class _Queue:
-    """Where the batch's tickets go: the key of a line (with the event loop) and the statement's arguments."""
+    """Where the batch's tickets go: the key of a line and the statement's arguments."""
 
     tenant_id: uuid.UUID
     queue_id: uuid.UUID
@@ -43,36 +42,14 @@ class _Queue:
     prefix: str
 
 
-@dataclass(eq=False)
-class _Entry:
-    ticket: dict[str, Any]
-    outcome: asyncio.Future[Any]
-
-
-@dataclass(eq=False)
-class _Lead:
-    """Handed to a waiter: run these (it is the first) in one statement."""
-
-    batch: list[_Entry]
-
-
-_ALONE = object()  # the batch failed: run your create alone
-
-
-@dataclass(eq=False)
-class _Line:
-    busy: bool = False
-    waiting: deque[_Entry] = field(default_factory=deque)
-
-
-# Per event loop (each test's app runs its own) and per queue; a line is dropped when it empties.
-_lines: dict[tuple[asyncio.AbstractEventLoop, uuid.UUID, uuid.UUID], _Line] = {}
-
-
 @dataclass
 class Batching:
     max_batch: int = 64  # 1: one statement per create
     metrics: Metrics | None = None
+
+    def __post_init__(self) -> None:
+        # One statement at a time per queue: each holds the queue's counter until it commits.
+        self._lines: Lines[dict[str, Any]] = Lines(self.max_batch)
 
     async def insert(
         self,
@@ -90,67 +67,37 @@ class Batching:
         queue = _Queue(tenant_id, queue_id, timezone, prefix)
         if self.max_batch <= 1 or conn.is_in_transaction():
             return (await self._run(conn, queue, [ticket]))[0]
-        loop = asyncio.get_running_loop()
-        key = (loop, tenant_id, queue_id)
-        line = _lines.get(key)
-        if line is None:
-            line = _lines[key] = _Line()
-        entry = _Entry(ticket, loop.create_future())
-        if not line.busy:
-            line.busy = True
-            batch = [entry]
-        else:
-            line.waiting.append(entry)
-            try:
-                outcome = await entry.outcome
-            except asyncio.CancelledError:
-                # Cancelled just as it was handed a batch: the batch's others run alone, the line goes on.
-                if entry.outcome.done() and not entry.outcome.cancelled():
-                    handed = entry.outcome.result()
-                    if isinstance(handed, _Lead):
-                        for other in handed.batch[1:]:
-                            _settle(other, _ALONE)
-                        self._hand_over(key, line)
-                raise
-            if outcome is _ALONE:
-                return (await self._run(conn, queue, [ticket]))[0]
-            if not isinstance(outcome, _Lead):
-                row: Record = outcome
-                return row
-            batch = outcome.batch
-        return await self._lead(conn, queue, key, line, batch)
+        turn = await self._lines.join((tenant_id, queue_id), ticket)
+        if turn is ALONE:
+            return (await self._run(conn, queue, [ticket]))[0]
+        if not isinstance(turn, Lead):
+            row: Record = turn
+            return row
+        return await self._lead(conn, queue, turn.batch)
 
-    async def _lead(
-        self,
-        conn: Connection,
-        queue: _Queue,
-        key: tuple[asyncio.AbstractEventLoop, uuid.UUID, uuid.UUID],
-        line: _Line,
-        batch: list[_Entry],
-    ) -> Record:
+    async def _lead(self, conn: Connection, queue: _Queue, batch: list[Entry[dict[str, Any]]]) -> Record:
         mine = batch[0]
-        batch = [mine, *(entry for entry in batch[1:] if not entry.outcome.done())]  # less the cancelled
         try:
             try:
-                rows = await self._run(conn, queue, [entry.ticket for entry in batch])
+                rows = await self._run(conn, queue, [entry.item for entry in batch])
             finally:
-                self._hand_over(key, line)  # however it ends, the next batch goes ahead
+                self._lines.hand_over((queue.tenant_id, queue.queue_id))  # the next batch goes ahead
         except asyncpg.PostgresError:
             if len(batch) == 1:
                 raise
             # Rolled back as a whole: each create runs again alone and gets its own answer.
             for other in batch[1:]:
-                _settle(other, _ALONE)
-            return (await self._run(conn, queue, [mine.ticket]))[0]
+                settle(other, ALONE)
+            return (await self._run(conn, queue, [mine.item]))[0]
         except BaseException:
             # Unknown outcome (connection lost, cancelled): as a lost reply for every create of the batch.
             for other in batch[1:]:
-                _fail(other, Unavailable("The database is unavailable; retry shortly."))
+                fail(other, Unavailable("The database is unavailable; retry shortly."))
             raise
         by_id = {row["id"]: row for row in rows}
         for other in batch[1:]:
-            _settle(other, by_id[other.ticket["id"]])
-        return by_id[mine.ticket["id"]]
+            settle(other, by_id[other.item["id"]])
+        return by_id[mine.item["id"]]
 
     async def _run(self, conn: Connection, queue: _Queue, tickets: list[dict[str, Any]]) -> list[Record]:
         numbered = [{**ticket, "n": n} for n, ticket in enumerate(tickets, 1)]
@@ -166,27 +113,3 @@ class Batching:
             self.metrics.create_statements.inc()
             self.metrics.tickets_created.inc(len(rows))
         return rows
-
-    def _hand_over(self, key: tuple[asyncio.AbstractEventLoop, uuid.UUID, uuid.UUID], line: _Line) -> None:
-        """The next batch to the first live waiter, or the line is idle."""
-        batch: list[_Entry] = []
-        while line.waiting and len(batch) < self.max_batch:
-            entry = line.waiting.popleft()
-            if not entry.outcome.done():  # a cancelled waiter is skipped
-                batch.append(entry)
-        if batch:
-            batch[0].outcome.set_result(_Lead(batch))
-            return
-        line.busy = False
-        if _lines.get(key) is line:
-            del _lines[key]
-
-
-def _settle(entry: _Entry, outcome: Any) -> None:
-    if not entry.outcome.done():
-        entry.outcome.set_result(outcome)
-
-
-def _fail(entry: _Entry, exc: BaseException) -> None:
-    if not entry.outcome.done():
-        entry.outcome.set_exception(exc)

@@ -175,6 +175,17 @@ async def get_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUI
     return row
 
 
+async def get_tickets(conn: Connection, tenant_id: uuid.UUID, ticket_ids: list[uuid.UUID]) -> list[Record]:
+    """The tickets of `ticket_ids` (those that exist), as get_ticket reads one."""
+    rows: list[Record] = await conn.fetch(
+        f"""SELECT {TICKET_COLUMNS}, {POSITION}
+              FROM tickets t WHERE t.tenant_id = $1 AND t.id = ANY($2::uuid[])""",
+        tenant_id,
+        ticket_ids,
+    )
+    return rows
+
+
 async def lock_ticket_with_type(
     conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID
 ) -> Record | None:

@@ -14,7 +14,7 @@ from virtualq.auth.principal import (
     TenantStaff,
     act_for_tenant,
 )
-from virtualq.db import ReadConn, StatementConn, WriteConn, reading, writing_statement
+from virtualq.db import ReadConn, StatementConn, WriteConn, get_pool, reading, writing_statement
 from virtualq.fsm import Category
 from virtualq.kit.fastpath import fast_path, json_body, named_tenant, no_query, path_uuid, single_header
 from virtualq.kit.pagination import PageQuery, page_envelope
@@ -124,9 +124,9 @@ async def count_tickets(body: TicketFilters, ctx: TenantStaff, conn: ReadConn) -
 
 
 @router.get("/v1/tickets/{ticket_id}", response_model=Ticket, responses=READ_ERRORS)
-async def get_ticket(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
+async def get_ticket(ticket_id: uuid.UUID, request: Request, ctx: TenantStaff) -> Any:
     """The ticket, with its `ETag`: send it back as `If-Match` to change it only if nobody else did."""
-    ticket = await service.get_ticket(conn, ctx, ticket_id)
+    ticket = await service.read_ticket(get_pool(request), ctx, ticket_id, request.app.state.read_batching)
     return trusted_json(project(ticket, TICKET_FIELDS), etag=etag(ticket["version"]))
 
 
@@ -135,8 +135,7 @@ async def _get_ticket_fast(request: Request) -> Response:
     ticket_id = path_uuid(request, "ticket_id")
     no_query(request)
     ctx = await act_for_tenant(request, STAFF_ROLES, named_tenant(request))
-    async with reading(request) as conn:
-        ticket = await service.get_ticket(conn, ctx, ticket_id)
+    ticket = await service.read_ticket(get_pool(request), ctx, ticket_id, request.app.state.read_batching)
     return _ticket_answer(ticket, TICKET_FIELDS)
 
 

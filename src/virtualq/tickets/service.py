@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from virtualq.auth.principal import TenantContext
-from virtualq.db import Connection, Record
+from virtualq.db import Connection, Record, acquire
 from virtualq.errors import (
     Conflict,
     InvalidTransition,
@@ -22,11 +22,13 @@ from virtualq.errors import (
 from virtualq.fsm import Category, Machine, TransitionRejected
 from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
+from virtualq.pool import Pool
 from virtualq.queues import repository as queues
 from virtualq.queues.estimates import Estimator, minutes_for
 from virtualq.tickets import repository
 from virtualq.tickets.batching import Batching
 from virtualq.tickets.etag import check_version
+from virtualq.tickets.reads import ReadBatching
 from virtualq.tickets.rules import effects_of
 from virtualq.tickets.schemas import TicketCreate, TicketUpdate, TransitionRequest
 from virtualq.type_definitions import repository as types
@@ -182,6 +184,28 @@ async def get_ticket(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID)
     if row is None:
         raise not_found("ticket")
     return await annotated(conn, ctx, row)
+
+
+async def read_ticket(
+    pool: Pool, ctx: TenantContext, ticket_id: uuid.UUID, batching: ReadBatching
+) -> dict[str, Any]:
+    """GET /v1/tickets/{id}: as get_ticket, on a connection of its own or in a statement shared with other
+    reads of the tenant arriving together (tickets/reads.py)."""
+
+    async def fetch(ticket_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        async with acquire(pool, transaction=False) as conn:
+            if len(ticket_ids) == 1:
+                row = await repository.get_ticket(conn, ctx.tenant_id, ticket_ids[0])
+                rows = [] if row is None else [row]
+            else:
+                rows = await repository.get_tickets(conn, ctx.tenant_id, ticket_ids)
+            tickets = await Estimator(conn, ctx.tenant_id).annotate(rows)
+        return {ticket["id"]: ticket for ticket in tickets}
+
+    ticket = await batching.read(ctx.tenant_id, ticket_id, fetch)
+    if ticket is None:
+        raise not_found("ticket")
+    return ticket
 
 
 async def _locked_machine(

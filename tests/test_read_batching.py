@@ -145,6 +145,19 @@ async def waiting(batching: ReadBatching, tenant: uuid.UUID, count: int) -> None
     raise AssertionError(f"never {count} waiting")
 
 
+async def queued(
+    fetch: Fetcher, waiters: int
+) -> tuple[ReadBatching, list[uuid.UUID], list[asyncio.Task[Any]]]:
+    """With `fetch` held at its gate: IN_FLIGHT reads of one tenant leading, and `waiters` more waiting."""
+    batching = ReadBatching()
+    fetch.gate.clear()
+    tenant = uuid.uuid4()
+    ids = [uuid.uuid4() for _ in range(IN_FLIGHT + waiters)]
+    tasks = [asyncio.create_task(batching.read(tenant, ticket_id, fetch)) for ticket_id in ids]
+    await waiting(batching, tenant, waiters)
+    return batching, ids, tasks
+
+
 async def test_reads_arriving_together_share_a_statement_up_to_max_batch() -> None:
     batching = ReadBatching(max_batch=5)
     fetch = Fetcher()
@@ -187,13 +200,8 @@ async def test_tenants_have_lines_of_their_own() -> None:
 
 
 async def test_a_failed_batch_leaves_each_read_to_run_alone() -> None:
-    batching = ReadBatching()
     fetch = Fetcher(fail_batches=True)
-    fetch.gate.clear()
-    tenant = uuid.uuid4()
-    ids = [uuid.uuid4() for _ in range(IN_FLIGHT + 4)]
-    tasks = [asyncio.create_task(batching.read(tenant, ticket_id, fetch)) for ticket_id in ids]
-    await waiting(batching, tenant, 4)
+    batching, ids, tasks = await queued(fetch, 4)
     fetch.gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     # The four waiting went into one batch, which failed: its leader gets the error, the others read alone.
@@ -207,13 +215,8 @@ async def test_a_failed_batch_leaves_each_read_to_run_alone() -> None:
 
 
 async def test_a_cancelled_leader_or_waiter_does_not_stop_the_line() -> None:
-    batching = ReadBatching()
     fetch = Fetcher()
-    fetch.gate.clear()
-    tenant = uuid.uuid4()
-    ids = [uuid.uuid4() for _ in range(IN_FLIGHT + 4)]
-    tasks = [asyncio.create_task(batching.read(tenant, ticket_id, fetch)) for ticket_id in ids]
-    await waiting(batching, tenant, 4)
+    batching, ids, tasks = await queued(fetch, 4)
     tasks[0].cancel()  # a leader, mid-statement: its place goes to the next batch
     tasks[IN_FLIGHT + 3].cancel()  # a waiter: skipped
     await asyncio.sleep(0.005)
@@ -228,13 +231,8 @@ async def test_a_cancelled_leader_or_waiter_does_not_stop_the_line() -> None:
 
 
 async def test_a_leader_cancelled_as_it_is_handed_a_batch_leaves_the_others_to_run_alone() -> None:
-    batching = ReadBatching()
     fetch = Fetcher()
-    fetch.gate.clear()
-    tenant = uuid.uuid4()
-    ids = [uuid.uuid4() for _ in range(IN_FLIGHT + 3)]
-    tasks = [asyncio.create_task(batching.read(tenant, ticket_id, fetch)) for ticket_id in ids]
-    await waiting(batching, tenant, 3)
+    batching, ids, tasks = await queued(fetch, 3)
     # The first waiter is cancelled in the same step as it is handed the batch it would lead.
     hand_over = batching._lines.hand_over
     handed: list[bool] = []

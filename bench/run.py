@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -545,7 +546,7 @@ def main() -> int:
                 clients, stop_status, transactions = SPECIAL.get(name, (args.concurrency, None, None))
                 seconds = args.seconds if stop_status is None else max(args.seconds, 120)
                 measured = Cpu.measure(process.pid)
-                result = asyncio.run(
+                result = uvloop.run(
                     run_load(name, "127.0.0.1", port, headers, factory, clients, seconds, stop_status)
                 )
                 cpu = measured(len(result.latencies))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -160,7 +161,7 @@ def main() -> int:
                 "RATE_LIMIT_BURST": str(LIMIT_BURST),
             }
             with server(dsn, ports[0], 1, extra), server(dsn, ports[1], 1, extra):
-                asyncio.run(drive(ports, args.seconds, args.counters))
+                uvloop.run(drive(ports, args.seconds, args.counters))
     finally:
         valkey.stop()
     return 0

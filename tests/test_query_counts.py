@@ -4,6 +4,7 @@ number of tickets it returns. Also EXPLAIN checks that the main queries use thei
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
 from virtualq.app import create_app
 from virtualq.kit.responses import project, project_rows
 from virtualq.tickets import service
-from virtualq.tickets.repository import POSITION, TICKET_COLUMNS
+from virtualq.tickets.repository import POSITION, TICKET_COLUMNS, TICKETS_BY_IDS
 
 
 class Counter:
@@ -313,6 +314,167 @@ async def test_a_position_reads_the_line_up_to_the_ticket_only(
     )
     assert "PUBLIC" not in {row["grantee"] for row in granted}
     assert "virtualq_app" in {row["grantee"] for row in granted}
+
+
+async def _scoped(db: asyncpg.Connection, scope: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """`sql`'s rows as the server's role sees them, scoped to `scope` (a tenant id or "system")."""
+    async with db.transaction():
+        await db.execute("SET LOCAL ROLE virtualq_app")
+        await db.execute("SELECT set_config('virtualq.tenant_id', $1, true)", scope)
+        rows: list[asyncpg.Record] = await db.fetch(sql, *args)
+    return rows
+
+
+async def _batch_blocks(db: asyncpg.Connection, scope: str, ticket_ids: list[uuid.UUID]) -> int:
+    await _scoped(db, scope, TICKETS_BY_IDS, uuid.UUID(scope), ticket_ids)  # plans the function once
+    shown = await _scoped(
+        db, scope, f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {TICKETS_BY_IDS}", uuid.UUID(scope), ticket_ids
+    )
+    top = json.loads(shown[0][0])[0]["Plan"]
+    blocks: int = top["Shared Hit Blocks"] + top["Shared Read Blocks"]
+    return blocks
+
+
+async def test_a_batch_of_reads_counts_each_line_once(
+    db: asyncpg.Connection, client: httpx.AsyncClient, api: Api
+) -> None:
+    """Migration 0014: a statement reading several tickets (tickets/reads.py) counts the positions of the
+    waiting ones a queue at a time, in one pass over the line up to the last of them, and answers exactly
+    the positions the one-ticket statement answers: across two queues, with tied sort keys, a ticket asked
+    for twice, one not waiting and one that does not exist. Another tenant gets nothing."""
+    t = await Tenant.create(client, api)
+    kind = await t.type("toggle", TOGGLE_FSM)
+    long_line, short_line = await t.queue("Long line"), await t.queue("Short line")
+    h = auth(t.world.tenant_admin)
+    heads = []
+    for queue in (long_line, short_line):
+        body = {"queue_id": queue["id"], "type_definition_id": kind["id"]}
+        heads.append(uuid.UUID(ok(await client.post("/v1/tickets", json=body, headers=h), 201)["id"]))
+    for head, length in zip(heads, (3000, 12), strict=True):
+        await db.execute(
+            """INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
+                                    display_code, local_date, current_state, state_category)
+               SELECT tenant_id, gen_random_uuid(), queue_id, queue_id, type_definition_id, number + g,
+                      display_code, local_date, current_state, state_category
+                 FROM tickets, generate_series(1, $2) g WHERE id = $1""",
+            head,
+            length,
+        )
+    await db.execute("ANALYZE tickets")
+    long_ids = [
+        row["id"]
+        for row in await db.fetch(
+            "SELECT id FROM tickets WHERE queue_id = $1 ORDER BY sort_key", uuid.UUID(long_line["id"])
+        )
+    ]
+    short = await db.fetch(
+        "SELECT id, sort_key FROM tickets WHERE queue_id = $1 ORDER BY sort_key", uuid.UUID(short_line["id"])
+    )
+    # Three tickets of the short line share a sort key (a reorder could leave two equal): each has the
+    # same tickets ahead, strictly less.
+    await db.execute(
+        "UPDATE tickets SET sort_key = $1 WHERE id = ANY($2::uuid[])",
+        short[5]["sort_key"],
+        [short[6]["id"], short[7]["id"]],
+    )
+    await db.execute(
+        "UPDATE tickets SET state_category = 'in_service', current_state = 'serving' WHERE id = $1",
+        short[2]["id"],
+    )
+    spread = long_ids[::150]  # 21 tickets along the line of 3,001, its head and its end among them
+    batch = spread + [row["id"] for row in short] + [spread[3], uuid.uuid4()]
+
+    rows = await _scoped(db, t.id, TICKETS_BY_IDS, uuid.UUID(t.id), batch)
+    single = f"SELECT t.id, {POSITION} FROM tickets t WHERE t.id = $1"
+    expected = {}
+    for ticket_id in set(batch):
+        found = await _scoped(db, t.id, single, ticket_id)
+        if found:
+            expected[ticket_id] = found[0]["position"]
+    assert {row["id"]: row["position"] for row in rows} == expected
+    assert len(rows) == len(expected) == len(batch) - 2  # each found ticket once; the unknown one not at all
+    assert [expected[ticket_id] for ticket_id in spread] == [1 + 150 * n for n in range(21)]
+    assert expected[short[2]["id"]] is None
+    assert expected[short[5]["id"]] == expected[short[6]["id"]] == expected[short[7]["id"]] == 5
+    assert expected[short[8]["id"]] == 6 + 2  # after the three tied ones (one ahead left the line)
+
+    # One pass: reading the 21 costs about what reading the last of them alone costs, not 21 counts.
+    singles = [(await _blocks_and_position(db, t.id, ticket_id))[0] for ticket_id in spread]
+    together = await _batch_blocks(db, t.id, spread)
+    # (each ticket adds its own key lookup and one descent of the line's index to the pass)
+    assert together < singles[-1] + 8 * len(spread), (together, singles[-1])
+    assert sum(singles) > together * 3, (sum(singles), together)
+
+    # Another tenant's batch finds none of these tickets, and asking the function directly about this
+    # tenant's line answers nothing; the system scope counts as the tenant does.
+    other = await Tenant.create(client, api)
+    assert await _scoped(db, other.id, TICKETS_BY_IDS, uuid.UUID(other.id), batch) == []
+    ask = "SELECT * FROM tickets_waiting_ahead_each($1, $2, $3)"
+    keys = [row["sort_key"] for row in short]
+    assert await _scoped(db, other.id, ask, uuid.UUID(t.id), uuid.UUID(short_line["id"]), keys) == []
+    as_tenant = await _scoped(db, t.id, ask, uuid.UUID(t.id), uuid.UUID(short_line["id"]), keys)
+    assert len(as_tenant) == len(set(keys))
+    assert await _scoped(db, "system", ask, uuid.UUID(t.id), uuid.UUID(short_line["id"]), keys) == as_tenant
+    granted = await db.fetch(
+        """SELECT coalesce(r.rolname, 'PUBLIC') AS grantee FROM pg_proc p, aclexplode(p.proacl) a
+             LEFT JOIN pg_roles r ON r.oid = a.grantee
+            WHERE p.proname = 'tickets_waiting_ahead_each' AND a.privilege_type = 'EXECUTE'"""
+    )
+    grantees = {row["grantee"] for row in granted}
+    assert "PUBLIC" not in grantees
+    assert "virtualq_app" in grantees
+
+
+async def test_each_keys_count_matches_the_count_of_one(
+    db: asyncpg.Connection, client: httpx.AsyncClient, api: Api
+) -> None:
+    """tickets_waiting_ahead_each() against tickets_waiting_ahead() for random sets of keys: keys in the
+    line, between its tickets, before its head, past its end, and repeated."""
+    t = await Tenant.create(client, api)
+    kind = await t.type("toggle", TOGGLE_FSM)
+    queue = await t.queue("Line")
+    body = {"queue_id": queue["id"], "type_definition_id": kind["id"]}
+    head = uuid.UUID(
+        ok(await client.post("/v1/tickets", json=body, headers=auth(t.world.tenant_admin)), 201)["id"]
+    )
+    await db.execute(
+        """INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
+                                display_code, local_date, current_state, state_category, sort_key)
+           SELECT tenant_id, gen_random_uuid(), queue_id, queue_id, type_definition_id, number + g,
+                  display_code, local_date, current_state, state_category, sort_key + (g / 3) * 2
+             FROM tickets, generate_series(1, 60) g WHERE id = $1""",
+        head,
+    )  # keys step by 2 and come in threes: ties, and gaps between them
+    line = [
+        row["sort_key"]
+        for row in await db.fetch(
+            "SELECT sort_key FROM tickets WHERE queue_id = $1 ORDER BY sort_key", uuid.UUID(queue["id"])
+        )
+    ]
+    candidates = line + [key + 1 for key in line] + [line[0] - 5, line[-1] + 5]
+    chooser = random.Random(7)
+    for _ in range(25):
+        keys = chooser.choices(candidates, k=chooser.randint(1, 12))
+        rows = await _scoped(
+            db,
+            t.id,
+            "SELECT * FROM tickets_waiting_ahead_each($1, $2, $3)",
+            uuid.UUID(t.id),
+            uuid.UUID(queue["id"]),
+            keys,
+        )
+        counted = {row["waiting_key"]: row["ahead"] for row in rows}
+        assert set(counted) == set(keys)
+        for key in set(keys):
+            one = await _scoped(
+                db,
+                t.id,
+                "SELECT tickets_waiting_ahead($1, $2, $3) AS n",
+                uuid.UUID(t.id),
+                uuid.UUID(queue["id"]),
+                key,
+            )
+            assert counted[key] == one[0]["n"] == sum(1 for other in line if other < key), key
 
 
 TOGGLE_FSM: dict[str, Any] = {

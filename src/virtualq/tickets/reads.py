@@ -35,7 +35,8 @@ Fetch = Callable[[list[uuid.UUID]], Awaitable[dict[uuid.UUID, Ticket]]]
 # Statements of one tenant's reads running at once in a process. One alone gives the largest batches, but a
 # batch then waits for the one before it even with a core idle; two overlap (bench/run.py, get ticket: the
 # same requests per second with 1, 2 or 4, about 10 µs less CPU per read on each side with 1; see
-# docs/performance.md), and a slow statement (a ticket far down a long line) holds up only half the reads.
+# docs/performance.md), and a slow statement (a batch reaching far down a long line: its positions are
+# counted in one pass per line, up to the last of its tickets) holds up only half the reads.
 IN_FLIGHT = 2
 
 

@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import pydantic
 import pytest
 
+from tests.conftest import make_settings
+from virtualq.db import create_pool
 from virtualq.pool import Pool, PoolClosedError, settled
 
 
@@ -336,3 +339,79 @@ async def test_terminate_fails_the_waiters(make_pool: Any) -> None:
     assert held.is_closed()
     pool.give_back(held)  # after terminate: nothing happens
     assert pool.get_size() == 0
+
+
+async def test_a_connection_past_its_lifetime_is_replaced(make_pool: Any, db: Any) -> None:
+    """max_lifetime_seconds: a connection older than its lifetime (90 to 100 % of the setting) is closed when
+    given back, or when found idle, and the next taker gets a new one."""
+    pool, opener = await make_pool(max_size=2, max_lifetime_seconds=0.3)
+    busy = await pool.take()
+    async with pool.acquire() as idle:
+        idle_pid = idle.get_server_pid()
+    busy_pid = busy.get_server_pid()
+    async with pool.acquire() as again:  # young: the same connection is lent again
+        assert again.get_server_pid() == idle_pid
+    await asyncio.sleep(0.35)
+    pool.give_back(busy)  # old: closed, not kept
+    await wait_until_gone(db, busy_pid)
+    assert pool.get_idle_size() == 1  # the idle one waits to be taken
+    async with pool.acquire(wait_seconds=5) as conn:  # and is then too old to lend as well
+        assert conn.get_server_pid() not in (idle_pid, busy_pid)
+    await wait_until_gone(db, idle_pid)
+    assert opener.opened == 3
+    assert pool.get_size() == 1
+
+
+async def test_a_connection_within_its_lifetime_is_kept(make_pool: Any) -> None:
+    pool, opener = await make_pool(max_size=1, max_lifetime_seconds=60)
+    for _ in range(20):
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+    assert opener.opened == 1
+
+
+async def test_close_waits_for_a_connection_still_opening_and_closes_it(
+    make_pool: Any, db: Any, database_dsn: str
+) -> None:
+    """A connect in progress when close() starts: close() returns only once that connection is open and
+    closed again, so nothing the pool opened outlives it."""
+    pool, opener = await make_pool(max_size=1)
+    opened: list[asyncpg.Connection] = []
+    release = asyncio.Event()
+
+    async def slow_connect() -> asyncpg.Connection:
+        await release.wait()
+        conn = await asyncpg.connect(database_dsn)
+        opened.append(conn)
+        return conn
+
+    pool._connect = slow_connect  # the next connection takes its time to open
+    taking = asyncio.ensure_future(pool.take(wait_seconds=5))
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(pool.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # waits for the connect in progress
+    release.set()
+    async with asyncio.timeout(5):
+        await closing
+    with pytest.raises(PoolClosedError):
+        await taking
+    assert len(opened) == 1
+    assert opened[0].is_closed()
+    assert pool.get_size() == 0
+    assert opener.opened == 0
+
+
+async def test_the_lifetime_setting_is_checked_and_reaches_the_app_pool(database_dsn: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="db_pool_max_lifetime_seconds"):
+        make_settings(db_pool_max_lifetime_seconds=-1)
+    assert make_settings().db_pool_max_lifetime_seconds == 1800
+    pool = await create_pool(make_settings(db_pool_max_lifetime_seconds=0.2), database_dsn, sizes=(1, 1))
+    try:
+        async with pool.acquire() as conn:
+            first = conn.get_server_pid()
+        await asyncio.sleep(0.25)
+        async with pool.acquire(wait_seconds=5) as conn:
+            assert conn.get_server_pid() != first
+    finally:
+        await pool.close()

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=200, ge=0)
     db_pool_min_size: int = Field(default=2, ge=0, le=100)
     db_pool_max_size: int = Field(default=20, ge=1, le=100)
+    # A pooled connection older than this is replaced when next given back or found idle (0: never).
+    db_pool_max_lifetime_seconds: float = Field(default=1800.0, ge=0, le=86_400)
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)
     auto_migrate: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

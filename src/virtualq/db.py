@@ -110,7 +110,12 @@ async def create_pool(
             conn.add_query_logger(query_logger)
         return conn
 
-    pool = Pool(connect, min_size=min_size, max_size=max_size)
+    pool = Pool(
+        connect,
+        min_size=min_size,
+        max_size=max_size,
+        max_lifetime_seconds=settings.db_pool_max_lifetime_seconds,
+    )
     await pool.start()
     return pool
 

@@ -19,16 +19,23 @@ one in, within its timeout). What asyncpg's pool did that this one keeps:
   that would be a bug elsewhere, not to be carried into the next request);
 - connections idle for `max_idle_seconds` are closed (and opened again when needed);
 - `expire_connections()` replaces every connection (idle ones at once, busy ones when given back);
-- `close()` waits for the busy connections (up to `close_timeout`) and closes everything.
+- `close()` waits for the busy connections and those still opening (up to `close_timeout`) and closes
+  everything.
 
-What it does not do: reset session state on give-back (the app leaves none: see `db.PooledConnection`), or
-recycle a connection after a number of queries.
+And one thing asyncpg's pool did by counting queries (50,000 per connection): a connection older than
+`max_lifetime_seconds` is closed when it is given back or found idle, and a new one opened when needed, so
+that a server process's caches (catalog, plans) never grow for ever and connections move to a new server
+behind the same address (a failover, a pooler) within that time. Each connection's lifetime is drawn
+between 90 and 100 % of the setting, so that connections opened together are not all replaced together.
+
+What it does not do: reset session state on give-back (the app leaves none: see `db.PooledConnection`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -72,6 +79,7 @@ class Pool:
         min_size: int,
         max_size: int,
         max_idle_seconds: float = 300.0,
+        max_lifetime_seconds: float = 0.0,  # 0: for ever
         close_timeout: float = 10.0,
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
@@ -82,6 +90,7 @@ class Pool:
         self._min_size = min_size
         self._max_size = max_size
         self._max_idle_seconds = max_idle_seconds
+        self._max_lifetime_seconds = max_lifetime_seconds
         self._close_timeout = close_timeout
         self._size = 0  # open, being opened, or a slot promised to a waiter
         self._idle: list[tuple[Connection, float]] = []  # (connection, given back at): most recent last
@@ -89,6 +98,9 @@ class Pool:
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._generation: dict[Connection, int] = {}
         self._current_generation = 0
+        self._retire_at: dict[Connection, float] = {}  # monotonic time after which it is not lent again
+        self._opening = 0  # connects in progress
+        self._opened = asyncio.Event()  # set when the last connect in progress ends while closing
         self._closing = False
         self._all_back: asyncio.Event | None = None
         self._sweep: asyncio.TimerHandle | None = None
@@ -136,7 +148,7 @@ class Pool:
         idle = self._idle
         while idle:
             conn = idle.pop()[0]
-            if conn.is_closed():
+            if conn.is_closed() or (self._retire_at and time.monotonic() >= self._retire_at[conn]):
                 self._drop(conn)
                 continue
             self._busy.add(conn)
@@ -160,6 +172,7 @@ class Pool:
             or conn.is_closed()
             or conn.is_in_transaction()
             or self._generation.get(conn) != self._current_generation
+            or (self._retire_at and time.monotonic() >= self._retire_at[conn])
         ):
             self._busy.discard(conn)
             self._drop(conn)
@@ -186,17 +199,20 @@ class Pool:
     # -- closing -----------------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Refuse new takers, wait up to `close_timeout` for busy connections, close everything."""
+        """Refuse new takers, wait up to `close_timeout` for busy connections and for connections still
+        opening (each is closed as soon as it opens), close everything."""
         if self._closing:
             return
         self._stop_lending()
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             self._drop(conn)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._close_timeout
         if self._busy:
             self._all_back = asyncio.Event()
             try:
-                async with asyncio.timeout(self._close_timeout):
+                async with asyncio.timeout_at(deadline):
                     await self._all_back.wait()
             except TimeoutError:
                 log.warning("pool_close_busy_connections_terminated", connections=len(self._busy))
@@ -204,6 +220,12 @@ class Pool:
                     self._busy.discard(conn)
                     conn.terminate()
                     self._drop(conn)
+        if self._opening:
+            try:
+                async with asyncio.timeout_at(max(deadline, loop.time() + 0.1)):
+                    await self._opened.wait()
+            except TimeoutError:  # a connect that hangs is its caller's to time out
+                log.warning("pool_close_connects_still_in_progress", connects=self._opening)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -217,6 +239,7 @@ class Pool:
         self._idle.clear()
         self._busy.clear()
         self._generation.clear()
+        self._retire_at.clear()
 
     def _stop_lending(self) -> None:
         """Refuse new takers, fail the waiting ones, stop the idle sweep."""
@@ -235,6 +258,7 @@ class Pool:
         """Open a connection in a slot `reserved` for this caller (counted in `_size`), or in a new one."""
         if not reserved:
             self._size += 1
+        self._opening += 1
         try:
             async with asyncio.timeout(wait_seconds):
                 conn = await self._connect()
@@ -242,11 +266,18 @@ class Pool:
             self._size -= 1
             self._slot_freed()
             raise
+        finally:
+            self._opening -= 1
+            if self._closing and not self._opening:
+                self._opened.set()
         if self._closing:  # closed while this one was opening
             self._size -= 1
             self._background(_close_quietly(conn, self._close_timeout))
             raise PoolClosedError("the connection pool is closed")
         self._generation[conn] = self._current_generation
+        if self._max_lifetime_seconds > 0:
+            lifetime = self._max_lifetime_seconds * random.uniform(0.9, 1.0)  # spread, not a secret
+            self._retire_at[conn] = time.monotonic() + lifetime
         self._busy.add(conn)
         return conn
 
@@ -282,6 +313,7 @@ class Pool:
         has the server cancel a statement still running (one its user was interrupted in), then says
         goodbye; terminating the socket instead would leave that statement running to its end."""
         self._generation.pop(conn, None)
+        self._retire_at.pop(conn, None)
         self._size -= 1
         if not conn.is_closed():
             self._background(_close_quietly(conn, self._close_timeout))

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tests.helpers import Api, assert_cancel_right_after_a_wake_up_stops, assert
 from tests.test_ticket_flows import coffee, ok
 from virtualq.auth.principal import PLATFORM_ADMIN, TenantContext
 from virtualq.db import acquire, create_pool
+from virtualq.events import cursor as events_cursor
 from virtualq.events import repository as events_repository
 from virtualq.events.hub import EventHub
 from virtualq.events.repository import WAITING_SQL
@@ -401,6 +403,58 @@ async def test_an_event_committed_behind_a_running_transaction_is_sent_once_that
     finally:
         await long.close()
         await hub.stop()
+
+
+async def test_overlapping_commits_reach_the_hub_once_each_in_order_without_its_poll(
+    app: Any, database_dsn: str
+) -> None:
+    """A stress test for the hub's cursor: eight writers commit events in short transactions that overlap,
+    some held open a moment (so commits land out of transaction-id order, behind running transactions,
+    and during the hub's reads), each waking the hub after its commit as the app does. With its poll 30 s
+    away, every event must reach a subscriber exactly once, in the log's order, within 2 s of the last
+    commit. (Reading past the oldest running transaction loses events here.)"""
+    hub = EventHub(
+        app.state.system_pool, database_dsn, app.state.metrics, poll_seconds=30, buffer_size=20_000
+    )
+    await hub.start()
+    tenant = uuid.uuid4()
+    subscriber = hub.subscribe(tenant, display=False)
+    insert = (
+        "INSERT INTO events (tenant_id, type) VALUES ($1, 'test.stress') RETURNING tx_id::text::bigint, id"
+    )
+    chooser = random.Random(5)
+    written: list[tuple[int, int]] = []
+
+    async def writer() -> None:
+        conn = await asyncpg.connect(database_dsn)
+        try:
+            for _ in range(150):
+                async with conn.transaction():
+                    rows = [tuple(await conn.fetchrow(insert, tenant)) for _ in range(chooser.randint(1, 3))]
+                    if chooser.random() < 0.2:
+                        await asyncio.sleep(chooser.random() * 0.01)  # others commit behind this one
+                written.extend(rows)
+                hub.wake()
+        finally:
+            await conn.close()
+
+    received: list[tuple[int, int]] = []
+    try:
+        await asyncio.gather(*(writer() for _ in range(8)))
+        async with asyncio.timeout(2):
+            while len(received) < len(written):
+                message = await subscriber.buffer.get()
+                assert message is not None, "the subscriber was dropped"
+                cursor = events_cursor.parse(message.split(b"\n", 1)[0].removeprefix(b"id: ").decode())
+                assert cursor is not None
+                received.append(cursor)
+        await asyncio.sleep(0.2)  # nothing more may come: no event twice
+        assert subscriber.buffer.empty()
+    finally:
+        await hub.stop()
+    assert len(written) >= 8 * 150
+    assert sorted(received) == sorted(written)  # each once
+    assert received == sorted(received)  # in the log's order
 
 
 async def test_the_waiting_check_skips_the_events_of_a_long_transaction(

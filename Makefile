@@ -1,4 +1,4 @@
-.PHONY: run test check openapi bench bench-stream demo format
+.PHONY: run test check openapi bench bench-stream bench-coldstart demo format
 
 run:     ## start the server on http://127.0.0.1:8080 (embedded PostgreSQL unless DATABASE_URL is set)
 	bash scripts/run
@@ -20,6 +20,9 @@ bench:   ## run the benchmark suite against a fresh server (see bench/README.md)
 
 bench-stream:   ## 1,000 SSE clients and webhook throughput against a fresh server (see bench/README.md)
 	bash scripts/bootstrap && .venv/bin/python bench/stream.py
+
+bench-coldstart:   ## time from launch to ready on the embedded defaults, first and warm starts (see bench/README.md)
+	bash scripts/bootstrap && .venv/bin/python bench/coldstart.py
 
 demo:   ## create demo tenants (coffee chain, DMV) with keys and print the pages' URLs
 	bash scripts/bootstrap && .venv/bin/virtualq demo

@@ -12,8 +12,11 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import make_settings
 from tests.helpers import Api, assert_error, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, ORDER_SCHEMA, Tenant, ok
+from virtualq.app import create_app
+from virtualq.tickets import line_repository
 
 
 async def line_of(t: Tenant, queue_id: str) -> list[dict[str, Any]]:
@@ -122,6 +125,34 @@ async def test_display_key_cannot_call_next(client: httpx.AsyncClient, api: Api)
     response = await client.post(f"/v1/queues/{queue_id}/call-next", json={}, headers=auth(display))
     assert_error(response, 403, "forbidden")
     await assert_positions(t, queue_id, ids)
+
+
+async def test_a_first_call_learns_its_plan_without_locking_a_ticket(
+    database_dsn: str, client: httpx.AsyncClient, api: Api
+) -> None:
+    """A process's first call into a queue does not know yet which transition takes the first ticket out of
+    the line. It learns that from a look that locks nothing, then calls once: the call statement (which
+    locks the ticket it calls) never runs without a plan for the ticket, where it would hold the ticket for
+    the length of a statement, make it nothing, and let a counter calling meanwhile skip it and take the
+    one behind it (a test of concurrent counters once saw that in CI: a counter got two tickets swapped)."""
+    t, queue_id, _, ids = await coffee(client, api, tickets=3)
+    statements: list[str] = []
+    app = create_app(
+        make_settings(), dsn=database_dsn, query_logger=lambda record: statements.append(record.query)
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://first") as fresh,
+    ):
+        for expected in ids[:2]:
+            statements.clear()
+            response = await fresh.post(f"/v1/queues/{queue_id}/call-next", json={}, headers=t.h)
+            assert ok(response)["id"] == expected
+            await asyncio.sleep(0.01)  # asyncpg hands each statement to the logger with call_soon
+            calls = [query for query in statements if "FOR UPDATE OF t SKIP LOCKED" in query]
+            assert len(calls) == 1, statements  # one call statement, the first time too
+            looks = [query for query in statements if query == line_repository.PEEK_FIRST_WAITING]
+            assert len(looks) == (1 if expected == ids[0] else 0)  # a look the first time only
 
 
 @pytest.mark.parametrize("counters", [2, 5, 20])

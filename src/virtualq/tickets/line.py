@@ -92,6 +92,13 @@ async def call_next(
         return await _call_named(conn, ctx, queue_id, body)
     employee_id = body.employee_id or ctx.principal.employee_id
     key = (ctx.tenant_id, queue_id)
+    if key not in _plans:
+        # This process's first call into the queue: learn the first ticket's transition from a look that
+        # locks nothing. The call statement would lock it and then leave it (its plan has no entry yet), and
+        # a counter calling meanwhile would skip it and take the one behind it: out of line order.
+        head = await line.peek_first_waiting(conn, ctx.tenant_id, queue_id)
+        if head is not None:
+            await _learn(conn, key, head["type_definition_id"], head["type_version"], head["current_state"])
     for _ in range(CALL_ATTEMPTS):
         plan = _plans.get(key, CallPlan())
         row = await line.call_first_waiting(
@@ -114,21 +121,28 @@ async def call_next(
             called = {name: value for name, value in row.items() if name not in line.CALL_FACTS}
             return await annotated(conn, ctx, called)
         # The plan has no entry for this ticket's type version and state yet: learn it, then call again.
-        type_id, version, state = row["candidate_type"], row["candidate_type_version"], row["candidate_state"]
-        machine = await _machine_for(conn, type_id, version)
-        if machine is None:
-            continue  # the type changed meanwhile; the next attempt sees the new version
-        via = next(
-            (t for t in (machine.first_transition_into(state, [c]) for c in CALL_TARGETS) if t is not None),
-            None,
-        )
-        if via is None:
-            raise no_way(machine, state, "out of the waiting line")
-        if len(_plans) >= MAX_PLANS:
-            _plans.clear()
-        # The plan as it is now (another request may have learnt an entry meanwhile), plus this entry.
-        _plans[key] = _plans.get(key, CallPlan()).learn(type_id, version, state, machine, via)
+        await _learn(conn, key, row["candidate_type"], row["candidate_type_version"], row["candidate_state"])
     raise Conflict("the line kept changing while calling the next ticket; retry")
+
+
+async def _learn(
+    conn: Connection, key: tuple[uuid.UUID, uuid.UUID], type_id: uuid.UUID, version: int, state: str
+) -> None:
+    """Add to the queue's plan the transition call-next applies to a ticket of this type version and state
+    (nothing when that version is gone: the next attempt sees the new one)."""
+    machine = await _machine_for(conn, type_id, version)
+    if machine is None:
+        return
+    via = next(
+        (t for t in (machine.first_transition_into(state, [c]) for c in CALL_TARGETS) if t is not None),
+        None,
+    )
+    if via is None:
+        raise no_way(machine, state, "out of the waiting line")
+    if len(_plans) >= MAX_PLANS:
+        _plans.clear()
+    # The plan as it is now (another request may have learnt an entry meanwhile), plus this entry.
+    _plans[key] = _plans.get(key, CallPlan()).learn(type_id, version, state, machine, via)
 
 
 async def _call_named(

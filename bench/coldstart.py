@@ -27,14 +27,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import free_port  # noqa: E402
+from virtualq.embedded_pg import EmbeddedPostgres  # noqa: E402
 
 VIRTUALQ = Path(sys.executable).parent / "virtualq"
 READY_WITHIN_SECONDS = 60.0
 
 
+# Loopback only, whatever proxy the caller's shell names.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Settings that would make the server something else than the embedded defaults.
+NOT_DEFAULTS = ("DATABASE_URL", "REDIS_URL", "AUTO_MIGRATE", "WEB_CONCURRENCY", "VIRTUALQ_DATA_DIR")
+
+
 def ready(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
+        with DIRECT.open(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
             return bool(answer.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -43,13 +50,12 @@ def ready(port: int) -> bool:
 def start_once(data_dir: Path) -> float:
     """Seconds from launch to ready; stops the server and checks that it exited cleanly."""
     port = free_port()
-    env = {
-        **os.environ,
+    env = {key: value for key, value in os.environ.items() if key not in NOT_DEFAULTS}
+    env |= {
         "VIRTUALQ_DATA_DIR": str(data_dir),
         "ADMIN_API_KEY": "vq_admin_coldstart_" + "x" * 24,
         "LOG_LEVEL": "warning",
     }
-    env.pop("DATABASE_URL", None)  # the embedded defaults, whatever the caller's shell has
     # Errors to a file, not a pipe: a server that logs a lot must not block on a pipe nobody reads.
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
@@ -99,6 +105,9 @@ def main() -> int:
             shown = " / ".join(f"{seconds:.2f}" for seconds in warm)
             print(f"start with an initialised database: {shown} s to ready (target 3 s)")
     finally:
+        # A server killed before its SIGTERM handler was installed leaves the embedded PostgreSQL running
+        # (pg_ctl starts it in a session of its own): stop it before its directory goes.
+        EmbeddedPostgres(data_dir).stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 

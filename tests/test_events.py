@@ -411,8 +411,9 @@ async def test_overlapping_commits_reach_the_hub_once_each_in_order_without_its_
     """A stress test for the hub's cursor: eight writers commit events in short transactions that overlap,
     some held open a moment (so commits land out of transaction-id order, behind running transactions,
     and during the hub's reads), each waking the hub after its commit as the app does. With its poll 30 s
-    away, every event must reach a subscriber exactly once, in the log's order, within 2 s of the last
-    commit. (Reading past the oldest running transaction loses events here.)"""
+    away, every event must reach a subscriber exactly once, in the log's order, soon after the last commit
+    (well under a second here; 15 s allowed for a loaded machine). Reading past the oldest running
+    transaction loses events here."""
     hub = EventHub(
         app.state.system_pool, database_dsn, app.state.metrics, poll_seconds=30, buffer_size=20_000
     )
@@ -441,7 +442,7 @@ async def test_overlapping_commits_reach_the_hub_once_each_in_order_without_its_
     received: list[tuple[int, int]] = []
     try:
         await asyncio.gather(*(writer() for _ in range(8)))
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(15):
             while len(received) < len(written):
                 message = await subscriber.buffer.get()
                 assert message is not None, "the subscriber was dropped"

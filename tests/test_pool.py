@@ -415,3 +415,19 @@ async def test_the_lifetime_setting_is_checked_and_reaches_the_app_pool(database
             assert conn.get_server_pid() != first
     finally:
         await pool.close()
+
+
+async def test_a_waiter_promised_a_slot_just_before_close_opens_nothing(make_pool: Any) -> None:
+    """A dropped connection promises its slot to the first waiter, which opens a connection in it once it
+    runs. If close() comes first, the waiter must not open one after the pool is gone."""
+    pool, opener = await make_pool(max_size=1)
+    held = await pool.take()
+    waiting = asyncio.ensure_future(pool.take(wait_seconds=5))
+    await asyncio.sleep(0.01)
+    pool.give_back(held, reusable=False)  # dropped: its slot is promised to the waiter
+    async with asyncio.timeout(5):
+        await pool.close()  # before the waiter has run
+        with pytest.raises(PoolClosedError):
+            await waiting
+    assert opener.opened == 1
+    assert pool.get_size() == 0

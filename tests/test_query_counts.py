@@ -381,6 +381,9 @@ async def test_a_batch_of_reads_counts_each_line_once(
         "UPDATE tickets SET state_category = 'in_service', current_state = 'serving' WHERE id = $1",
         short[2]["id"],
     )
+    # The long line's last ticket takes the sort key of a short-line ticket (past every key of its own
+    # line, so still last): equal keys in two queues must not meet in the batch's join.
+    await db.execute("UPDATE tickets SET sort_key = $1 WHERE id = $2", short[10]["sort_key"], long_ids[-1])
     spread = long_ids[::150]  # 21 tickets along the line of 3,001, its head and its end among them
     batch = spread + [row["id"] for row in short] + [spread[3], uuid.uuid4()]
 

@@ -153,6 +153,15 @@ async def test_a_first_call_learns_its_plan_without_locking_a_ticket(
             assert len(calls) == 1, statements  # one call statement, the first time too
             looks = [query for query in statements if query == line_repository.PEEK_FIRST_WAITING]
             assert len(looks) == (1 if expected == ids[0] else 0)  # a look the first time only
+        # An empty queue is looked at once, not on every call that finds nobody.
+        empty = await t.queue("Empty", ticket_prefix="E")
+        for attempt in range(2):
+            statements.clear()
+            response = await fresh.post(f"/v1/queues/{empty['id']}/call-next", json={}, headers=t.h)
+            assert_error(response, 404, "queue_empty")
+            await asyncio.sleep(0.01)
+            looked = [query for query in statements if query == line_repository.PEEK_FIRST_WAITING]
+            assert len(looked) == (1 if attempt == 0 else 0)
 
 
 @pytest.mark.parametrize("counters", [2, 5, 20])

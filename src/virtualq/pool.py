@@ -256,6 +256,11 @@ class Pool:
 
     async def _open(self, wait_seconds: float | None, *, reserved: bool = False) -> Connection:
         """Open a connection in a slot `reserved` for this caller (counted in `_size`), or in a new one."""
+        if self._closing:  # a waiter promised a slot just before close(): nothing may open now
+            if reserved:
+                self._size -= 1
+                self._slot_freed()
+            raise PoolClosedError("the connection pool is closed")
         if not reserved:
             self._size += 1
         self._opening += 1

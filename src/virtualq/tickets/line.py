@@ -99,6 +99,8 @@ async def call_next(
         head = await line.peek_first_waiting(conn, ctx.tenant_id, queue_id)
         if head is not None:
             await _learn(conn, key, head["type_definition_id"], head["type_version"], head["current_state"])
+        elif len(_plans) < MAX_PLANS:
+            _plans[key] = CallPlan()  # nobody waits (or no such queue): no look again on the next call
     for _ in range(CALL_ATTEMPTS):
         plan = _plans.get(key, CallPlan())
         row = await line.call_first_waiting(

@@ -252,6 +252,24 @@ async def test_main_queries_use_their_indexes(db: asyncpg.Connection) -> None:
             assert index in shown or "tickets_" in shown, (index, shown)
 
 
+async def _line_behind(
+    db: asyncpg.Connection, head: uuid.UUID, count: int, key_step: str | None = None
+) -> None:
+    """`count` more waiting tickets behind `head`, copies of it written straight into the table (the API
+    would take too long); the n-th takes head's sort key plus `key_step` (an SQL expression over n) when
+    one is given, else the sequence's next value."""
+    sort_key = "nextval('ticket_sort_key_seq')" if key_step is None else f"sort_key + {key_step}"
+    await db.execute(
+        f"""INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
+                                 display_code, local_date, current_state, state_category, sort_key)
+            SELECT tenant_id, gen_random_uuid(), queue_id, queue_id, type_definition_id, number + n,
+                   display_code, local_date, current_state, state_category, {sort_key}
+              FROM tickets, generate_series(1, $2::int) n WHERE id = $1""",
+        head,
+        count,
+    )
+
+
 async def _blocks_and_position(db: asyncpg.Connection, scope: str, ticket_id: uuid.UUID) -> tuple[int, Any]:
     """The buffers the get-ticket statement touches, as the server runs it, and the position it answers."""
     sql = f"SELECT {TICKET_COLUMNS}, {POSITION} FROM tickets t WHERE t.id = $1"
@@ -278,14 +296,7 @@ async def test_a_position_reads_the_line_up_to_the_ticket_only(
     h = auth(t.world.tenant_admin)
     body = {"queue_id": queue["id"], "type_definition_id": kind["id"]}
     head = uuid.UUID(ok(await client.post("/v1/tickets", json=body, headers=h), 201)["id"])
-    await db.execute(
-        """INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
-                                display_code, local_date, current_state, state_category)
-           SELECT tenant_id, gen_random_uuid(), queue_id, queue_id, type_definition_id, number + g,
-                  display_code, local_date, current_state, state_category
-             FROM tickets, generate_series(1, 3000) g WHERE id = $1""",
-        head,
-    )
+    await _line_behind(db, head, 3000)
     await db.execute("ANALYZE tickets")
     last = await db.fetchval(
         "SELECT id FROM tickets WHERE queue_id = $1 ORDER BY sort_key DESC LIMIT 1", uuid.UUID(queue["id"])
@@ -351,15 +362,7 @@ async def test_a_batch_of_reads_counts_each_line_once(
         body = {"queue_id": queue["id"], "type_definition_id": kind["id"]}
         heads.append(uuid.UUID(ok(await client.post("/v1/tickets", json=body, headers=h), 201)["id"]))
     for head, length in zip(heads, (3000, 12), strict=True):
-        await db.execute(
-            """INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
-                                    display_code, local_date, current_state, state_category)
-               SELECT tenant_id, gen_random_uuid(), queue_id, queue_id, type_definition_id, number + g,
-                      display_code, local_date, current_state, state_category
-                 FROM tickets, generate_series(1, $2) g WHERE id = $1""",
-            head,
-            length,
-        )
+        await _line_behind(db, head, length)
     await db.execute("ANALYZE tickets")
     long_ids = [
         row["id"]
@@ -440,14 +443,7 @@ async def test_each_keys_count_matches_the_count_of_one(
     head = uuid.UUID(
         ok(await client.post("/v1/tickets", json=body, headers=auth(t.world.tenant_admin)), 201)["id"]
     )
-    await db.execute(
-        """INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number,
-                                display_code, local_date, current_state, state_category, sort_key)
-           SELECT tenant_id, gen_random_uuid(), queue_id, queue_id, type_definition_id, number + g,
-                  display_code, local_date, current_state, state_category, sort_key + (g / 3) * 2
-             FROM tickets, generate_series(1, 60) g WHERE id = $1""",
-        head,
-    )  # keys step by 2 and come in threes: ties, and gaps between them
+    await _line_behind(db, head, 60, key_step="(n / 3) * 2")  # keys step by 2 in threes: ties and gaps
     line = [
         row["sort_key"]
         for row in await db.fetch(
@@ -455,28 +451,15 @@ async def test_each_keys_count_matches_the_count_of_one(
         )
     ]
     candidates = line + [key + 1 for key in line] + [line[0] - 5, line[-1] + 5]
+    line_of = (uuid.UUID(t.id), uuid.UUID(queue["id"]))
     chooser = random.Random(7)
     for _ in range(25):
         keys = chooser.choices(candidates, k=chooser.randint(1, 12))
-        rows = await _scoped(
-            db,
-            t.id,
-            "SELECT * FROM tickets_waiting_ahead_each($1, $2, $3)",
-            uuid.UUID(t.id),
-            uuid.UUID(queue["id"]),
-            keys,
-        )
+        rows = await _scoped(db, t.id, "SELECT * FROM tickets_waiting_ahead_each($1, $2, $3)", *line_of, keys)
         counted = {row["waiting_key"]: row["ahead"] for row in rows}
         assert set(counted) == set(keys)
         for key in set(keys):
-            one = await _scoped(
-                db,
-                t.id,
-                "SELECT tickets_waiting_ahead($1, $2, $3) AS n",
-                uuid.UUID(t.id),
-                uuid.UUID(queue["id"]),
-                key,
-            )
+            one = await _scoped(db, t.id, "SELECT tickets_waiting_ahead($1, $2, $3) AS n", *line_of, key)
             assert counted[key] == one[0]["n"] == sum(1 for other in line if other < key), key
 
 

@@ -142,3 +142,67 @@ async def test_concurrent_creates_calls_and_cancels_keep_the_count(
         assert min(positions) >= 1
         assert max(positions) <= most
     assert len(await line_of(t, queue_id)) == real[uuid.UUID(queue_id)]
+
+
+async def _truncations(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        before = {QUEUE_A: 3, QUEUE_B: 2}
+        assert await kept_and_real(conn) == (before, before)
+        # In the truncating transaction the counts are gone; rolled back, they come back with the tickets.
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("TRUNCATE tickets CASCADE")
+        assert await conn.fetchval("SELECT count(*) FROM queue_waiting_counts") == 0
+        await transaction.rollback()
+        assert await kept_and_real(conn) == (before, before)
+
+        await conn.execute("TRUNCATE tickets CASCADE")
+        assert await conn.fetchval("SELECT count(*) FROM queue_waiting_counts") == 0
+        assert await conn.fetchval("SELECT queue_waiting_count($1, $2)", TENANT, QUEUE_A) == 0
+        # New tickets count from zero again: no position behind a truncated ticket.
+        await conn.execute(ticket_sql(10, QUEUE_A, "waiting") + ticket_sql(11, QUEUE_A, "waiting"))
+        assert await kept_and_real(conn) == ({QUEUE_A: 2}, {QUEUE_A: 2})
+        # A role under row security, scoped to another tenant, that may truncate: the counts it cannot see
+        # go too (the trigger deletes as the owner).
+        await conn.execute("GRANT TRUNCATE ON ALL TABLES IN SCHEMA public TO virtualq_app")
+        await conn.execute(f"SET ROLE virtualq_app; SET virtualq.tenant_id = '{uuid.uuid4()}'")
+        assert await conn.fetchval("SELECT count(*) FROM queue_waiting_counts") == 0  # none visible
+        await conn.execute("TRUNCATE tickets CASCADE")
+        await conn.execute("RESET ROLE; RESET virtualq.tenant_id")
+        assert await kept_and_real(conn) == ({}, {})
+        await conn.execute(ticket_sql(14, QUEUE_A, "waiting"))
+        assert await kept_and_real(conn) == ({QUEUE_A: 1}, {QUEUE_A: 1})
+        # A TRUNCATE that reaches tickets only by cascading (from their type; queues, and so the counts'
+        # own rows, stay) empties the counts as well.
+        await conn.execute("TRUNCATE type_definitions CASCADE")
+        assert await conn.fetchval("SELECT count(*) FROM queues") == 2
+        assert await kept_and_real(conn) == ({}, {})
+    finally:
+        await conn.close()
+
+
+async def _truncate_and_count(dsn: str) -> dict[uuid.UUID, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("TRUNCATE tickets CASCADE")
+        return (await kept_and_real(conn))[0]
+    finally:
+        await conn.close()
+
+
+def test_truncating_tickets_empties_the_counts(empty_database: str) -> None:
+    """TRUNCATE fires no row triggers: migration 0015's statement trigger empties the counts with it."""
+    migrate.upgrade(empty_database)
+    asyncio.run(run(empty_database, ROWS))
+    asyncio.run(_truncations(empty_database))
+    # Without the trigger (before 0015) the counts outlived the tickets: what the test above would catch.
+    migrate.downgrade(empty_database, "0014")
+    new_type = f"""INSERT INTO type_definitions (id, tenant_id, type_code, type_name)
+                    VALUES ('{uuid.uuid4()}', '{TENANT}', 'plain', 'Plain');"""
+    asyncio.run(run(empty_database, new_type + ticket_sql(12, QUEUE_B, "waiting")))
+    assert asyncio.run(_truncate_and_count(empty_database)) == {QUEUE_B: 1}
+    migrate.upgrade(empty_database)
+    asyncio.run(run(empty_database, "DELETE FROM queue_waiting_counts"))
+    asyncio.run(run(empty_database, ticket_sql(13, QUEUE_B, "waiting")))
+    assert asyncio.run(_truncate_and_count(empty_database)) == {}

@@ -43,6 +43,7 @@ ADMIN_KEY = "vq_bench_admin_" + secrets.token_urlsafe(24)
 WAITING_TICKETS = 1000
 DRAIN_TICKETS = 20000  # about 10 s of calls: a 5,000 drain lasted under 3 s and moved ±15 % between runs
 SPREAD_QUEUES = 8
+READ_QUEUES = 8  # get_ticket_8_queues reads WAITING_TICKETS tickets spread over this many lines
 COUNTERS = 8  # call_next runs with this many clients, draining a queue of DRAIN_TICKETS
 
 BENCH_FSM = {
@@ -71,6 +72,7 @@ class Setup:
     line_tickets: list[str]
     transition_tickets: list[str]
     spread_queues: list[str]  # create_8_queues: the clients create in these, worker i in queue i % 8
+    spread_line_tickets: list[str]  # get_ticket_8_queues: WAITING_TICKETS tickets over READ_QUEUES lines
 
 
 def free_port() -> int:
@@ -320,6 +322,10 @@ async def prepare(base: str, dsn: str) -> Setup:
             (await post("/v1/queues", {"name": f"Counter {index}", "ticket_prefix": "S"}, headers))["id"]
             for index in range(SPREAD_QUEUES)
         ]
+        read_queues = [
+            (await post("/v1/queues", {"name": f"Read {index}", "ticket_prefix": "R"}, headers))["id"]
+            for index in range(READ_QUEUES)
+        ]
         semaphore = asyncio.Semaphore(16)
 
         async def ticket(queue_id: str) -> str:
@@ -329,6 +335,10 @@ async def prepare(base: str, dsn: str) -> Setup:
 
         line = await asyncio.gather(*(ticket(queues[0]) for _ in range(WAITING_TICKETS)))
         movers = await asyncio.gather(*(ticket(queues[2]) for _ in range(256)))
+        # Ticket i joins line i % READ_QUEUES: the lines grow together, as a venue's counters' lines do.
+        spread_line = await asyncio.gather(
+            *(ticket(read_queues[index % READ_QUEUES]) for index in range(WAITING_TICKETS))
+        )
         await asyncio.gather(*(ticket(queues[3]) for _ in range(DRAIN_TICKETS)))
     conn = await asyncpg.connect(dsn)
     try:
@@ -339,6 +349,11 @@ async def prepare(base: str, dsn: str) -> Setup:
         await conn.executemany(
             "INSERT INTO bench_line VALUES ($1, $2)",
             [(index, uuid.UUID(ticket_id)) for index, ticket_id in enumerate(line)],
+        )
+        # ... and get_ticket_8_queues any ticket of the 8 lines likewise, as n = WAITING_TICKETS + i.
+        await conn.executemany(
+            "INSERT INTO bench_line VALUES ($1, $2)",
+            [(WAITING_TICKETS + index, uuid.UUID(ticket_id)) for index, ticket_id in enumerate(spread_line)],
         )
         await conn.executemany(
             "INSERT INTO bench_clients VALUES ($1, $2)",
@@ -369,6 +384,7 @@ async def prepare(base: str, dsn: str) -> Setup:
         line,
         movers,
         spread,
+        spread_line,
     )
 
 
@@ -383,6 +399,7 @@ def endpoints(setup: Setup) -> dict[str, Callable[[int, int], tuple[str, str, by
     serve, requeue = json_body({"transition": "serve"}), json_body({"transition": "requeue"})
     call_body = json_body({})
     line = setup.line_tickets
+    spread_line = setup.spread_line_tickets
     return {
         "create_ticket": lambda worker, n: ("POST", "/v1/tickets", create_body),
         # The same creates spread over 8 queues (each queue numbers its tickets under its own lock); no
@@ -394,6 +411,12 @@ def endpoints(setup: Setup) -> dict[str, Callable[[int, int], tuple[str, str, by
             serve if n % 2 == 0 else requeue,
         ),
         "get_ticket": lambda worker, n: ("GET", f"/v1/tickets/{line[(worker * 7919 + n) % len(line)]}", None),
+        # The same reads over 8 lines of 125: a batch of reads shares its statement, not its lines' counts.
+        "get_ticket_8_queues": lambda worker, n: (
+            "GET",
+            f"/v1/tickets/{spread_line[(worker * 7919 + n) % len(spread_line)]}",
+            None,
+        ),
         "queue_tickets": lambda worker, n: ("GET", f"/v1/queues/{setup.line_queue}/tickets?limit=100", None),
         "monitor": lambda worker, n: ("GET", f"/v1/queues/{setup.line_queue}/monitor", None),
         "call_next": lambda worker, n: ("POST", f"/v1/queues/{setup.drain_queue}/call-next", call_body),
@@ -405,6 +428,7 @@ ENDPOINT_NAMES = (
     "create_8_queues",
     "transition",
     "get_ticket",
+    "get_ticket_8_queues",
     "queue_tickets",
     "monitor",
     "call_next",
@@ -420,6 +444,9 @@ def selected_endpoints(parser: argparse.ArgumentParser, only: str) -> list[str]:
     return names
 
 
+# Endpoints whose ceiling is another endpoint's script with other variables.
+SCRIPTS = {"get_ticket_8_queues": ("get_ticket", {"line_offset": str(WAITING_TICKETS)})}
+
 # Endpoints that do not run at --concurrency: (clients, stop at this status, pgbench transactions per client).
 SPECIAL = {"call_next": (COUNTERS, 404, DRAIN_TICKETS // COUNTERS)}
 
@@ -432,7 +459,8 @@ def pgbench_ceiling(
     seconds: float,
     transactions: int | None = None,
 ) -> float:
-    script = SQL_DIR / f"{name}.sql"
+    script_name, extra = SCRIPTS.get(name, (name, {}))
+    script = SQL_DIR / f"{script_name}.sql"
     if not script.exists():
         return float("nan")
     pgbench = EmbeddedPostgres(Path(tempfile.gettempdir())).binary("pgbench")
@@ -443,6 +471,8 @@ def pgbench_ceiling(
         "create_queue": setup.create_queue,
         "drain_queue": setup.sql_drain_queue,
         "version": "0",  # transition.sql reads its ticket while it has no version from its last update
+        "line_offset": "0",  # get_ticket.sql reads bench_line's rows line_offset .. line_offset + 999
+        **extra,
     }
     args = [
         str(pgbench),

@@ -1,6 +1,7 @@
 -- The statements GET /v1/tickets/{id} runs (see src/virtualq/*/repository.py), for a ticket anywhere in the
--- line of 1,000, as the HTTP clients read them: its position counts the waiting tickets ahead of it.
-\set n random(0, 999)
+-- line of 1,000 (get_ticket; line_offset 0), or anywhere in 8 lines of 125 (get_ticket_8_queues; line_offset
+-- 1000), as the HTTP clients read them: its position counts the waiting tickets ahead of it in its line.
+\set n random(0, 999) + :line_offset
 -- (no API key or tenant lookup: the process caches both, for AUTH_CACHE_SECONDS and for good, so a request
 -- runs none; the ceiling holds only what the endpoint sends per request)
 -- tickets/repository.get_ticket (the ticket's id found by a key lookup in a 1,000-row table)

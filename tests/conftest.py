@@ -157,8 +157,16 @@ class LiveServer:
     async def start(self) -> None:
         import uvicorn
 
+        from virtualq.kit.transport import HttpProtocol
+
+        # The protocol `virtualq serve` runs, so every test over real HTTP goes through it.
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, lifespan="off", log_level="warning"
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            lifespan="off",
+            log_level="warning",
+            http=HttpProtocol,
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())

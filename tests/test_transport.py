@@ -1,0 +1,165 @@
+"""kit/transport.py: a response's head and body leave in one write, nothing is reordered or lost, and
+uvicorn serves every kind of answer through it (the session's live server runs on it: tests/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.conftest import LiveServer
+from virtualq.kit.transport import HeadHoldingTransport
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+class Recording(asyncio.Transport):
+    """Stands in for the socket's transport: records what reaches it, write by write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def holding() -> tuple[HeadHoldingTransport, Recording]:
+    inner = Recording()
+    return HeadHoldingTransport(inner, asyncio.get_running_loop()), inner
+
+
+async def test_a_head_and_its_body_leave_in_one_write() -> None:
+    transport, inner = holding()
+    transport.write(HEAD)
+    assert inner.writes == []
+    assert transport.get_write_buffer_size() == len(HEAD)
+    transport.write(b"{}")
+    assert inner.writes == [HEAD + b"{}"]
+    await asyncio.sleep(0)  # the release scheduled for the head finds nothing left to send
+    assert inner.writes == [HEAD + b"{}"]
+
+
+async def test_a_head_without_a_body_in_the_same_step_leaves_at_the_next_pass() -> None:
+    transport, inner = holding()
+    transport.write(HEAD)  # a stream's head, its first event not ready yet
+    await asyncio.sleep(0)
+    assert inner.writes == [HEAD]
+    transport.write(b"data: 1\n\n")
+    assert inner.writes == [HEAD, b"data: 1\n\n"]
+
+
+async def test_other_writes_go_straight_through_in_order() -> None:
+    transport, inner = holding()
+    transport.write(b"5\r\nhello\r\n")
+    transport.writelines([b"0\r\n", b"\r\n"])
+    # Something that only looks like a head is held, and still leaves before what follows it.
+    transport.write(b"HTTP/ lookalike\r\n\r\n")
+    transport.write(b"after")
+    assert inner.writes == [b"5\r\nhello\r\n", b"0\r\n\r\n", b"HTTP/ lookalike\r\n\r\nafter"]
+
+
+async def test_close_sends_a_held_head_first_and_abort_drops_it() -> None:
+    transport, inner = holding()
+    transport.write(HEAD)
+    transport.close()
+    assert inner.writes == [HEAD]
+    assert inner.closed
+    await asyncio.sleep(0)
+    assert inner.writes == [HEAD]  # not twice
+
+    transport, inner = holding()
+    transport.write(HEAD)
+    transport.abort()
+    await asyncio.sleep(0)
+    assert inner.writes == []
+    assert inner.aborted
+
+
+async def _exchange(server: LiveServer, raw: bytes, until: bytes | None, count: int = 1) -> bytes:
+    """Send `raw` in one write and read until `until` has come `count` times, or (None) the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        received = b""
+        async with asyncio.timeout(10):
+            while until is None or received.count(until) < count:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                received += chunk
+        return received
+    finally:
+        writer.close()
+
+
+async def test_pipelined_requests_get_whole_answers_in_order(live_server: LiveServer) -> None:
+    one = b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n"
+    missing = b"GET /v1/no-such-thing HTTP/1.1\r\nhost: t\r\n\r\n"
+    received = await _exchange(live_server, one + missing + one, b"HTTP/1.1 ", 3)
+    statuses = [part.split(b"\r\n", 1)[0] for part in received.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [b"200 OK", b"404 Not Found", b"200 OK"]
+    for answer in received.split(b"HTTP/1.1 ")[1:]:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(
+            next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1]
+        )
+        assert len(body) == length  # each body whole, nothing of the next answer in it
+
+
+async def test_a_head_request_gets_a_head_alone_and_the_connection_goes_on(live_server: LiveServer) -> None:
+    """A HEAD's answer has no body to merge with: its head leaves at the next pass of the loop."""
+    raw = b"HEAD /healthz HTTP/1.1\r\nhost: t\r\n\r\nGET /healthz HTTP/1.1\r\nhost: t\r\n\r\n"
+    received = await _exchange(live_server, raw, b"HTTP/1.1 ", 2)
+    first, second = received.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"405 ")  # GET only, as FastAPI routes are
+    assert first.endswith(b"\r\n\r\n")  # no body after the HEAD's head
+    assert second.startswith(b"200 OK")
+    assert second.endswith(b'{"status":"ok"}')
+
+
+async def test_expect_continue_gets_its_interim_answer_then_the_final_one(live_server: LiveServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", live_server.port)
+    try:
+        writer.write(
+            b"POST /v1/accounts HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            b"content-length: 2\r\nexpect: 100-continue\r\n\r\n"
+        )
+        async with asyncio.timeout(10):
+            interim = await reader.readuntil(b"\r\n\r\n")
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"{}")
+            final = await reader.readuntil(b"\r\n\r\n")
+        assert final.startswith(b"HTTP/1.1 401 ")  # no credentials: the usual answer, whole
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/openapi.json"])
+async def test_small_and_large_answers_arrive_whole(live_server: LiveServer, path: str) -> None:
+    """A probe's few bytes and the OpenAPI document's many (more than one write's worth of socket buffer)."""
+    raw = f"GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n".encode()
+    received = await _exchange(live_server, raw, None)  # until the server closes
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1]
+    )
+    assert len(body) == length
+    assert length > (50_000 if path == "/openapi.json" else 1)

@@ -125,6 +125,24 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+def headers_only(send: Send) -> Send:
+    """The `send` of a HEAD served as a GET: the GET's status and headers (its Content-Length included),
+    then the end of the answer; whatever body the app goes on sending is dropped. A stream stops when it
+    next listens: the server reports the client gone once the answer is complete."""
+    ended = False
+
+    async def sending(message: Message) -> None:
+        nonlocal ended
+        if ended:
+            return
+        await send(message)
+        if message["type"] == "http.response.start":
+            ended = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return sending
+
+
 def replay_body(body: bytes, then: Receive | None = None) -> Receive:
     """A `receive` for an app that must read a body already read: the body, then `then` (the client's own
     channel, which reports a disconnect), or with no `then` a client that stays until it has its answer."""
@@ -212,6 +230,7 @@ class RequestContextMiddleware:
             return message
 
         declared = header(scope, b"content-length")
+        app_scope = scope  # where the router records the matched route
         try:
             if len(scope["headers"]) > MAX_HEADERS or (
                 sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES
@@ -228,6 +247,11 @@ class RequestContextMiddleware:
             elif "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
                 # PostgreSQL text cannot hold NUL; refuse it before it reaches a query.
                 await send_error(send_with_request_id, 400, request_id)
+            elif scope["method"] == "HEAD":
+                # HEAD is GET without the body (RFC 9110 §9.3.2): every GET route answers it, with the same
+                # status and headers, authenticated and rate-limited alike; logs and metrics say HEAD.
+                app_scope = {**scope, "method": "GET"}
+                await self.app(app_scope, receive_with_limit, headers_only(send_from_app))
             else:
                 await self.app(scope, receive_with_limit, send_from_app)
         except Exception:
@@ -236,7 +260,7 @@ class RequestContextMiddleware:
                 raise
             await send_error(send_with_request_id, 500, request_id)
         finally:
-            route = scope.get("route")
+            route = app_scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             duration = time.perf_counter() - started
             self.metrics.observe_request(scope["method"], template, status, duration)

@@ -7,6 +7,7 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -349,8 +350,8 @@ async def _batch_blocks(db: asyncpg.Connection, scope: str, ticket_ids: list[uui
 async def test_a_batch_of_reads_counts_each_line_once(
     db: asyncpg.Connection, client: httpx.AsyncClient, api: Api
 ) -> None:
-    """Migration 0014: a statement reading several tickets (tickets/reads.py) counts the positions of the
-    waiting ones a queue at a time, in one pass over the line up to the last of them, and answers exactly
+    """Migrations 0014 and 0016: a statement reading several tickets (tickets/reads.py) counts the positions
+    of the waiting ones in one pass over each line up to the last of them, and answers exactly
     the positions the one-ticket statement answers: across two queues, with tied sort keys, a ticket asked
     for twice, one not waiting and one that does not exist. Another tenant gets nothing."""
     t = await Tenant.create(client, api)
@@ -415,52 +416,112 @@ async def test_a_batch_of_reads_counts_each_line_once(
     # tenant's line answers nothing; the system scope counts as the tenant does.
     other = await Tenant.create(client, api)
     assert await _scoped(db, other.id, TICKETS_BY_IDS, uuid.UUID(other.id), batch) == []
-    ask = "SELECT * FROM tickets_waiting_ahead_each($1, $2, $3)"
+    ask = "SELECT * FROM tickets_waiting_ahead_lines($1, $2, $3) ORDER BY 1, 2"
     keys = [row["sort_key"] for row in short]
-    assert await _scoped(db, other.id, ask, uuid.UUID(t.id), uuid.UUID(short_line["id"]), keys) == []
-    as_tenant = await _scoped(db, t.id, ask, uuid.UUID(t.id), uuid.UUID(short_line["id"]), keys)
+    queues = [uuid.UUID(short_line["id"])] * len(keys)
+    assert await _scoped(db, other.id, ask, uuid.UUID(t.id), queues, keys) == []
+    as_tenant = await _scoped(db, t.id, ask, uuid.UUID(t.id), queues, keys)
     assert len(as_tenant) == len(set(keys))
-    assert await _scoped(db, "system", ask, uuid.UUID(t.id), uuid.UUID(short_line["id"]), keys) == as_tenant
+    assert await _scoped(db, "system", ask, uuid.UUID(t.id), queues, keys) == as_tenant
     granted = await db.fetch(
         """SELECT coalesce(r.rolname, 'PUBLIC') AS grantee FROM pg_proc p, aclexplode(p.proacl) a
              LEFT JOIN pg_roles r ON r.oid = a.grantee
-            WHERE p.proname = 'tickets_waiting_ahead_each' AND a.privilege_type = 'EXECUTE'"""
+            WHERE p.proname = 'tickets_waiting_ahead_lines' AND a.privilege_type = 'EXECUTE'"""
     )
     grantees = {row["grantee"] for row in granted}
     assert "PUBLIC" not in grantees
     assert "virtualq_app" in grantees
 
 
-async def test_each_keys_count_matches_the_count_of_one(
+async def test_the_lines_counts_match_the_count_of_one(
     db: asyncpg.Connection, client: httpx.AsyncClient, api: Api
 ) -> None:
-    """tickets_waiting_ahead_each() against tickets_waiting_ahead() for random sets of keys: keys in the
-    line, between its tickets, before its head, past its end, and repeated."""
+    """tickets_waiting_ahead_lines() against tickets_waiting_ahead() for random sets of (line, key) over two
+    lines whose keys interleave: keys in a line, between its tickets, before its head, past its end, repeated,
+    and the same key asked of both lines."""
     t = await Tenant.create(client, api)
     kind = await t.type("toggle", TOGGLE_FSM)
-    queue = await t.queue("Line")
-    body = {"queue_id": queue["id"], "type_definition_id": kind["id"]}
-    head = uuid.UUID(
-        ok(await client.post("/v1/tickets", json=body, headers=auth(t.world.tenant_admin)), 201)["id"]
-    )
-    await _line_behind(db, head, 60, key_step="(n / 3) * 2")  # keys step by 2 in threes: ties and gaps
-    line = [
-        row["sort_key"]
-        for row in await db.fetch(
-            "SELECT sort_key FROM tickets WHERE queue_id = $1 ORDER BY sort_key", uuid.UUID(queue["id"])
+    lines: dict[uuid.UUID, list[Any]] = {}
+    for name, length in (("One", 60), ("Two", 25)):
+        queue = await t.queue(name)
+        body = {"queue_id": queue["id"], "type_definition_id": kind["id"]}
+        head = uuid.UUID(
+            ok(await client.post("/v1/tickets", json=body, headers=auth(t.world.tenant_admin)), 201)["id"]
         )
+        await _line_behind(db, head, length, key_step="(n / 3) * 2")  # keys step by 2 in threes: ties, gaps
+        lines[uuid.UUID(queue["id"])] = [
+            row["sort_key"]
+            for row in await db.fetch(
+                "SELECT sort_key FROM tickets WHERE queue_id = $1 ORDER BY sort_key", uuid.UUID(queue["id"])
+            )
+        ]
+    candidates = [
+        (queue, key)
+        for queue in lines
+        for line in lines.values()  # the other line's keys too
+        for key in [*line, *(key + 1 for key in line), line[0] - 5, line[-1] + 5]
     ]
-    candidates = line + [key + 1 for key in line] + [line[0] - 5, line[-1] + 5]
-    line_of = (uuid.UUID(t.id), uuid.UUID(queue["id"]))
+    tenant = uuid.UUID(t.id)
     chooser = random.Random(7)
     for _ in range(25):
-        keys = chooser.choices(candidates, k=chooser.randint(1, 12))
-        rows = await _scoped(db, t.id, "SELECT * FROM tickets_waiting_ahead_each($1, $2, $3)", *line_of, keys)
-        counted = {row["waiting_key"]: row["ahead"] for row in rows}
-        assert set(counted) == set(keys)
-        for key in set(keys):
-            one = await _scoped(db, t.id, "SELECT tickets_waiting_ahead($1, $2, $3) AS n", *line_of, key)
-            assert counted[key] == one[0]["n"] == sum(1 for other in line if other < key), key
+        pairs = chooser.choices(candidates, k=chooser.randint(1, 12))
+        rows = await _scoped(
+            db,
+            t.id,
+            "SELECT * FROM tickets_waiting_ahead_lines($1, $2, $3)",
+            tenant,
+            [queue for queue, _ in pairs],
+            [key for _, key in pairs],
+        )
+        counted = {(row["queue_id"], row["waiting_key"]): row["ahead"] for row in rows}
+        assert set(counted) == set(pairs)
+        assert len(rows) == len(counted)
+        for queue, key in set(pairs):
+            one = await _scoped(db, t.id, "SELECT tickets_waiting_ahead($1, $2, $3) AS n", tenant, queue, key)
+            assert counted[queue, key] == one[0]["n"] == sum(1 for other in lines[queue] if other < key)
+
+
+async def test_positions_are_planned_once_per_connection(db: asyncpg.Connection) -> None:
+    """Migration 0016: the counts' plan does not depend on the key, so the functions keep one generic plan
+    instead of planning their count at every call (PL/pgSQL would: the generic estimate for `sort_key < $3`
+    never looks as cheap as the custom plans)."""
+    settings = {
+        row["proname"]: row["proconfig"]
+        for row in await db.fetch(
+            """SELECT proname, proconfig FROM pg_proc
+                WHERE proname IN ('tickets_waiting_ahead', 'tickets_waiting_ahead_lines')"""
+        )
+    }
+    assert set(settings) == {"tickets_waiting_ahead", "tickets_waiting_ahead_lines"}
+    for config in settings.values():
+        assert "plan_cache_mode=force_generic_plan" in config, config
+        assert "search_path=pg_catalog, pg_temp" in config, config
+    if "pg_stat_statements" not in await db.fetchval("SHOW shared_preload_libraries"):
+        pytest.skip("pg_stat_statements is not loaded on this PostgreSQL (the embedded one loads it)")
+    await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    async with db.transaction():
+        await db.execute("SET LOCAL pg_stat_statements.track = 'all'")
+        await db.execute("SET LOCAL pg_stat_statements.track_planning = on")
+        await db.execute("SET LOCAL virtualq.tenant_id = 'system'")
+        marker = f"{random.randrange(10**9)}"  # a fresh statement text, counted from zero
+        await db.execute(f"SELECT {marker}")
+        for index in range(12):
+            await db.fetchval(
+                "SELECT tickets_waiting_ahead($1, $2, $3)", uuid.uuid4(), uuid.uuid4(), Decimal(index)
+            )
+            await db.fetch(
+                "SELECT * FROM tickets_waiting_ahead_lines($1, $2, $3)",
+                uuid.uuid4(),
+                [uuid.uuid4(), uuid.uuid4()],
+                [Decimal(index), Decimal(index + 1)],
+            )
+        counts = await db.fetch(
+            """SELECT query, calls, plans FROM pg_stat_statements
+                WHERE query LIKE '%count(*)%public.tickets%' AND calls >= 12"""
+        )
+    assert len(counts) >= 2, counts  # the count of one position, and the stretches of the lines
+    for row in counts:
+        assert row["plans"] <= 2, dict(row)  # once (twice if another connection's counts landed here)
 
 
 TOGGLE_FSM: dict[str, Any] = {

@@ -176,14 +176,15 @@ async def get_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUI
 
 
 # Tickets by id ($2, any number) of the tenant $1, as get_ticket reads one. The positions of the waiting ones
-# are counted a queue at a time, in one pass over each line (migration 0014), not one count per ticket.
+# are counted in one call for all their lines, in one pass over each line (migration 0016), not one count per
+# ticket. (One array_agg pass builds both arrays, so the n-th queue and the n-th key are one ticket's.)
 TICKETS_BY_IDS = f"""
     WITH found AS MATERIALIZED (SELECT t.* FROM tickets t WHERE t.tenant_id = $1 AND t.id = ANY($2::uuid[])),
          ahead AS (
-             SELECT lines.queue_id, each.waiting_key, each.ahead
-               FROM (SELECT queue_id, array_agg(sort_key) AS sort_keys FROM found
-                      WHERE state_category = 'waiting' GROUP BY queue_id) lines
-              CROSS JOIN LATERAL tickets_waiting_ahead_each($1, lines.queue_id, lines.sort_keys) each)
+             SELECT each.queue_id, each.waiting_key, each.ahead
+               FROM (SELECT array_agg(queue_id) AS queue_ids, array_agg(sort_key) AS sort_keys FROM found
+                      WHERE state_category = 'waiting') waiting
+              CROSS JOIN LATERAL tickets_waiting_ahead_lines($1, waiting.queue_ids, waiting.sort_keys) each)
     SELECT {TICKET_COLUMNS}, CASE WHEN t.state_category = 'waiting' THEN a.ahead + 1 END AS position
       FROM found t LEFT JOIN ahead a ON a.queue_id = t.queue_id AND a.waiting_key = t.sort_key"""
 

@@ -489,10 +489,15 @@ async def test_positions_are_planned_once_per_connection(db: asyncpg.Connection)
         row["proname"]: row["proconfig"]
         for row in await db.fetch(
             """SELECT proname, proconfig FROM pg_proc
-                WHERE proname IN ('tickets_waiting_ahead', 'tickets_waiting_ahead_lines')"""
+                WHERE proname LIKE 'tickets\\_waiting\\_ahead%'"""
         )
     }
-    assert set(settings) == {"tickets_waiting_ahead", "tickets_waiting_ahead_lines"}
+    # (0014's function stays for the previous build's processes during a rolling upgrade)
+    assert set(settings) == {
+        "tickets_waiting_ahead",
+        "tickets_waiting_ahead_each",
+        "tickets_waiting_ahead_lines",
+    }
     for config in settings.values():
         assert "plan_cache_mode=force_generic_plan" in config, config
         assert "search_path=pg_catalog, pg_temp" in config, config

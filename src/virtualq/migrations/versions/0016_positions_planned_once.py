@@ -8,10 +8,12 @@ count again: 41 plans for 40 calls in `pg_stat_statements`, about half of a sing
 The plan does not depend on the values: it is the same range scan of `tickets_waiting_line_idx` for any
 key. `plan_cache_mode = force_generic_plan` on the functions plans the count once per connection.
 
-`tickets_waiting_ahead_lines(tenant, queue_ids[], sort_keys[])` replaces `tickets_waiting_ahead_each()`: the
-same single pass over each line, for the pairs (queue, key) of every line of a batch of reads in one call,
-where the batch's statement called the function once per line (each call with its own set-up, and its own
-plan until now).
+`tickets_waiting_ahead_lines(tenant, queue_ids[], sort_keys[])` takes over from
+`tickets_waiting_ahead_each()`: the same single pass over each line, for the pairs (queue, key) of every
+line of a batch of reads in one call, where the batch's statement called the function once per line (each
+call with its own set-up, and its own plan until now). `tickets_waiting_ahead_each()` stays, planned once
+too, for the processes of the previous build that still call it during a rolling upgrade; this build no
+longer does, and a later migration can drop it.
 
 The same wall as 0013 and 0014: it counts as the tables' owner (SECURITY DEFINER, so the sort key can bound
 the index scan under row security), answers only for the tenant the connection is scoped to (or the
@@ -20,8 +22,6 @@ the index scan under row security), answers only for the tenant the connection i
 Revision ID: 0016
 Revises: 0015
 """
-
-import importlib
 
 from virtualq.migrations.sql import run_script
 
@@ -34,7 +34,7 @@ depends_on = None
 def upgrade() -> None:
     run_script("""
     ALTER FUNCTION tickets_waiting_ahead(uuid, uuid, numeric, uuid) SET plan_cache_mode = force_generic_plan;
-    DROP FUNCTION tickets_waiting_ahead_each(uuid, uuid, numeric[]);
+    ALTER FUNCTION tickets_waiting_ahead_each(uuid, uuid, numeric[]) SET plan_cache_mode = force_generic_plan;
     CREATE FUNCTION tickets_waiting_ahead_lines(p_tenant_id uuid, p_queue_ids uuid[], p_sort_keys numeric[])
         RETURNS TABLE (queue_id uuid, waiting_key numeric, ahead bigint)
         LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -70,7 +70,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     run_script("""
     DROP FUNCTION tickets_waiting_ahead_lines(uuid, uuid[], numeric[]);
+    ALTER FUNCTION tickets_waiting_ahead_each(uuid, uuid, numeric[]) RESET plan_cache_mode;
     ALTER FUNCTION tickets_waiting_ahead(uuid, uuid, numeric, uuid) RESET plan_cache_mode;
     """)
-    # 0014's function, as 0014 creates it.
-    importlib.import_module("virtualq.migrations.versions.0014_waiting_ahead_each").upgrade()

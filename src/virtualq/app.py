@@ -55,6 +55,7 @@ Authenticate with `Authorization: Bearer <key>` (or `X-API-Key: <key>`). Tenant-
 tenant named by the `X-Tenant-ID` header or the `tenant_id` parameter (a tenant-bound key defaults to its
 own).
 Every error is `{"error", "message", "details", "request_id"}`.
+Every `GET` also answers `HEAD`: the same status and headers (`ETag`, `Content-Length`), no body.
 """
 
 

@@ -269,3 +269,19 @@ async def test_limits_fall_back_while_redis_is_down_and_share_again_after(tmp_pa
         await client.aclose()
         if server.is_running():
             await asyncio.to_thread(server.stop)
+
+
+async def test_head_takes_a_token_as_its_get_does(limited: tuple[httpx.AsyncClient, Api]) -> None:
+    """A HEAD is served as its GET (tests/test_head.py): it costs a token and is refused with 429 alike."""
+    http, api = limited
+    key, tenant = await _fresh_tenant_key(api)
+    remaining = []
+    for method in ("HEAD", "GET", "HEAD", "GET", "HEAD"):
+        response = await http.request(method, "/v1/queues", headers=auth(key, tenant))
+        assert response.status_code == 200, response.text
+        remaining.append(_limits(response)[1])
+    assert remaining == [4, 3, 2, 1, 0]
+    refused = await http.head("/v1/queues", headers=auth(key, tenant))
+    assert refused.status_code == 429
+    assert refused.content == b""
+    assert refused.headers["retry-after"] == "1"

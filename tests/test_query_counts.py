@@ -482,14 +482,14 @@ async def test_the_lines_counts_match_the_count_of_one(
 
 
 async def test_positions_are_planned_once_per_connection(db: asyncpg.Connection) -> None:
-    """Migration 0016: the counts' plan does not depend on the key, so the functions keep one generic plan
-    instead of planning their count at every call (PL/pgSQL would: the generic estimate for `sort_key < $3`
-    never looks as cheap as the custom plans)."""
+    """Migration 0016: the counts' plans do not depend on the values, so the functions keep one generic
+    plan instead of planning their count at every call (PL/pgSQL would: for `sort_key < $3`, or a line's
+    count rows, the generic estimate never looks as cheap as the custom plans)."""
     settings = {
         row["proname"]: row["proconfig"]
         for row in await db.fetch(
             """SELECT proname, proconfig FROM pg_proc
-                WHERE proname LIKE 'tickets\\_waiting\\_ahead%'"""
+                WHERE proname LIKE 'tickets\\_waiting\\_ahead%' OR proname = 'queue_waiting_count'"""
         )
     }
     # (0014's function stays for the previous build's processes during a rolling upgrade)
@@ -497,10 +497,12 @@ async def test_positions_are_planned_once_per_connection(db: asyncpg.Connection)
         "tickets_waiting_ahead",
         "tickets_waiting_ahead_each",
         "tickets_waiting_ahead_lines",
+        "queue_waiting_count",
     }
-    for config in settings.values():
+    for name, config in settings.items():
         assert "plan_cache_mode=force_generic_plan" in config, config
-        assert "search_path=pg_catalog, pg_temp" in config, config
+        if name != "queue_waiting_count":  # the owner's rights: nothing on the caller's path stands in
+            assert "search_path=pg_catalog, pg_temp" in config, config
     if "pg_stat_statements" not in await db.fetchval("SHOW shared_preload_libraries"):
         pytest.skip("pg_stat_statements is not loaded on this PostgreSQL (the embedded one loads it)")
     await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -520,11 +522,14 @@ async def test_positions_are_planned_once_per_connection(db: asyncpg.Connection)
                 [uuid.uuid4(), uuid.uuid4()],
                 [Decimal(index), Decimal(index + 1)],
             )
+            await db.fetchval("SELECT queue_waiting_count($1, $2)", uuid.uuid4(), uuid.uuid4())
         counts = await db.fetch(
             """SELECT query, calls, plans FROM pg_stat_statements
-                WHERE query LIKE '%count(*)%public.tickets%' AND calls >= 12"""
+                WHERE (query LIKE '%count(*)%public.tickets%'
+                       OR query LIKE '%sum(waiting)%queue_waiting_counts%') AND calls >= 12"""
         )
-    assert len(counts) >= 2, counts  # the count of one position, and the stretches of the lines
+    # the count of one position, the stretches of the lines, and a line's length
+    assert len(counts) >= 3, counts
     for row in counts:
         assert row["plans"] <= 2, dict(row)  # once (twice if another connection's counts landed here)
 

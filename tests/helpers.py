@@ -88,3 +88,22 @@ async def assert_cancel_right_after_a_wake_up_stops(
     done, _ = await asyncio.wait({task}, timeout=2)
     assert task in done, f"the loop swallowed its cancellation (settle={settle})"
     assert task.cancelled()
+
+
+async def raw_exchange(port: int, raw: bytes, until: bytes | None, count: int = 1) -> bytes:
+    """Send `raw` to the server on loopback `port` in one write; read until `until` has come `count` times,
+    or (None) until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        received = b""
+        async with asyncio.timeout(10):
+            while until is None or received.count(until) < count:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                received += chunk
+        return received
+    finally:
+        writer.close()

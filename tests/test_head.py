@@ -9,10 +9,9 @@ import uuid
 import httpx
 
 from tests.conftest import LiveServer
-from tests.helpers import Api, auth
+from tests.helpers import Api, auth, raw_exchange
 from tests.test_operations import samples
 from tests.test_ticket_flows import Tenant, coffee
-from tests.test_transport import _exchange
 
 # Headers that differ from one answer to the next by design.
 VARYING = {"date", "x-request-id", "x-ratelimit-remaining", "x-ratelimit-reset"}
@@ -86,7 +85,7 @@ async def test_head_of_an_event_stream_ends_and_the_connection_goes_on(
         b"HEAD /v1/events/stream HTTP/1.1\r\nhost: t\r\nauthorization: Bearer " + key + b"\r\n\r\n"
         b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n"
     )
-    received = await _exchange(live_server, raw, b"HTTP/1.1 ", 2)
+    received = await raw_exchange(live_server.port, raw, b"HTTP/1.1 ", 2)
     first, second = received.split(b"HTTP/1.1 ")[1:]
     assert first.startswith(b"200 OK")
     assert b"content-type: text/event-stream" in first.lower()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer
+from tests.helpers import raw_exchange
 from virtualq.kit.transport import HeadHoldingTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
@@ -91,28 +92,10 @@ async def test_close_sends_a_held_head_first_and_abort_drops_it() -> None:
     assert inner.aborted
 
 
-async def _exchange(server: LiveServer, raw: bytes, until: bytes | None, count: int = 1) -> bytes:
-    """Send `raw` in one write and read until `until` has come `count` times, or (None) the server closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        received = b""
-        async with asyncio.timeout(10):
-            while until is None or received.count(until) < count:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                received += chunk
-        return received
-    finally:
-        writer.close()
-
-
 async def test_pipelined_requests_get_whole_answers_in_order(live_server: LiveServer) -> None:
     one = b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n"
     missing = b"GET /v1/no-such-thing HTTP/1.1\r\nhost: t\r\n\r\n"
-    received = await _exchange(live_server, one + missing + one, b"HTTP/1.1 ", 3)
+    received = await raw_exchange(live_server.port, one + missing + one, b"HTTP/1.1 ", 3)
     statuses = [part.split(b"\r\n", 1)[0] for part in received.split(b"HTTP/1.1 ")[1:]]
     assert statuses == [b"200 OK", b"404 Not Found", b"200 OK"]
     for answer in received.split(b"HTTP/1.1 ")[1:]:
@@ -126,7 +109,7 @@ async def test_pipelined_requests_get_whole_answers_in_order(live_server: LiveSe
 async def test_a_head_request_gets_a_head_alone_and_the_connection_goes_on(live_server: LiveServer) -> None:
     """A HEAD's answer has no body to merge with: its head leaves at the next pass of the loop."""
     raw = b"HEAD /healthz HTTP/1.1\r\nhost: t\r\n\r\nGET /healthz HTTP/1.1\r\nhost: t\r\n\r\n"
-    received = await _exchange(live_server, raw, b"HTTP/1.1 ", 2)
+    received = await raw_exchange(live_server.port, raw, b"HTTP/1.1 ", 2)
     first, second = received.split(b"HTTP/1.1 ")[1:]
     assert first.startswith(b"200 OK")  # a GET route answers HEAD (tests/test_head.py)
     assert first.endswith(b"\r\n\r\n")  # no body after the HEAD's head
@@ -155,7 +138,7 @@ async def test_expect_continue_gets_its_interim_answer_then_the_final_one(live_s
 async def test_small_and_large_answers_arrive_whole(live_server: LiveServer, path: str) -> None:
     """A probe's few bytes and the OpenAPI document's many (more than one write's worth of socket buffer)."""
     raw = f"GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n".encode()
-    received = await _exchange(live_server, raw, None)  # until the server closes
+    received = await raw_exchange(live_server.port, raw, None)  # until the server closes
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
     length = int(

@@ -157,16 +157,11 @@ class LiveServer:
     async def start(self) -> None:
         import uvicorn
 
-        from virtualq.kit.transport import HttpProtocol
+        from virtualq.kit.transport import UVICORN_OPTIONS
 
-        # The protocol `virtualq serve` runs, so every test over real HTTP goes through it.
+        # The protocol and options `virtualq serve` runs, so every test over real HTTP goes through them.
         config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            lifespan="off",
-            log_level="warning",
-            http=HttpProtocol,
+            self.app, host="127.0.0.1", port=self.port, lifespan="off", log_level="warning", **UVICORN_OPTIONS
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())

@@ -317,6 +317,10 @@ def test_serve_end_to_end_with_embedded_postgres(tmp_path: Path, serve: Any) -> 
     assert created.json()["name"] == "First"
     assert httpx.get(server.base + "/v1/accounts", timeout=10).status_code == 401
 
+    # The answers do not name the server software.
+    assert "server" not in listed.headers
+    assert "server" not in httpx.head(server.base + "/healthz", timeout=10).headers
+
     docs = httpx.get(server.base + "/docs", timeout=10)
     assert docs.status_code == 200
     assert docs.headers["content-type"].startswith("text/html")

@@ -70,7 +70,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from virtualq import migrate
-    from virtualq.kit.transport import HttpProtocol
+    from virtualq.kit.transport import UVICORN_OPTIONS
 
     started = time.perf_counter()
     host = args.host or settings.host
@@ -118,7 +118,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
-            http=HttpProtocol,  # a response's head and body in one write (kit/transport.py)
+            **UVICORN_OPTIONS,  # a response's head and body in one write, no Server header (kit/transport.py)
         )
     return 0
 

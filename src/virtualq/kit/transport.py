@@ -102,3 +102,8 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport, self.loop))
+
+
+# How `virtualq serve` runs uvicorn, and so the tests' live server: this protocol, and no `Server: uvicorn`
+# header, which would tell anyone asking which software and so which advisories apply (docs/decisions.md).
+UVICORN_OPTIONS: dict[str, Any] = {"http": HttpProtocol, "server_header": False}

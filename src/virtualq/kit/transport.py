@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol with a response's head and body sent in one write.
+"""uvicorn's HTTP protocol with a response's head and body sent in one write, and the options `virtualq serve`
+runs uvicorn with (`UVICORN_OPTIONS`).
 
 uvicorn writes a response's status line and headers to the socket as soon as the app starts the response,
 and the body in a second write. For the small JSON answers of this API those are two `send()` system calls

@@ -172,10 +172,10 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     """Start `virtualq serve` on a data dir; at the end every process is killed and PostgreSQL stopped."""
     started: list[tuple[Server, Path]] = []
 
-    def start(data_dir: Path, name: str) -> Server:
+    def start(data_dir: Path, name: str, **variables: str) -> Server:
         port = free_port()
         stdout, stderr = tmp_path / f"{name}.stdout", tmp_path / f"{name}.stderr"
-        env = base_env(data_dir, PORT=str(port), LOG_LEVEL="warning")
+        env = base_env(data_dir, PORT=str(port), LOG_LEVEL="warning", **variables)
         with stdout.open("wb") as out, stderr.open("wb") as err:
             process = subprocess.Popen([str(VIRTUALQ), "serve"], env=env, stdout=out, stderr=err)
         server = Server(process, port, stdout, stderr)
@@ -365,6 +365,70 @@ def test_serve_restart_on_the_same_data_dir_keeps_data(tmp_path: Path, serve: An
     assert listed.status_code == 200, listed.text
     assert [(a["id"], a["name"]) for a in listed.json()["data"]] == [(account_id, name)]
     assert admin_key not in server.output()
+
+
+def _environment_of_children(pid: int) -> list[dict[str, str]]:
+    """The initial environment of each process whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent != pid:
+                continue
+            raw = (entry / "environ").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append(
+            dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+        )
+    return found
+
+
+def _sample(exposition: str, name: str) -> list[float]:
+    return [float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(name)]
+
+
+@pytest.mark.slow
+def test_serve_with_two_workers_reports_every_process_in_each_scrape(tmp_path: Path, serve: Any) -> None:
+    """A scrape of /metrics reaches whichever worker accepts it; each answers with the figures of both."""
+    server = serve(tmp_path / "vq", "workers", WEB_CONCURRENCY="2")
+    server.wait_ready()
+
+    # Requests on new connections until both workers have answered some (a request id starts with 16 hex
+    # digits drawn by its process).
+    answered_by: dict[str, int] = {}
+    sent = 0
+    deadline = time.monotonic() + 60
+    while len(answered_by) < 2 or sent < 20:
+        assert time.monotonic() < deadline, f"one worker answered everything: {answered_by}"
+        response = httpx.get(server.base + "/healthz", timeout=10)
+        assert response.status_code == 200
+        prefix = response.headers["x-request-id"][:16]
+        answered_by[prefix] = answered_by.get(prefix, 0) + 1
+        sent += 1
+
+    healthz = 'virtualq_http_requests_total{method="GET",route="/healthz",status="200"}'
+    for _ in range(6):  # each on a new connection, so both workers answer some of the scrapes
+        exposition = httpx.get(server.base + "/metrics", timeout=10).text
+        assert _sample(exposition, healthz) == [float(sent)], exposition
+        assert _sample(exposition, "virtualq_stream_clients ") == [0.0]
+        # The pool's gauges: one series per worker, labelled with its pid.
+        assert _sample(exposition, "virtualq_db_pool_max{") == [20.0, 20.0]
+
+    # The workers (and multiprocessing's resource tracker) inherited one directory made for this run.
+    directories = {
+        env["PROMETHEUS_MULTIPROC_DIR"]
+        for env in _environment_of_children(server.process.pid)
+        if "PROMETHEUS_MULTIPROC_DIR" in env
+    }
+    assert len(directories) == 1, directories
+    directory = Path(directories.pop())
+    assert list(directory.glob("counter_*.db")), "the workers keep their counters in the run's directory"
+
+    assert server.terminate() == 0, server.output()
+    assert not directory.exists()  # made for this run, removed after it
 
 
 # --- migrate and api-key create --------------------------------------------------------------------------

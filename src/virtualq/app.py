@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +28,7 @@ from virtualq.kit.cache import TtlCache
 from virtualq.kit.exception_handlers import install_exception_handlers
 from virtualq.kit.fastpath import FastDispatch, index_routes
 from virtualq.kit.idempotency import IdempotencyMiddleware
-from virtualq.kit.metrics import Metrics, PoolCollector
+from virtualq.kit.metrics import Metrics
 from virtualq.kit.middleware import RequestContextMiddleware
 from virtualq.kit.ratelimit import RateLimiter
 from virtualq.logging import get_logger
@@ -133,12 +135,22 @@ def create_app(
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         log.info("started", env=settings.env, redis=settings.redis_url is not None)
+        # With several worker processes, each refreshes its pool gauges for the others' scrapes.
+        pool_gauges = (
+            asyncio.create_task(app.state.metrics.refresh_pool_forever(), name="virtualq-pool-gauges")
+            if app.state.metrics.multiprocess
+            else None
+        )
         try:
             async with sweeper.running(
                 app.state.system_pool, settings.sweeper_interval_seconds, settings, hub.events_committed
             ):
                 yield
         finally:
+            if pool_gauges is not None:
+                pool_gauges.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pool_gauges
             await worker.stop()
             await hub.stop()
             if app.state.redis is not None:
@@ -148,6 +160,7 @@ def create_app(
             await app.state.pool.close()
             await app.state.system_pool.close()
             app.state.pool = app.state.system_pool = None
+            app.state.metrics.process_ended()
             log.info("stopped")
 
     app = FastAPI(
@@ -175,7 +188,7 @@ def create_app(
     app.state.metrics = metrics = Metrics()
     app.state.create_batching = Batching(settings.create_batch_max, metrics)
     app.state.read_batching = ReadBatching(settings.read_batch_max, metrics)
-    metrics.registry.register(PoolCollector(lambda: app.state.pool))
+    metrics.track_pool(lambda: app.state.pool)
 
     install_exception_handlers(app)
     for router in (

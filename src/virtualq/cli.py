@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from virtualq.logging import configure_logging, get_logger
 
 # The DSN the parent process resolved (embedded or DATABASE_URL), handed to server workers.
 RESOLVED_DSN_ENV = "VIRTUALQ_RESOLVED_DSN"
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multi-process mode (kit/metrics.py)
 ADMIN_KEY_FILE = "admin_api_key"
 
 log = get_logger("virtualq.cli")
@@ -108,19 +111,36 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # ours turns that into a normal exit so the embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_normally)
         signal.signal(signal.SIGINT, _exit_normally)
-        uvicorn.run(
-            "virtualq.cli:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers if workers > 1 else None,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-            **UVICORN_OPTIONS,  # a response's head and body in one write, no Server header (kit/transport.py)
-        )
+        with shared_metrics(workers):
+            uvicorn.run(
+                "virtualq.cli:create_app_from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers if workers > 1 else None,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+                **UVICORN_OPTIONS,  # a response's head and body in one write, no Server header (transport.py)
+            )
     return 0
+
+
+@contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """Several workers on one port: one `/metrics` for all of them (kit/metrics.py). Their values go to a
+    directory made for this run and removed after it, unless PROMETHEUS_MULTIPROC_DIR names one already."""
+    if workers < 2 or os.environ.get(MULTIPROC_DIR_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="virtualq-metrics-")
+    os.environ[MULTIPROC_DIR_ENV] = directory  # the workers inherit it and read it when they start
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROC_DIR_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _exit_normally(signum: int, frame: object) -> None:

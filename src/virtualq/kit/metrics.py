@@ -1,16 +1,52 @@
-"""Prometheus metrics, one registry per app so several apps (tests) never collide."""
+"""Prometheus metrics, one registry per app so several apps (tests) never collide.
+
+With several worker processes on one port (`WEB_CONCURRENCY` > 1) a scrape reaches whichever process accepts
+it, so each process's own figures would jump between scrapes. `virtualq serve` then points
+`PROMETHEUS_MULTIPROC_DIR` at a directory of its own before the workers start: prometheus_client keeps every
+value in a file per process there, and `/metrics` answers with the sums over all of them (multi-process
+mode). The pool's gauges, read at scrape time in one process, become gauges each process refreshes every
+second, labelled with its `pid`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from virtualq.pool import Pool
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+POOL_REFRESH_SECONDS = 1.0
+POOL_GAUGES = (
+    ("virtualq_db_pool_size", "Open connections in the pool."),
+    ("virtualq_db_pool_idle", "Idle connections in the pool."),
+    ("virtualq_db_pool_in_use", "Connections checked out."),
+    ("virtualq_db_pool_max", "Maximum connections in the pool."),
+)
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client keeps values in PROMETHEUS_MULTIPROC_DIR: decided when it was imported."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def pool_figures(pool: Pool) -> tuple[int, int, int, int]:
+    """size, idle, in use, max: the order of POOL_GAUGES."""
+    size, idle = pool.get_size(), pool.get_idle_size()
+    return size, idle, size - idle, pool.get_max_size()
 
 
 class PoolCollector(Collector):
@@ -23,18 +59,13 @@ class PoolCollector(Collector):
         pool = self._get_pool()
         if pool is None:
             return
-        size = pool.get_size()
-        idle = pool.get_idle_size()
-        yield GaugeMetricFamily("virtualq_db_pool_size", "Open connections in the pool.", value=size)
-        yield GaugeMetricFamily("virtualq_db_pool_idle", "Idle connections in the pool.", value=idle)
-        yield GaugeMetricFamily("virtualq_db_pool_in_use", "Connections checked out.", value=size - idle)
-        yield GaugeMetricFamily(
-            "virtualq_db_pool_max", "Maximum connections in the pool.", value=pool.get_max_size()
-        )
+        for (name, help_text), value in zip(POOL_GAUGES, pool_figures(pool), strict=True):
+            yield GaugeMetricFamily(name, help_text, value=value)
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.multiprocess = multiprocess_mode()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "virtualq_http_requests_total",
@@ -51,7 +82,10 @@ class Metrics:
         )
 
         self.stream_clients = Gauge(
-            "virtualq_stream_clients", "Connected event-stream clients.", registry=self.registry
+            "virtualq_stream_clients",
+            "Connected event-stream clients.",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # with several processes: all of theirs
         )
         self.events_dispatched = Counter(
             "virtualq_events_dispatched_total",
@@ -96,6 +130,9 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._pool_gauges: list[Gauge] = []
+        self._get_pool: Callable[[], Pool | None] = lambda: None
+
         # The labelled children, found once: `labels()` validates and looks up its arguments on every call
         # (~4 µs a request for the three below). The keys are as bounded as the label values themselves.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -121,3 +158,41 @@ class Metrics:
             child = self.fast_paths.labels(endpoint, "fast" if fast else "full")
             self._fast_path_children[key] = child
         child.inc()
+
+    def track_pool(self, get_pool: Callable[[], Pool | None]) -> None:
+        """Report the request pool's size: read at scrape time, or with several processes refreshed by
+        `refresh_pool_forever` (each process's own, labelled with its pid)."""
+        self._get_pool = get_pool
+        if not self.multiprocess:
+            self.registry.register(PoolCollector(get_pool))
+            return
+        self._pool_gauges = [
+            Gauge(name, help_text, registry=self.registry, multiprocess_mode="liveall")
+            for name, help_text in POOL_GAUGES
+        ]
+
+    def refresh_pool(self) -> None:
+        pool = self._get_pool()
+        if pool is None or not self._pool_gauges:
+            return
+        for gauge, value in zip(self._pool_gauges, pool_figures(pool), strict=True):
+            gauge.set(value)
+
+    async def refresh_pool_forever(self) -> None:
+        while True:
+            self.refresh_pool()
+            await asyncio.sleep(POOL_REFRESH_SECONDS)
+
+    def exposition(self) -> bytes:
+        """What `/metrics` answers: this process's registry, or the sums over every process's files."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.refresh_pool()  # this process's gauges as of now; the others' are at most a second old
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+        return generate_latest(registry)
+
+    def process_ended(self) -> None:
+        """With several processes: drop this process's live gauges (stream clients, pool) from the sums."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # untyped upstream

@@ -509,22 +509,22 @@ def pgbench_ceiling(
     return float(match.group(1))
 
 
-def print_table(rows: list[tuple[Result, float, Cpu]], rss: float) -> None:
+def print_table(rows: list[tuple[Result, float, Cpu, float]]) -> None:
     header = (
         f"{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'SQL tps':>10}{'ratio':>7}"
-        f"{'srv µs':>8}{'pg µs':>8}{'gen µs':>8}  statuses"
+        f"{'RSS MB':>8}{'srv µs':>8}{'pg µs':>8}{'gen µs':>8}  statuses"
     )
     print(header)
     print("-" * len(header))
-    for result, ceiling, cpu in rows:
+    for result, ceiling, cpu, rss in rows:
         ratio = result.requests_per_second / ceiling if ceiling == ceiling and ceiling else float("nan")
         statuses = dict(sorted(result.statuses.items()))
         print(
             f"{result.name:<16}{result.requests_per_second:>9.0f}{result.percentile(0.5):>9.1f}"
-            f"{result.percentile(0.99):>9.1f}{ceiling:>10.0f}{ratio:>7.2f}"
+            f"{result.percentile(0.99):>9.1f}{ceiling:>10.0f}{ratio:>7.2f}{rss:>8.0f}"
             f"{cpu.server:>8.0f}{cpu.postgres:>8.0f}{cpu.client:>8.0f}  {statuses}"
         )
-    print(f"server RSS after the run: {rss:.0f} MB")
+    print("RSS MB: the server's resident memory (all its processes) right after the endpoint's load")
     print("srv / pg / gen µs: CPU time per request of the server, PostgreSQL and the load generator")
 
 
@@ -580,8 +580,9 @@ def main() -> int:
                     run_load(name, "127.0.0.1", port, headers, factory, clients, seconds, stop_status)
                 )
                 cpu = measured(len(result.latencies))
+                rss = rss_mb(process.pid)
                 ceiling = pgbench_ceiling(name, conn_args, setup, clients, args.seconds, transactions)
-                rows.append((result, ceiling, cpu))
+                rows.append((result, ceiling, cpu, rss))
             niced = f" at nice {args.nice}" if args.nice else ""
             print(
                 f"\n{args.concurrency} clients, {args.seconds:.0f} s each, {args.workers} {args.server} "
@@ -589,7 +590,7 @@ def main() -> int:
                 f"idle RSS {idle_rss:.0f} MB;\n"
                 f"call_next: {COUNTERS} counters draining {DRAIN_TICKETS} tickets (req/s = tickets/s)"
             )
-            print_table(rows, rss_mb(process.pid))
+            print_table(rows)
     return 0
 
 

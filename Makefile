@@ -1,4 +1,4 @@
-.PHONY: run test check openapi bench bench-stream bench-coldstart demo format
+.PHONY: run test check openapi bench bench-stream bench-coldstart bench-all demo format
 
 run:     ## start the server on http://127.0.0.1:8080 (embedded PostgreSQL unless DATABASE_URL is set)
 	bash scripts/run
@@ -23,6 +23,10 @@ bench-stream:   ## 1,000 SSE clients and webhook throughput against a fresh serv
 
 bench-coldstart:   ## time from launch to ready on the embedded defaults, first and warm starts (see bench/README.md)
 	bash scripts/bootstrap && .venv/bin/python bench/coldstart.py
+
+bench-all:   ## every benchmark in turn: endpoints, SSE and webhooks, cold start, two processes with Redis
+	bash scripts/bootstrap && .venv/bin/python bench/run.py && .venv/bin/python bench/stream.py \
+		&& .venv/bin/python bench/coldstart.py && .venv/bin/python bench/scale.py --seconds 10
 
 demo:   ## create demo tenants (coffee chain, DMV) with keys and print the pages' URLs
 	bash scripts/bootstrap && .venv/bin/virtualq demo

@@ -431,6 +431,43 @@ def test_serve_with_two_workers_reports_every_process_in_each_scrape(tmp_path: P
     assert not directory.exists()  # made for this run, removed after it
 
 
+def test_shared_metrics_directory_for_several_workers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from virtualq.cli import MULTIPROC_DIR_ENV, shared_metrics
+
+    monkeypatch.delenv(MULTIPROC_DIR_ENV, raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with shared_metrics(1):  # one worker: the in-memory registry, no directory
+        assert MULTIPROC_DIR_ENV not in os.environ
+    assert list(tmp_path.iterdir()) == []
+
+    with shared_metrics(2):
+        directory = Path(os.environ[MULTIPROC_DIR_ENV])
+        assert directory.is_dir()
+        assert directory.parent == tmp_path
+        (directory / "counter_1.db").write_bytes(b"x")
+    assert MULTIPROC_DIR_ENV not in os.environ
+    assert not directory.exists()
+
+    own = tmp_path / "operators"
+    own.mkdir()
+    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(own))
+    with shared_metrics(4):  # the operator's directory is used as it is and kept
+        assert os.environ[MULTIPROC_DIR_ENV] == str(own)
+    assert own.is_dir()
+    assert os.environ[MULTIPROC_DIR_ENV] == str(own)
+
+    # No directory can be made (a read-only file system): serve anyway, saying how to get one /metrics.
+    monkeypatch.delenv(MULTIPROC_DIR_ENV)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "missing"))
+    with shared_metrics(2):
+        assert MULTIPROC_DIR_ENV not in os.environ
+    logged = capsys.readouterr()
+    assert "metrics_per_worker" in logged.out + logged.err
+    assert MULTIPROC_DIR_ENV in logged.out + logged.err
+
+
 # --- migrate and api-key create --------------------------------------------------------------------------
 
 

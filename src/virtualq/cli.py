@@ -134,7 +134,16 @@ def shared_metrics(workers: int) -> Iterator[None]:
     if workers < 2 or os.environ.get(MULTIPROC_DIR_ENV):
         yield
         return
-    directory = tempfile.mkdtemp(prefix="virtualq-metrics-")
+    try:
+        directory = tempfile.mkdtemp(prefix="virtualq-metrics-")
+    except OSError as exc:  # e.g. a read-only file system: serve anyway, each worker answering for itself
+        log.warning(
+            "metrics_per_worker",
+            error=str(exc),
+            hint=f"set {MULTIPROC_DIR_ENV} to a writable, empty directory for one /metrics for all workers",
+        )
+        yield
+        return
     os.environ[MULTIPROC_DIR_ENV] = directory  # the workers inherit it and read it when they start
     try:
         yield

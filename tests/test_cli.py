@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -466,6 +467,59 @@ def test_shared_metrics_directory_for_several_workers_only(
     logged = capsys.readouterr()
     assert "metrics_per_worker" in logged.out + logged.err
     assert MULTIPROC_DIR_ENV in logged.out + logged.err
+
+
+_WORKER_WITH_STREAMS = """
+import os, signal, sys, time
+from prometheus_client import Gauge
+Gauge("virtualq_stream_clients", "x", multiprocess_mode="livesum").inc(int(sys.argv[1]))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_workers_stream_clients_leave_the_sum(tmp_path: Path) -> None:
+    """Two processes in multi-process mode hold 3 and 2 stream clients; the first is killed (no clean-up of
+    its own). The next scrape counts only the live one's."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from virtualq.kit.metrics import forget_dead_processes
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER_WITH_STREAMS, str(n)], env=env, stdout=subprocess.PIPE
+        )
+        for n in (3, 2)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == b"ready"
+
+        def streams() -> float:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, str(tmp_path))
+            lines = generate_latest(registry).decode().splitlines()
+            return sum(
+                float(line.split()[-1]) for line in lines if line.startswith("virtualq_stream_clients ")
+            )
+
+        forget_dead_processes(str(tmp_path))
+        assert streams() == 5.0  # both alive: nothing dropped
+        workers[0].kill()
+        workers[0].wait(timeout=10)
+        assert streams() == 5.0  # the killed one's file is still there...
+        forget_dead_processes(str(tmp_path))
+        assert streams() == 2.0  # ...until a scrape drops it
+        assert len(list(tmp_path.glob("gauge_livesum_*.db"))) == 1
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait(timeout=10)
+            if worker.stdout is not None:
+                worker.stdout.close()
 
 
 # --- migrate and api-key create --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,6 +42,25 @@ POOL_GAUGES = (
 def multiprocess_mode() -> bool:
     """Whether prometheus_client keeps values in PROMETHEUS_MULTIPROC_DIR: decided when it was imported."""
     return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges (stream clients, pool) of processes that ended without saying so: a worker that
+    was killed leaves its files, and uvicorn starts another in its place."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), directory)  # type: ignore[no-untyped-call]  # untyped upstream
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def pool_figures(pool: Pool) -> tuple[int, int, int, int]:
@@ -188,8 +208,10 @@ class Metrics:
         if not self.multiprocess:
             return generate_latest(self.registry)
         self.refresh_pool()  # this process's gauges as of now; the others' are at most a second old
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        forget_dead_processes(directory)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+        multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]  # untyped upstream
         return generate_latest(registry)
 
     def process_ended(self) -> None:

@@ -411,7 +411,9 @@ def test_serve_with_two_workers_reports_every_process_in_each_scrape(tmp_path: P
         sent += 1
 
     healthz = 'virtualq_http_requests_total{method="GET",route="/healthz",status="200"}'
-    for _ in range(6):  # each on a new connection, so both workers answer some of the scrapes
+    # Six scrapes on new connections: whichever worker answers, it reports both workers' requests (each
+    # answered only some of them).
+    for _ in range(6):
         exposition = httpx.get(server.base + "/metrics", timeout=10).text
         assert _sample(exposition, healthz) == [float(sent)], exposition
         assert _sample(exposition, "virtualq_stream_clients ") == [0.0]

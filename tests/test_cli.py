@@ -328,6 +328,7 @@ def test_serve_end_to_end_with_embedded_postgres(tmp_path: Path, serve: Any) -> 
     assert "<html" in docs.text.lower()
 
     banner = server.stdout.read_text()
+    assert "rate_limits_per_worker" not in server.output()  # one worker: one bucket per key
     assert server.base in banner
     assert server.base + "/docs" in banner
     assert str(key_file) in banner
@@ -396,6 +397,8 @@ def test_serve_with_two_workers_reports_every_process_in_each_scrape(tmp_path: P
     """A scrape of /metrics reaches whichever worker accepts it; each answers with the figures of both."""
     server = serve(tmp_path / "vq", "workers", WEB_CONCURRENCY="2")
     server.wait_ready()
+    # Without Redis each worker limits a key on its own: said at start.
+    assert "rate_limits_per_worker" in server.output()
 
     # Requests on new connections until both workers have answered some (a request id starts with 16 hex
     # digits drawn by its process).

@@ -107,6 +107,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             f"  prepared in {time.perf_counter() - started:.2f}s; starting {workers} worker(s)",
             flush=True,
         )
+        if (
+            workers > 1
+            and not settings.redis_url
+            and settings.rate_limit_per_minute
+            and settings.rate_limit_burst
+        ):
+            # Each worker would keep its own bucket per key: a key gets `workers` times its limit.
+            log.warning(
+                "rate_limits_per_worker", workers=workers, hint="set REDIS_URL to share one bucket per key"
+            )
         # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler it found;
         # ours turns that into a normal exit so the embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_normally)

@@ -291,6 +291,7 @@ async def test_access_log_has_one_line_per_request_with_route_template(
     assert line["route"] == TENANT_ROUTE
     assert line["status"] == 200
     assert line["tenant_id"] == world.tenant_id
+    assert line["pid"] == os.getpid()  # several workers write to one stream
     assert isinstance(line["duration_ms"], int | float)
     assert line["duration_ms"] >= 0
     assert world.tenant_id not in line["route"]

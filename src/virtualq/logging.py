@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -24,12 +25,21 @@ def _redact_secrets(
     return event_dict
 
 
+def _add_pid(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Which process wrote the line: several workers write to one stream (`WEB_CONCURRENCY`)."""
+    event_dict["pid"] = os.getpid()
+    return event_dict
+
+
 def _json_line(event: structlog.types.EventDict, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
 def configure_logging(level: str = "info", json: bool = False, stream: TextIO | None = None) -> None:
-    """Logs to `stream` (standard error by default): JSON lines with `json` (production), else readable lines.
+    """Logs to `stream` (standard error by default): JSON lines with `json` (production), with the writing
+    process's `pid`, else readable lines.
 
     In production the app's own events (one access-log line per request) are rendered and written by
     structlog alone, about 7 µs a line where the path through the standard library's logging took about 20
@@ -42,6 +52,8 @@ def configure_logging(level: str = "info", json: bool = False, stream: TextIO | 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_secrets,
     ]
+    if json:  # production: each line also names its process
+        shared.append(_add_pid)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(serializer=_json_line)
         if json

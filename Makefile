@@ -24,9 +24,8 @@ bench-stream:   ## 1,000 SSE clients and webhook throughput against a fresh serv
 bench-coldstart:   ## time from launch to ready on the embedded defaults, first and warm starts (see bench/README.md)
 	bash scripts/bootstrap && .venv/bin/python bench/coldstart.py
 
-bench-all:   ## every benchmark in turn: endpoints, SSE and webhooks, cold start, two processes with Redis
-	bash scripts/bootstrap && .venv/bin/python bench/run.py && .venv/bin/python bench/stream.py \
-		&& .venv/bin/python bench/coldstart.py && .venv/bin/python bench/scale.py --seconds 10
+bench-all:   ## every benchmark in turn, then one table against the targets (see bench/README.md)
+	bash scripts/bootstrap && .venv/bin/python bench/all.py
 
 demo:   ## create demo tenants (coffee chain, DMV) with keys and print the pages' URLs
 	bash scripts/bootstrap && .venv/bin/virtualq demo

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import report  # noqa: E402
 from bench.run import free_port  # noqa: E402
 from virtualq.embedded_pg import EmbeddedPostgres  # noqa: E402
 
@@ -95,6 +96,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--warm", type=int, default=3, help="starts after the first (default 3)")
+    report.add_option(parser)
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="vq-coldstart-"))
     try:
@@ -104,6 +106,7 @@ def main() -> int:
         if warm:
             shown = " / ".join(f"{seconds:.2f}" for seconds in warm)
             print(f"start with an initialised database: {shown} s to ready (target 3 s)")
+        report.save(args.json, {"first_seconds": first, "warm_seconds": warm})
     finally:
         # A server killed before its SIGTERM handler was installed leaves the embedded PostgreSQL running
         # (pg_ctl starts it in a session of its own): stop it before its directory goes.

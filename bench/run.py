@@ -34,6 +34,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import report  # noqa: E402
 from bench.loadgen import Result, json_body, run_load  # noqa: E402
 from virtualq import migrate  # noqa: E402
 from virtualq.embedded_pg import EmbeddedPostgres  # noqa: E402
@@ -509,18 +510,45 @@ def pgbench_ceiling(
     return float(match.group(1))
 
 
+def ratio_of(result: Result, ceiling: float) -> float:
+    return result.requests_per_second / ceiling if ceiling == ceiling and ceiling else float("nan")
+
+
+def figures(rows: list[tuple[Result, float, Cpu, float]], idle_rss: float) -> dict[str, Any]:
+    """What the table shows, for `--json` (bench/all.py's summary)."""
+    return {
+        "idle_rss_mb": idle_rss,
+        "endpoints": [
+            {
+                "name": result.name,
+                "requests_per_second": result.requests_per_second,
+                "p50_ms": result.percentile(0.5),
+                "p99_ms": result.percentile(0.99),
+                "sql_tps": ceiling,
+                "ratio": ratio_of(result, ceiling),
+                "rss_mb": rss,
+                "server_us": cpu.server,
+                "postgres_us": cpu.postgres,
+                "generator_us": cpu.client,
+                "statuses": {str(code): count for code, count in sorted(result.statuses.items())},
+            }
+            for result, ceiling, cpu, rss in rows
+        ],
+    }
+
+
 def print_table(rows: list[tuple[Result, float, Cpu, float]]) -> None:
     header = (
-        f"{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'SQL tps':>10}{'ratio':>7}"
+        f"{'endpoint':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'SQL tps':>10}{'ratio':>7}"
         f"{'RSS MB':>8}{'srv µs':>8}{'pg µs':>8}{'gen µs':>8}  statuses"
     )
     print(header)
     print("-" * len(header))
     for result, ceiling, cpu, rss in rows:
-        ratio = result.requests_per_second / ceiling if ceiling == ceiling and ceiling else float("nan")
+        ratio = ratio_of(result, ceiling)
         statuses = dict(sorted(result.statuses.items()))
         print(
-            f"{result.name:<16}{result.requests_per_second:>9.0f}{result.percentile(0.5):>9.1f}"
+            f"{result.name:<20}{result.requests_per_second:>9.0f}{result.percentile(0.5):>9.1f}"
             f"{result.percentile(0.99):>9.1f}{ceiling:>10.0f}{ratio:>7.2f}{rss:>8.0f}"
             f"{cpu.server:>8.0f}{cpu.postgres:>8.0f}{cpu.client:>8.0f}  {statuses}"
         )
@@ -556,6 +584,7 @@ def main() -> int:
         action="store_true",
         help="log every request as production does (LOG_LEVEL=info, ENV=production: JSON lines)",
     )
+    report.add_option(parser)
     args = parser.parse_args()
     selected = selected_endpoints(parser, args.only)
     with database(batch_scheduling=args.pg_scheduling == "batch") as (dsn, conn_args):
@@ -591,6 +620,7 @@ def main() -> int:
                 f"call_next: {COUNTERS} counters draining {DRAIN_TICKETS} tickets (req/s = tickets/s)"
             )
             print_table(rows)
+            report.save(args.json, figures(rows, idle_rss))
     return 0
 
 

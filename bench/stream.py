@@ -21,6 +21,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import report  # noqa: E402
 from bench.run import bench_tenant, database, free_port, rss_mb, server  # noqa: E402
 from virtualq import migrate  # noqa: E402
 
@@ -108,7 +109,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-async def stream_bench(port: int, pid: int, clients: int, rate: float, seconds: float) -> None:
+async def stream_bench(port: int, pid: int, clients: int, rate: float, seconds: float) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     headers, type_id, queue_id = await setup(base)
     idle = rss_mb(pid)
@@ -148,6 +149,18 @@ async def stream_bench(port: int, pid: int, clients: int, rate: float, seconds: 
         f"  server RSS: idle {idle:.0f} MB, {clients} connected {connected_rss:.0f} MB, "
         f"load {peak_rss:.0f} MB"
     )
+    return {
+        "clients": clients,
+        "delivered": len(from_sent),
+        "expected": expected,
+        "events_per_second": len(from_sent) / seconds,
+        "p50_ms": percentile(from_sent, 0.5),
+        "p99_ms": percentile(from_sent, 0.99),
+        "answer_p99_ms": percentile(from_answer, 0.99),
+        "rss_idle_mb": idle,
+        "rss_connected_mb": connected_rss,
+        "rss_load_mb": peak_rss,
+    }
 
 
 class Receiver:
@@ -202,7 +215,7 @@ async def queue_deliveries(port: int, receiver_port: int, count: int) -> None:
         await asyncio.gather(*(create() for _ in range(count)))
 
 
-async def drain(receiver: Receiver, count: int) -> None:
+async def drain(receiver: Receiver, count: int) -> dict[str, Any]:
     started = time.monotonic()
     while receiver.received < count:
         if time.monotonic() - started > 600:
@@ -211,6 +224,7 @@ async def drain(receiver: Receiver, count: int) -> None:
     seconds = receiver.last - started
     print(f"\nWebhooks: {receiver.received} of {count} queued deliveries sent to a local receiver")
     print(f"  drained in {seconds:.1f} s from server start: {receiver.received / seconds:.0f} deliveries/s")
+    return {"received": receiver.received, "count": count, "per_second": receiver.received / seconds}
 
 
 def main() -> int:
@@ -223,19 +237,24 @@ def main() -> int:
     parser.add_argument(
         "--webhooks", type=int, default=2000, help="deliveries for the throughput run (0: skip)"
     )
+    report.add_option(parser)
     args = parser.parse_args()
+    figures: dict[str, Any] = {}
     with database() as (dsn, _):
         migrate.upgrade(dsn)
         port = free_port()
         extra = {"WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", "WEBHOOK_DELIVERY": "false"}
         with server(dsn, port, 1, extra) as process:
-            asyncio.run(stream_bench(port, process.pid, args.clients, args.rate, args.seconds))
+            figures["sse"] = asyncio.run(
+                stream_bench(port, process.pid, args.clients, args.rate, args.seconds)
+            )
         if args.webhooks:
-            asyncio.run(webhook_bench(dsn, args.webhooks, extra))
+            figures["webhooks"] = asyncio.run(webhook_bench(dsn, args.webhooks, extra))
+    report.save(args.json, figures)
     return 0
 
 
-async def webhook_bench(dsn: str, count: int, extra: dict[str, str]) -> None:
+async def webhook_bench(dsn: str, count: int, extra: dict[str, str]) -> dict[str, Any]:
     """Queue deliveries with delivery off, then start a server with it on and time the drain."""
     receiver = Receiver()
     await receiver.start()
@@ -243,7 +262,7 @@ async def webhook_bench(dsn: str, count: int, extra: dict[str, str]) -> None:
     with server(dsn, port, 1, extra):
         await queue_deliveries(port, receiver.port, count)
     with server(dsn, port, 1, {**extra, "WEBHOOK_DELIVERY": "true"}):
-        await drain(receiver, count)
+        return await drain(receiver, count)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ every endpoint group, key issuance rules, tenant context, and isolation between 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -388,3 +389,44 @@ async def test_accounts_cannot_see_or_touch_each_other(client: httpx.AsyncClient
         ),
     }
     assert after == before
+
+
+async def test_a_body_that_is_not_json_is_refused_after_the_caller(
+    app: Any, client: httpx.AsyncClient, api: Api
+) -> None:
+    """FastAPI parses a body before the route's dependencies run: without care, a caller with no key or a
+    bad one would hear 400 for a broken body where every other request of theirs hears 401. Every route
+    that authenticates and takes a body: no key, an unknown key and a revoked key get 401; a valid key gets
+    the 400 that names the JSON."""
+    f = await build(client, api)
+    admin_key = f.keys[("tenant", "admin")]
+    revoked = ok(
+        await client.post(
+            "/v1/api-keys",
+            json={"name": "revoked", "scope": "tenant", "role": "admin", "tenant_id": f.tenant_id},
+            headers=auth(admin_key),
+        ),
+        201,
+    )
+    assert (await client.delete(f"/v1/api-keys/{revoked['id']}", headers=auth(admin_key))).status_code == 204
+    tenant = {"X-Tenant-ID": f.tenant_id, "Content-Type": "application/json"}
+    routes = [
+        (method, route.path)
+        for route in app.routes
+        if getattr(route, "body_field", None) is not None and route.path.startswith("/v1/")
+        for method in sorted(route.methods)
+    ]
+    assert len(routes) >= 15, routes  # every write of the API, not a handful
+    checked = 0
+    for method, template in routes:
+        path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), template)
+        for headers in ({}, auth("vq_" + "x" * 43), auth(revoked["key"])):
+            response = await client.request(method, path, content=b'{"name": ', headers={**headers, **tenant})
+            assert_error(response, 401, "unauthorized")
+        response = await client.request(
+            method, path, content=b'{"name": ', headers={**auth(admin_key), **tenant}
+        )
+        body = assert_error(response, 400, "validation_error")
+        assert body["message"] == "The request body is not valid JSON.", (method, template, body)
+        checked += 1
+    assert checked == len(routes)

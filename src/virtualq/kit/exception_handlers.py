@@ -5,7 +5,7 @@ Unexpected exceptions are caught by RequestContextMiddleware, which logs them an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import asyncpg
@@ -60,16 +60,50 @@ async def _app_error(request: Request, exc: Exception) -> Response:
     return _respond(request, exc.status_code, exc.code, exc.message, exc.details, headers=headers)
 
 
-async def _request_validation(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    problems = _describe_validation_errors(exc)
-    if any(problem["type"] == "json_invalid" for problem in problems):
+Authenticate = Callable[[Request], Awaitable[object]]
+
+
+def _request_validation(
+    authenticate: Authenticate | None,
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = _describe_validation_errors(exc)
+        if any(problem["type"] == "json_invalid" for problem in problems):
+            # FastAPI parses the body before it runs the route's dependencies, so a body that is not JSON
+            # would be refused before the caller is: a caller without a valid key hears 401 either way.
+            if authenticate is not None and _authenticates(request.scope.get("route"), authenticate):
+                try:
+                    await authenticate(request)
+                except AppError as refused:
+                    return await _app_error(request, refused)
+                except UNAVAILABLE as lost:
+                    return await _database_unavailable(request, lost)
+            return _respond(
+                request, 400, "validation_error", "The request body is not valid JSON.", {"errors": problems}
+            )
         return _respond(
-            request, 400, "validation_error", "The request body is not valid JSON.", {"errors": problems}
+            request, 400, "validation_error", "The request does not match the schema.", {"errors": problems}
         )
-    return _respond(
-        request, 400, "validation_error", "The request does not match the schema.", {"errors": problems}
-    )
+
+    return handler
+
+
+def _authenticates(route: Any, authenticate: Authenticate) -> bool:
+    """Whether the route's dependencies, at any depth, include `authenticate` (worked out once per route,
+    and kept on the route)."""
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return False
+    known: bool | None = getattr(route, "vq_authenticates", None)
+    if known is None:
+        pending, known = [dependant], False
+        while pending and not known:
+            current = pending.pop()
+            known = current.call is authenticate
+            pending.extend(current.dependencies)
+        route.vq_authenticates = known
+    return known
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -119,10 +153,14 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def install_exception_handlers(app: FastAPI) -> None:
+UNAVAILABLE: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)
+
+
+def install_exception_handlers(app: FastAPI, authenticate: Authenticate | None = None) -> None:
+    """`authenticate`: the dependency that authenticates a caller; a route that depends on it refuses a
+    caller it refuses before it refuses a body that is not JSON."""
     app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(RequestValidationError, _request_validation(authenticate))
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    unavailable: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)
-    for error_type in unavailable:
+    for error_type in UNAVAILABLE:
         app.add_exception_handler(error_type, _database_unavailable)

@@ -169,6 +169,12 @@ async def test_every_scope_and_role_against_every_endpoint_group(client: httpx.A
     assert wrong == []
 
 
+async def tenant_key(client: httpx.AsyncClient, f: Fixture, role: str) -> dict[str, Any]:
+    """A new key of the fixture's tenant with `role`, issued by its tenant admin: the answer, with the key."""
+    body = {"name": f"{role} key", "scope": "tenant", "role": role, "tenant_id": f.tenant_id}
+    return ok(await client.post("/v1/api-keys", json=body, headers=auth(f.keys[("tenant", "admin")])), 201)
+
+
 async def test_missing_malformed_unknown_and_revoked_keys(client: httpx.AsyncClient, api: Api) -> None:
     f = await build(client, api)
     path = f"/v1/queues/{f.queue_id}/tickets"
@@ -193,14 +199,7 @@ async def test_missing_malformed_unknown_and_revoked_keys(client: httpx.AsyncCli
 
     # The same key works through X-API-Key; revoking it takes effect on the very next request.
     admin_key = f.keys[("tenant", "admin")]
-    victim = ok(
-        await client.post(
-            "/v1/api-keys",
-            json={"name": "soon revoked", "scope": "tenant", "role": "staff", "tenant_id": f.tenant_id},
-            headers=auth(admin_key),
-        ),
-        201,
-    )
+    victim = await tenant_key(client, f, "staff")
     ok(await client.get(path, headers={"X-API-Key": victim["key"]}))
     ok(await client.get(path, headers=auth(victim["key"])))
     assert (await client.delete(f"/v1/api-keys/{victim['id']}", headers=auth(admin_key))).status_code == 204
@@ -400,14 +399,7 @@ async def test_a_body_that_is_not_json_is_refused_after_the_caller(
     the 400 that names the JSON."""
     f = await build(client, api)
     admin_key = f.keys[("tenant", "admin")]
-    revoked = ok(
-        await client.post(
-            "/v1/api-keys",
-            json={"name": "revoked", "scope": "tenant", "role": "admin", "tenant_id": f.tenant_id},
-            headers=auth(admin_key),
-        ),
-        201,
-    )
+    revoked = await tenant_key(client, f, "admin")
     assert (await client.delete(f"/v1/api-keys/{revoked['id']}", headers=auth(admin_key))).status_code == 204
     tenant = {"X-Tenant-ID": f.tenant_id, "Content-Type": "application/json"}
     routes = [

@@ -4,6 +4,7 @@ every endpoint group, key issuance rules, tenant context, and isolation between 
 from __future__ import annotations
 
 import re
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +12,11 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import make_settings
 from tests.helpers import Api, assert_error, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, ok
+from virtualq.app import create_app
+from virtualq.db import create_pool
 
 SCOPES = ("platform", "account", "tenant")
 ROLES = ("admin", "staff", "display")
@@ -422,3 +426,39 @@ async def test_a_body_that_is_not_json_is_refused_after_the_caller(
         assert body["message"] == "The request body is not valid JSON.", (method, template, body)
         checked += 1
     assert checked == len(routes)
+
+
+async def test_a_broken_body_whose_caller_cannot_be_checked_is_a_503(database_dsn: str, api: Api) -> None:
+    """A key this process has not cached must be looked up; with the database gone, the broken body's answer
+    is the 503 any request of that caller would get (retry shortly), not a 400 or a 500."""
+    world = await api.world()
+    app = create_app(make_settings(), dsn=database_dsn)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http,
+    ):
+        working = app.state.pool
+        with socket.socket() as closed:  # a port nobody listens on: every connect is refused
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        app.state.pool = await create_pool(
+            make_settings(), f"postgresql://nobody@127.0.0.1:{port}/gone", sizes=(0, 1)
+        )
+        try:
+            response = await http.post(
+                "/v1/queues",
+                content=b'{"name": ',
+                headers={**auth(world.tenant_admin), "Content-Type": "application/json"},
+            )
+            assert_error(response, 503, "unavailable")
+            assert response.headers["retry-after"] == "1"
+        finally:
+            await app.state.pool.close()
+            app.state.pool = working
+        # The database back: the same request is refused for its body.
+        response = await http.post(
+            "/v1/queues",
+            content=b'{"name": ',
+            headers={**auth(world.tenant_admin), "Content-Type": "application/json"},
+        )
+        assert_error(response, 400, "validation_error")

@@ -60,6 +60,22 @@ async def _app_error(request: Request, exc: Exception) -> Response:
     return _respond(request, exc.status_code, exc.code, exc.message, exc.details, headers=headers)
 
 
+def handler_for(
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]], exc: Exception
+) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+    """The handler Starlette's exception middleware would pick: by status code for an HTTPException, else
+    by the nearest class in the exception's MRO. Handlers for `Exception` and 500 belong to Starlette's
+    server-error middleware, outside ours: those errors go on to it, as from the exception middleware."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code in handlers and exc.status_code != 500:
+        return handlers[exc.status_code]
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
+
+
 Authenticate = Callable[[Request], Awaitable[object]]
 
 
@@ -75,10 +91,11 @@ def _request_validation(
             if authenticate is not None and _authenticates(request.scope.get("route"), authenticate):
                 try:
                     await authenticate(request)
-                except AppError as refused:
-                    return await _app_error(request, refused)
-                except UNAVAILABLE as lost:
-                    return await _database_unavailable(request, lost)
+                except Exception as refused:  # answered as the route would have answered it
+                    answer = handler_for(request.app.exception_handlers, refused)
+                    if answer is None:
+                        raise
+                    return await answer(request, refused)
             return _respond(
                 request, 400, "validation_error", "The request body is not valid JSON.", {"errors": problems}
             )
@@ -153,14 +170,12 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-UNAVAILABLE: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)
-
-
 def install_exception_handlers(app: FastAPI, authenticate: Authenticate | None = None) -> None:
     """`authenticate`: the dependency that authenticates a caller; a route that depends on it refuses a
     caller it refuses before it refuses a body that is not JSON."""
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _request_validation(authenticate))
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for error_type in UNAVAILABLE:
+    unavailable: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)
+    for error_type in unavailable:
         app.add_exception_handler(error_type, _database_unavailable)

@@ -29,12 +29,12 @@ from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.convertors import StringConvertor
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from virtualq.kit.exception_handlers import handler_for
 from virtualq.kit.middleware import replay_body
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -152,7 +152,7 @@ class FastDispatch:
         try:
             rest = await _answer(name, handler, scope, receive, sending)
         except Exception as exc:
-            answer = _exception_handler(scope["app"].exception_handlers, exc)
+            answer = handler_for(scope["app"].exception_handlers, exc)
             if answer is None or started:
                 raise
             request = Request(scope, receive, send)
@@ -161,22 +161,6 @@ class FastDispatch:
         if rest is not None:
             scope[_TRIED] = True
             await self.app(scope, rest, send)
-
-
-def _exception_handler(
-    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]], exc: Exception
-) -> Callable[[Request, Exception], Awaitable[Response]] | None:
-    """The handler Starlette's exception middleware would pick: by status code for an HTTPException, else
-    by the nearest class in the exception's MRO. Handlers for `Exception` and 500 belong to Starlette's
-    server-error middleware, outside ours: those errors go on to it, as from the exception middleware."""
-    if isinstance(exc, StarletteHTTPException) and exc.status_code in handlers and exc.status_code != 500:
-        return handlers[exc.status_code]
-    for cls in type(exc).__mro__:
-        if cls is Exception:
-            return None
-        if cls in handlers:
-            return handlers[cls]
-    return None
 
 
 def path_uuid(request: Request, name: str) -> uuid.UUID:

@@ -394,13 +394,20 @@ async def test_accounts_cannot_see_or_touch_each_other(client: httpx.AsyncClient
     assert after == before
 
 
-async def test_a_body_that_is_not_json_is_refused_after_the_caller(
+BROKEN_BODIES = {
+    "not JSON": b'{"name": ',  # FastAPI: a validation error of type json_invalid
+    "not UTF-8": b'{"name": "\xff\xfe"}',  # FastAPI: a 400 HTTPException, "error parsing the body"
+    "nested too deep": b'{"name": "x", "config": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",  # likewise
+}
+
+
+async def test_a_body_that_cannot_be_parsed_is_refused_after_the_caller(
     app: Any, client: httpx.AsyncClient, api: Api
 ) -> None:
     """FastAPI parses a body before the route's dependencies run: without care, a caller with no key or a
     bad one would hear 400 for a broken body where every other request of theirs hears 401. Every route
-    that authenticates and takes a body: no key, an unknown key and a revoked key get 401; a valid key gets
-    the 400 that names the JSON."""
+    that authenticates and takes a body, with each way a body can fail to parse: no key, an unknown key and
+    a revoked key get 401; a valid key gets the 400."""
     f = await build(client, api)
     admin_key = f.keys[("tenant", "admin")]
     revoked = await tenant_key(client, f, "admin")
@@ -416,16 +423,20 @@ async def test_a_body_that_is_not_json_is_refused_after_the_caller(
     checked = 0
     for method, template in routes:
         path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), template)
-        for headers in ({}, auth("vq_" + "x" * 43), auth(revoked["key"])):
-            response = await client.request(method, path, content=b'{"name": ', headers={**headers, **tenant})
-            assert_error(response, 401, "unauthorized")
-        response = await client.request(
-            method, path, content=b'{"name": ', headers={**auth(admin_key), **tenant}
-        )
-        body = assert_error(response, 400, "validation_error")
-        assert body["message"] == "The request body is not valid JSON.", (method, template, body)
+        for broken in BROKEN_BODIES.values():
+            for headers in ({}, auth("vq_" + "x" * 43), auth(revoked["key"])):
+                response = await client.request(method, path, content=broken, headers={**headers, **tenant})
+                assert_error(response, 401, "unauthorized")
+            response = await client.request(
+                method, path, content=broken, headers={**auth(admin_key), **tenant}
+            )
+            assert_error(response, 400, "validation_error")
         checked += 1
     assert checked == len(routes)
+    response = await client.post(
+        "/v1/queues", content=BROKEN_BODIES["not JSON"], headers={**auth(admin_key), **tenant}
+    )
+    assert assert_error(response, 400, "validation_error")["message"] == "The request body is not valid JSON."
 
 
 async def test_a_broken_body_whose_caller_cannot_be_checked_is_a_503(database_dsn: str, api: Api) -> None:

@@ -87,6 +87,14 @@ async def test_errors_count_and_carry_the_headers(limited: tuple[httpx.AsyncClie
     )
     assert_error(garbled, 400, "validation_error")
     assert _limits(garbled)[1] == 2
+    for left in (1, 0):
+        assert _limits(await http.get("/v1/queues", headers=auth(key, tenant)))[1] == left
+    # Out of requests: a broken body hears the 429 any other request would.
+    garbled = await http.post(
+        "/v1/queues", content=b"{not json", headers={**auth(key, tenant), "Content-Type": "application/json"}
+    )
+    assert_error(garbled, 429, "rate_limited")
+    assert garbled.headers["retry-after"] == "1"
 
 
 async def test_keys_have_separate_buckets(limited: tuple[httpx.AsyncClient, Api]) -> None:

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from virtualq.db import CONNECTION_ERRORS
+from virtualq.db import CONNECTION_ERRORS, request_state
 from virtualq.errors import ERROR_CODES, AppError
 from virtualq.kit.responses import error_body
 from virtualq.logging import get_logger
@@ -77,25 +77,59 @@ def handler_for(
 
 
 Authenticate = Callable[[Request], Awaitable[object]]
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
-def _request_validation(
-    authenticate: Authenticate | None,
-) -> Callable[[Request, Exception], Awaitable[Response]]:
+class _CallerFirst:
+    """FastAPI reads and parses a request's body before it runs the route's dependencies, so a body it
+    cannot parse (not JSON: `json_invalid`; not UTF-8 or nested too deep: a 400 HTTPException) would be
+    refused before the caller is. For a route that authenticates, this checks the caller first, so that a
+    caller without a valid key hears 401 for every request, and answers what authentication raised as the
+    route would have answered it."""
+
+    def __init__(self, authenticate: Authenticate | None) -> None:
+        self.authenticate = authenticate
+        self.routes: dict[int, tuple[Any, bool]] = {}  # id(route) -> (route, depends on authenticate)
+
+    async def refusal(self, request: Request) -> Response | None:
+        if self.authenticate is None or "principal" in request_state(request):  # no check, or done already
+            return None
+        if not self._authenticates(request.scope.get("route")):
+            return None
+        try:
+            await self.authenticate(request)
+        except Exception as refused:
+            answer = handler_for(request.app.exception_handlers, refused)
+            if answer is None:
+                raise
+            return await answer(request, refused)
+        return None
+
+    def _authenticates(self, route: Any) -> bool:
+        """Whether the route's dependencies, at any depth, include `authenticate` (worked out once)."""
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:
+            return False
+        known = self.routes.get(id(route))
+        if known is not None and known[0] is route:
+            return bool(known[1])
+        pending, found = [dependant], False
+        while pending and not found:
+            current = pending.pop()
+            found = current.call is self.authenticate
+            pending.extend(current.dependencies)
+        self.routes[id(route)] = (route, found)  # the route is kept, so its id is not reused meanwhile
+        return found
+
+
+def _request_validation(caller_first: _CallerFirst) -> Handler:
     async def handler(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = _describe_validation_errors(exc)
         if any(problem["type"] == "json_invalid" for problem in problems):
-            # FastAPI parses the body before it runs the route's dependencies, so a body that is not JSON
-            # would be refused before the caller is: a caller without a valid key hears 401 either way.
-            if authenticate is not None and _authenticates(request.scope.get("route"), authenticate):
-                try:
-                    await authenticate(request)
-                except Exception as refused:  # answered as the route would have answered it
-                    answer = handler_for(request.app.exception_handlers, refused)
-                    if answer is None:
-                        raise
-                    return await answer(request, refused)
+            refused = await caller_first.refusal(request)
+            if refused is not None:
+                return refused
             return _respond(
                 request, 400, "validation_error", "The request body is not valid JSON.", {"errors": problems}
             )
@@ -106,36 +140,25 @@ def _request_validation(
     return handler
 
 
-def _authenticates(route: Any, authenticate: Authenticate) -> bool:
-    """Whether the route's dependencies, at any depth, include `authenticate` (worked out once per route,
-    and kept on the route)."""
-    dependant = getattr(route, "dependant", None)
-    if dependant is None:
-        return False
-    known: bool | None = getattr(route, "vq_authenticates", None)
-    if known is None:
-        pending, known = [dependant], False
-        while pending and not known:
-            current = pending.pop()
-            known = current.call is authenticate
-            pending.extend(current.dependencies)
-        route.vq_authenticates = known
-    return known
+def _http_error(caller_first: _CallerFirst) -> Handler:
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code, message = ERROR_CODES.get(exc.status_code, ("error", "Request failed."))
+        if exc.status_code == 404:
+            message = f"No route matches {request.method} {request.url.path}."
+        elif exc.status_code == 400:
+            refused = await caller_first.refusal(request)  # FastAPI's "error parsing the body"
+            if refused is not None:
+                return refused
+            code = "validation_error"
+            message = str(exc.detail) if isinstance(exc.detail, str) else message
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; the resource may have several routes.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _respond(request, exc.status_code, code, message, None, headers=headers or None)
 
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    code, message = ERROR_CODES.get(exc.status_code, ("error", "Request failed."))
-    if exc.status_code == 404:
-        message = f"No route matches {request.method} {request.url.path}."
-    elif exc.status_code == 400:
-        code = "validation_error"
-        message = str(exc.detail) if isinstance(exc.detail, str) else message
-    headers = dict(exc.headers) if exc.headers else {}
-    if exc.status_code == 405:
-        # Starlette names only the first matching route's methods; the resource may have several routes.
-        headers["Allow"] = ", ".join(_allowed_methods(request))
-    return _respond(request, exc.status_code, code, message, None, headers=headers or None)
+    return handler
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -172,10 +195,11 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
 
 def install_exception_handlers(app: FastAPI, authenticate: Authenticate | None = None) -> None:
     """`authenticate`: the dependency that authenticates a caller; a route that depends on it refuses a
-    caller it refuses before it refuses a body that is not JSON."""
+    caller it refuses before it refuses a body it cannot parse (_CallerFirst)."""
     app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(RequestValidationError, _request_validation(authenticate))
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    caller_first = _CallerFirst(authenticate)
+    app.add_exception_handler(RequestValidationError, _request_validation(caller_first))
+    app.add_exception_handler(StarletteHTTPException, _http_error(caller_first))
     unavailable: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)
     for error_type in unavailable:
         app.add_exception_handler(error_type, _database_unavailable)

@@ -78,8 +78,6 @@ async def shared_limits(ports: list[int], total: int) -> dict[str, Any]:
           f"{allowed} allowed, {refused} refused (one shared bucket allows {LIMIT_BURST} + {refill:.1f} "
           f"refilled; separate buckets would allow {len(ports) * LIMIT_BURST})")  # fmt: skip
     shared = allowed <= LIMIT_BURST + refill + 1 and allowed + refused == len(statuses)
-    if not shared:
-        raise SystemExit("rate limits are not shared")
     return {"sent": len(statuses), "allowed": allowed, "refused": refused, "shared": shared}
 
 
@@ -135,8 +133,6 @@ async def drive(ports: list[int], seconds: float, counters: int) -> dict[str, An
     duplicates = len(handed) - len(set(handed))
     print(f"correctness: handed out {len(handed)} of {len(numbers)} tickets, duplicates {duplicates}, "
           f"numbers unique {len(set(numbers)) == len(numbers)}")  # fmt: skip
-    if duplicates or len(handed) != len(numbers) or len(set(numbers)) != len(numbers):
-        raise SystemExit("correctness check failed")
 
     # Phase 3: one rate-limited key through both processes.
     return {
@@ -175,7 +171,10 @@ def main() -> int:
             }
             with server(dsn, ports[0], 1, extra), server(dsn, ports[1], 1, extra):
                 figures = uvloop.run(drive(ports, args.seconds, args.counters))
-        report.save(args.json, figures)
+        report.save(args.json, figures)  # the figures first, failed or not: bench/all.py shows them
+        failures = report.scale_failures(figures)
+        if failures:
+            raise SystemExit("; ".join(failures))
     finally:
         valkey.stop()
     return 0

@@ -106,8 +106,11 @@ def test_a_run_within_every_target_is_met_everywhere() -> None:
         ("stream", lambda f: f["sse"].update(clients=500), "sse_500_clients"),
         ("coldstart", lambda f: f.update(warm_seconds=[1.2, 3.1]), "cold_start"),
         ("coldstart", lambda f: f.update(warm_seconds=[]), "cold_start"),
+        ("stream", lambda f: f["sse"].update(rss_connected_mb=301.0), "sse_1000_clients"),
         ("scale", lambda f: f.update(duplicates=1), "scale_call_next"),
         ("scale", lambda f: f.update(handed_out=21530), "scale_call_next"),
+        ("scale", lambda f: f.update(numbers_unique=False), "scale_call_next"),
+        ("scale", lambda f: f["rate_limit"].update(allowed=200, shared=False), "scale_call_next"),
     ],
 )
 def test_a_figure_past_its_target_is_not_met(section: str, change: Any, row: str) -> None:
@@ -118,10 +121,24 @@ def test_a_figure_past_its_target_is_not_met(section: str, change: Any, row: str
     assert table.splitlines()[-1] == "9 of 10 targets met"
 
 
-def test_a_script_that_wrote_nothing_is_a_row_not_met() -> None:
+def test_a_script_that_wrote_nothing_is_a_row_and_named_at_the_end() -> None:
     table = report.summary({**GOOD, "scale": None})
     assert "bench/scale.py failed: no figures" in table
-    assert verdicts(table)["scale"] == "NO"
+    assert verdicts(table)["scale"] == "—"  # nothing measured: not counted as met or missed
+    assert table.splitlines()[-1] == "9 of 9 targets met; not measured (failed): bench/scale.py"
+
+
+def test_scale_failures_name_each_broken_check() -> None:
+    figures = copy.deepcopy(GOOD["scale"])
+    assert figures is not None
+    assert report.scale_failures(figures) == []
+    figures.update(duplicates=2, numbers_unique=False)
+    figures["rate_limit"].update(allowed=200, shared=False)
+    assert report.scale_failures(figures) == [
+        "call-next handed out 21531 of 21531 tickets, 2 twice",
+        "ticket numbers are not unique",
+        "rate limits are not shared: 200 of 400 allowed",
+    ]
 
 
 def test_load_reads_what_save_wrote_and_none_for_a_missing_or_broken_file(tmp_path: Path) -> None:

@@ -60,9 +60,11 @@ async def _app_error(request: Request, exc: Exception) -> Response:
     return _respond(request, exc.status_code, exc.code, exc.message, exc.details, headers=headers)
 
 
-def handler_for(
-    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]], exc: Exception
-) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+Authenticate = Callable[[Request], Awaitable[object]]
+
+
+def handler_for(handlers: dict[Any, Handler], exc: Exception) -> Handler | None:
     """The handler Starlette's exception middleware would pick: by status code for an HTTPException, else
     by the nearest class in the exception's MRO. Handlers for `Exception` and 500 belong to Starlette's
     server-error middleware, outside ours: those errors go on to it, as from the exception middleware."""
@@ -74,10 +76,6 @@ def handler_for(
         if cls in handlers:
             return handlers[cls]
     return None
-
-
-Authenticate = Callable[[Request], Awaitable[object]]
-Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class _CallerFirst:

@@ -439,6 +439,55 @@ async def test_a_body_that_cannot_be_parsed_is_refused_after_the_caller(
     assert assert_error(response, 400, "validation_error")["message"] == "The request body is not valid JSON."
 
 
+BY_DEPENDENCIES = ("role may not do this", "may not act on that tenant")  # principal.py's two refusals
+
+
+async def test_a_broken_body_meets_the_role_and_tenant_checks_first(
+    app: Any, client: httpx.AsyncClient, api: Api
+) -> None:
+    """A valid key that its role or its tenant keeps off a route hears the 403 for a broken body too, as for
+    any body: for every route that takes one, each caller below sends a broken body and the empty object,
+    and the answers must agree where the empty object's is the route's dependencies refusing the caller;
+    else the broken body is the 400. Which account a key or an account belongs to is the route's own check,
+    on the row it names: like a 404, that comes after the body."""
+    f = await build(client, api)
+    foreign = await api.world()
+    callers = {
+        "tenant display": auth(f.keys[("tenant", "display")]),
+        "tenant staff": auth(f.keys[("tenant", "staff")]),
+        "account staff": auth(f.keys[("account", "staff")], f.tenant_id),
+        "tenant admin, another tenant": auth(f.keys[("tenant", "admin")], foreign.tenant_id),
+        "account admin, another account": auth(f.keys[("account", "admin")], foreign.tenant_id),
+    }
+    routes = [
+        (method, route.path)
+        for route in app.routes
+        if getattr(route, "body_field", None) is not None and route.path.startswith("/v1/")
+        for method in sorted(route.methods)
+    ]
+    refused: dict[str, int] = dict.fromkeys(callers, 0)
+    wrong: list[str] = []
+    for method, template in routes:
+        path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), template)
+        for name, headers in callers.items():
+            sent = {**headers, "Content-Type": "application/json"}
+            empty = await client.request(method, path, content=b"{}", headers=sent)
+            for broken in BROKEN_BODIES.values():
+                response = await client.request(method, path, content=broken, headers=sent)
+                if empty.status_code == 403 and empty.json()["message"].endswith(BY_DEPENDENCIES):
+                    wanted = (403, "forbidden")
+                else:
+                    wanted = (400, "validation_error")
+                got = (response.status_code, response.json()["error"])
+                if got != wanted:
+                    wrong.append(f"{method} {template} as {name}: {got}, wanted {wanted}")
+            refused[name] += empty.status_code == 403 and empty.json()["message"].endswith(BY_DEPENDENCIES)
+    assert wrong == [], "\n".join(wrong)
+    # Each caller is kept off some routes (the display key off every one), so the 403s above were checked.
+    assert all(count > 0 for count in refused.values()), refused
+    assert refused["tenant display"] == len(routes)
+
+
 async def test_a_broken_body_whose_caller_cannot_be_checked_is_a_503(database_dsn: str, api: Api) -> None:
     """A key this process has not cached must be looked up; with the database gone, the broken body's answer
     is the 503 any request of that caller would get (retry shortly), not a 400 or a 500."""

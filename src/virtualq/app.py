@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from virtualq import __version__, migrate, sweeper
 from virtualq.accounts.router import router as accounts_router
-from virtualq.auth.principal import authenticate
+from virtualq.auth.principal import CALLER_CHECKS, authenticate
 from virtualq.auth.router import router as api_keys_router
 from virtualq.config import Settings
 from virtualq.customers.router import router as customers_router
@@ -191,7 +191,7 @@ def create_app(
     app.state.read_batching = ReadBatching(settings.read_batch_max, metrics)
     metrics.track_pool(lambda: app.state.pool)
 
-    install_exception_handlers(app, authenticate)
+    install_exception_handlers(app, authenticate, CALLER_CHECKS)
     for router in (
         health_router,
         accounts_router,

@@ -2,7 +2,7 @@
 
 import hmac
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
@@ -167,12 +167,23 @@ def check_role(principal: Principal, allowed: frozenset[Role]) -> Principal:
     return principal
 
 
+CallerCheck = Callable[[Request, Principal], Awaitable[object]]
+# The checks of the caller a dependency makes (role, tenant) that read nothing but the principal and the
+# request's headers and query, by dependency: what kit/exception_handlers.py runs, after `authenticate`, for
+# a route whose body cannot be parsed, so that the caller hears the 403 any request of theirs would get.
+CALLER_CHECKS: dict[Callable[..., Any], CallerCheck] = {}
+
+
 def require_roles(*roles: Role) -> object:
     allowed = frozenset(roles)
 
     async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         return check_role(principal, allowed)
 
+    async def before_body(request: Request, principal: Principal) -> None:
+        check_role(principal, allowed)
+
+    CALLER_CHECKS[dependency] = before_body
     return Depends(dependency)
 
 
@@ -230,13 +241,36 @@ def tenant_context(*roles: Role) -> object:
         ] = None,
         tenant_id: Annotated[uuid.UUID | None, Query(description="The tenant to act on.")] = None,
     ) -> TenantContext:
-        if x_tenant_id is not None and tenant_id is not None and x_tenant_id != tenant_id:
-            raise ValidationFailed(
-                "the X-Tenant-ID header and the tenant_id parameter disagree", {"field": "tenant_id"}
-            )
-        return await resolve_tenant(request, principal, x_tenant_id or tenant_id)
+        return await resolve_tenant(request, principal, named_tenant(x_tenant_id, tenant_id))
 
+    async def before_body(request: Request, principal: Principal) -> None:
+        readable, named = _tenant_of(request)
+        if readable:
+            await resolve_tenant(request, principal, named)
+
+    CALLER_CHECKS[dependency] = before_body
     return Depends(dependency)
+
+
+def named_tenant(x_tenant_id: uuid.UUID | None, tenant_id: uuid.UUID | None) -> uuid.UUID | None:
+    """The tenant a request names, by header or parameter; 400 when the two disagree."""
+    if x_tenant_id is not None and tenant_id is not None and x_tenant_id != tenant_id:
+        raise ValidationFailed(
+            "the X-Tenant-ID header and the tenant_id parameter disagree", {"field": "tenant_id"}
+        )
+    return x_tenant_id or tenant_id
+
+
+def _tenant_of(request: Request) -> tuple[bool, uuid.UUID | None]:
+    """Whether the tenant the request names can be read as the dependency reads it, and the tenant. A value
+    that is not a UUID makes the request a 400 either way: there is no tenant to check."""
+    header, query = request.headers.get("x-tenant-id"), request.query_params.get("tenant_id")
+    try:
+        by_header = uuid.UUID(header) if header is not None else None
+        by_query = uuid.UUID(query) if query is not None else None
+    except ValueError:
+        return False, None
+    return True, named_tenant(by_header, by_query)
 
 
 async def act_for_tenant(
@@ -265,15 +299,17 @@ def optional_tenant_context(*roles: Role) -> Any:
         ] = None,
         tenant_id: Annotated[uuid.UUID | None, Query(description="The tenant to act on.")] = None,
     ) -> TenantContext | PrincipalOnly:
-        if x_tenant_id is not None and tenant_id is not None and x_tenant_id != tenant_id:
-            raise ValidationFailed(
-                "the X-Tenant-ID header and the tenant_id parameter disagree", {"field": "tenant_id"}
-            )
-        named = x_tenant_id or tenant_id
+        named = named_tenant(x_tenant_id, tenant_id)
         if named is None and principal.tenant_id is None:
             return PrincipalOnly(principal)
         return await resolve_tenant(request, principal, named)
 
+    async def before_body(request: Request, principal: Principal) -> None:
+        readable, named = _tenant_of(request)
+        if readable and (named is not None or principal.tenant_id is not None):
+            await resolve_tenant(request, principal, named)
+
+    CALLER_CHECKS[dependency] = before_body
     return Depends(dependency)
 
 

@@ -5,7 +5,7 @@ Unexpected exceptions are caught by RequestContextMiddleware, which logs them an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import asyncpg
@@ -62,6 +62,7 @@ async def _app_error(request: Request, exc: Exception) -> Response:
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 Authenticate = Callable[[Request], Awaitable[object]]
+CallerCheck = Callable[[Request, Any], Awaitable[object]]  # (request, what Authenticate returned)
 
 
 def handler_for(handlers: dict[Any, Handler], exc: Exception) -> Handler | None:
@@ -81,21 +82,29 @@ def handler_for(handlers: dict[Any, Handler], exc: Exception) -> Handler | None:
 class _CallerFirst:
     """FastAPI reads and parses a request's body before it runs the route's dependencies, so a body it
     cannot parse (not JSON: `json_invalid`; not UTF-8 or nested too deep: a 400 HTTPException) would be
-    refused before the caller is. For a route that authenticates, this checks the caller first, so that a
-    caller without a valid key hears 401 for every request, and answers what authentication raised as the
-    route would have answered it."""
+    refused before the caller is. For a route that authenticates, this checks the caller first: it runs
+    `authenticate`, then the checks of the caller the route's dependencies make (`checks`, by dependency:
+    role, tenant), so that the caller hears the 401 or 403 any request of theirs would get. What they raise
+    is answered as the route would have answered it."""
 
-    def __init__(self, authenticate: Authenticate | None) -> None:
+    def __init__(
+        self, authenticate: Authenticate | None, checks: Mapping[Callable[..., Any], CallerCheck]
+    ) -> None:
         self.authenticate = authenticate
-        self.routes: dict[int, tuple[Any, bool]] = {}  # id(route) -> (route, depends on authenticate)
+        self.checks = checks
+        # id(route) -> (route, the route's checks when it depends on authenticate, else None)
+        self.routes: dict[int, tuple[Any, tuple[CallerCheck, ...] | None]] = {}
 
     async def refusal(self, request: Request) -> Response | None:
         if self.authenticate is None or "principal" in request_state(request):  # no check, or done already
             return None
-        if not self._authenticates(request.scope.get("route")):
+        checks = self._checks(request.scope.get("route"))
+        if checks is None:
             return None
         try:
-            await self.authenticate(request)
+            principal = await self.authenticate(request)
+            for check in checks:
+                await check(request, principal)
         except Exception as refused:
             answer = handler_for(request.app.exception_handlers, refused)
             if answer is None:
@@ -103,19 +112,29 @@ class _CallerFirst:
             return await answer(request, refused)
         return None
 
-    def _authenticates(self, route: Any) -> bool:
-        """Whether the route's dependencies, at any depth, include `authenticate` (worked out once)."""
+    def _checks(self, route: Any) -> tuple[CallerCheck, ...] | None:
+        """None when the route's dependencies, at any depth, do not include `authenticate`; else the checks
+        they make, each after those it depends on (worked out once per route)."""
         dependant = getattr(route, "dependant", None)
         if dependant is None:
-            return False
+            return None
         known = self.routes.get(id(route))
         if known is not None and known[0] is route:
-            return bool(known[1])
-        pending, found = [dependant], False
-        while pending and not found:
-            current = pending.pop()
-            found = current.call is self.authenticate
-            pending.extend(current.dependencies)
+            return known[1]
+        authenticates = False
+        checks: list[CallerCheck] = []
+
+        def visit(current: Any) -> None:
+            nonlocal authenticates
+            for dependency in current.dependencies:
+                visit(dependency)
+            authenticates = authenticates or current.call is self.authenticate
+            check = self.checks.get(current.call)
+            if check is not None and check not in checks:
+                checks.append(check)
+
+        visit(dependant)
+        found = tuple(checks) if authenticates else None
         self.routes[id(route)] = (route, found)  # the route is kept, so its id is not reused meanwhile
         return found
 
@@ -191,11 +210,16 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def install_exception_handlers(app: FastAPI, authenticate: Authenticate | None = None) -> None:
-    """`authenticate`: the dependency that authenticates a caller; a route that depends on it refuses a
-    caller it refuses before it refuses a body it cannot parse (_CallerFirst)."""
+def install_exception_handlers(
+    app: FastAPI,
+    authenticate: Authenticate | None = None,
+    caller_checks: Mapping[Callable[..., Any], CallerCheck] | None = None,
+) -> None:
+    """`authenticate`: the dependency that authenticates a caller; `caller_checks`: by dependency, the checks
+    of the caller it makes. A route that depends on `authenticate` refuses a caller its dependencies refuse
+    before it refuses a body it cannot parse (_CallerFirst)."""
     app.add_exception_handler(AppError, _app_error)
-    caller_first = _CallerFirst(authenticate)
+    caller_first = _CallerFirst(authenticate, caller_checks or {})
     app.add_exception_handler(RequestValidationError, _request_validation(caller_first))
     app.add_exception_handler(StarletteHTTPException, _http_error(caller_first))
     unavailable: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)

@@ -474,6 +474,50 @@ def test_shared_metrics_directory_for_several_workers_only(
     assert MULTIPROC_DIR_ENV in logged.out + logged.err
 
 
+def _ended_pid() -> int:
+    """The pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_metrics_files_and_directories_of_ended_runs_are_removed_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that was killed leaves its run directory, and an operator's own directory keeps the files
+    of every earlier run: at start, what belongs to ended processes goes, what a live one owns stays."""
+    from virtualq.cli import METRICS_DIR_PREFIX, MULTIPROC_DIR_ENV, shared_metrics
+
+    dead, live = _ended_pid(), os.getpid()
+    own = tmp_path / "operators"
+    own.mkdir()
+    for name in (f"counter_{dead}.db", f"histogram_{dead}.db", f"gauge_livesum_{dead}.db"):
+        (own / name).write_bytes(b"x")
+    for name in (f"counter_{live}.db", "notes.txt", "counter_x.db"):
+        (own / name).write_bytes(b"x")
+    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(own))
+    with shared_metrics(1):  # one worker in the operator's directory: multi-process mode all the same
+        assert {path.name for path in own.iterdir()} == {f"counter_{live}.db", "notes.txt", "counter_x.db"}
+    assert "metrics_files_of_ended_processes_removed" in capsys.readouterr().out
+
+    monkeypatch.delenv(MULTIPROC_DIR_ENV)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    killed = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-k1ll3d"
+    running = tmp_path / f"{METRICS_DIR_PREFIX}{live}-runn1ng"
+    unnamed = tmp_path / f"{METRICS_DIR_PREFIX}abc123"  # made before directories carried a pid
+    for directory in (killed, running, unnamed):
+        directory.mkdir()
+        (directory / f"counter_{dead}.db").write_bytes(b"x")
+    with shared_metrics(2):
+        made = Path(os.environ[MULTIPROC_DIR_ENV])
+        assert made.name.startswith(f"{METRICS_DIR_PREFIX}{live}-")
+        assert not killed.exists()
+        assert running.is_dir()
+        assert unnamed.is_dir()
+    assert not made.exists()
+    assert str(killed) in capsys.readouterr().out
+
+
 _WORKER_WITH_STREAMS = """
 import os, signal, sys, time
 from prometheus_client import Gauge

@@ -24,6 +24,7 @@ from virtualq.logging import configure_logging, get_logger
 # The DSN the parent process resolved (embedded or DATABASE_URL), handed to server workers.
 RESOLVED_DSN_ENV = "VIRTUALQ_RESOLVED_DSN"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multi-process mode (kit/metrics.py)
+METRICS_DIR_PREFIX = "virtualq-metrics-"  # + the pid of the server that made it (shared_metrics)
 ADMIN_KEY_FILE = "admin_api_key"
 
 log = get_logger("virtualq.cli")
@@ -140,12 +141,24 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 @contextmanager
 def shared_metrics(workers: int) -> Iterator[None]:
     """Several workers on one port: one `/metrics` for all of them (kit/metrics.py). Their values go to a
-    directory made for this run and removed after it, unless PROMETHEUS_MULTIPROC_DIR names one already."""
-    if workers < 2 or os.environ.get(MULTIPROC_DIR_ENV):
+    directory made for this run and removed after it, unless PROMETHEUS_MULTIPROC_DIR names one already:
+    from that one, the files of processes that are gone (an earlier run's) are removed first. Directories
+    of earlier runs that were killed before removing theirs are removed too."""
+    from virtualq.kit.metrics import remove_abandoned_run_directories, remove_dead_processes_files
+
+    chosen = os.environ.get(MULTIPROC_DIR_ENV)
+    if chosen:
+        removed = remove_dead_processes_files(chosen)
+        if removed:
+            log.info("metrics_files_of_ended_processes_removed", directory=chosen, files=removed)
+        yield
+        return
+    if workers < 2:
         yield
         return
     try:
-        directory = tempfile.mkdtemp(prefix="virtualq-metrics-")
+        abandoned = remove_abandoned_run_directories(tempfile.gettempdir(), METRICS_DIR_PREFIX)
+        directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     except OSError as exc:  # e.g. a read-only file system: serve anyway, each worker answering for itself
         log.warning(
             "metrics_per_worker",
@@ -154,6 +167,8 @@ def shared_metrics(workers: int) -> Iterator[None]:
         )
         yield
         return
+    if abandoned:
+        log.info("metrics_directories_of_killed_runs_removed", directories=abandoned)
     os.environ[MULTIPROC_DIR_ENV] = directory  # the workers inherit it and read it when they start
     try:
         yield

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,6 +52,37 @@ def forget_dead_processes(directory: str) -> None:
         pid = path.stem.rsplit("_", 1)[1]
         if pid.isdigit() and not _alive(int(pid)):
             multiprocess.mark_process_dead(int(pid), directory)  # type: ignore[no-untyped-call]  # untyped upstream
+
+
+def remove_dead_processes_files(directory: str) -> int:
+    """Before any worker starts: remove the value files (`<kind>_<pid>.db`) of processes that are gone, left
+    by an earlier run in a directory the operator keeps. Their counters would otherwise be added to this
+    run's (Prometheus takes a restart as a counter reset). A live process's files are another server's,
+    sharing the directory: kept. Returns how many files went."""
+    removed = 0
+    for path in Path(directory).glob("*_*.db"):
+        pid = path.stem.rsplit("_", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def remove_abandoned_run_directories(parent: str, prefix: str) -> list[str]:
+    """The run directories (`<prefix><pid>-*`) of servers that are gone without removing theirs (killed),
+    this user's only. A directory without a pid in its name is left alone: its owner cannot be told."""
+    removed = []
+    uid = os.getuid()
+    for path in Path(parent).glob(f"{prefix}*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        try:
+            owned = path.is_dir() and not path.is_symlink() and path.stat().st_uid == uid
+        except OSError:
+            continue
+        if owned and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
 
 
 def _alive(pid: int) -> bool:

@@ -407,9 +407,9 @@ async def test_a_body_that_cannot_be_parsed_is_refused_after_the_caller(
     """FastAPI parses a body before the route's dependencies run: without care, a caller with no key or a
     bad one would hear 400 for a broken body where every other request of theirs hears 401. Every route
     that authenticates and takes a body, with each way a body can fail to parse: no key, an unknown key and
-    a revoked key get 401; a valid key gets the 400."""
+    a revoked key get 401; a valid key that may use every route (a platform admin's) gets the 400."""
     f = await build(client, api)
-    admin_key = f.keys[("tenant", "admin")]
+    admin_key, platform_key = f.keys[("tenant", "admin")], f.keys[("platform", "admin")]
     revoked = await tenant_key(client, f, "admin")
     assert (await client.delete(f"/v1/api-keys/{revoked['id']}", headers=auth(admin_key))).status_code == 204
     tenant = {"X-Tenant-ID": f.tenant_id, "Content-Type": "application/json"}
@@ -428,7 +428,7 @@ async def test_a_body_that_cannot_be_parsed_is_refused_after_the_caller(
                 response = await client.request(method, path, content=broken, headers={**headers, **tenant})
                 assert_error(response, 401, "unauthorized")
             response = await client.request(
-                method, path, content=broken, headers={**auth(admin_key), **tenant}
+                method, path, content=broken, headers={**auth(platform_key), **tenant}
             )
             assert_error(response, 400, "validation_error")
         checked += 1
@@ -439,53 +439,64 @@ async def test_a_body_that_cannot_be_parsed_is_refused_after_the_caller(
     assert assert_error(response, 400, "validation_error")["message"] == "The request body is not valid JSON."
 
 
-BY_DEPENDENCIES = ("role may not do this", "may not act on that tenant")  # principal.py's two refusals
-
-
-async def test_a_broken_body_meets_the_role_and_tenant_checks_first(
+async def test_a_broken_body_meets_the_role_scope_and_tenant_checks_first(
     app: Any, client: httpx.AsyncClient, api: Api
 ) -> None:
-    """A valid key that its role or its tenant keeps off a route hears the 403 for a broken body too, as for
-    any body: for every route that takes one, each caller below sends a broken body and the empty object,
-    and the answers must agree where the empty object's is the route's dependencies refusing the caller;
-    else the broken body is the 400. Which account a key or an account belongs to is the route's own check,
-    on the row it names: like a 404, that comes after the body."""
+    """A valid key that its role, its scope or its tenant keeps off a route hears that refusal for a broken
+    body too. For every route that takes a body, each caller below sends each broken body and a body that
+    parses but fits no schema (a JSON string): the answers must be the same. The latter is refused by the
+    route's dependencies (the checks of the caller) if they refuse it, else by its schema (400); checks that
+    need the row a path names never run for it."""
     f = await build(client, api)
     foreign = await api.world()
-    callers = {
-        "tenant display": auth(f.keys[("tenant", "display")]),
-        "tenant staff": auth(f.keys[("tenant", "staff")]),
-        "account staff": auth(f.keys[("account", "staff")], f.tenant_id),
-        "tenant admin, another tenant": auth(f.keys[("tenant", "admin")], foreign.tenant_id),
-        "account admin, another account": auth(f.keys[("account", "admin")], foreign.tenant_id),
-    }
+    admin, other = f.keys[("tenant", "admin")], foreign.tenant_id
+    callers: dict[str, tuple[dict[str, str], str]] = {  # name: (headers, query string)
+        "tenant display": (auth(f.keys[("tenant", "display")]), ""),
+        "tenant staff": (auth(f.keys[("tenant", "staff")]), ""),
+        "tenant admin": (auth(admin), ""),
+        "account staff": (auth(f.keys[("account", "staff")], f.tenant_id), ""),
+        "platform staff": (auth(f.keys[("platform", "staff")], f.tenant_id), ""),
+        "tenant admin, another tenant": (auth(admin, other), ""),
+        "tenant admin, another tenant by parameter": (auth(admin), f"?tenant_id={other}"),
+        "tenant admin, another tenant in braces": ({**auth(admin), "X-Tenant-ID": f"{{{other}}}"}, ""),
+        "tenant admin, not a UUID": ({**auth(admin), "X-Tenant-ID": f"uuid:{other}"}, ""),
+        "tenant admin, header and parameter disagree": (auth(admin, f.tenant_id), f"?tenant_id={other}"),
+        "account admin, another account": (auth(f.keys[("account", "admin")], other), ""),
+        "platform admin, unknown tenant": (auth(f.keys[("platform", "admin")], str(uuid.uuid4())), ""),
+    }  # fmt: skip
     routes = [
         (method, route.path)
         for route in app.routes
         if getattr(route, "body_field", None) is not None and route.path.startswith("/v1/")
         for method in sorted(route.methods)
     ]
-    refused: dict[str, int] = dict.fromkeys(callers, 0)
+    answers: dict[str, set[int]] = {name: set() for name in callers}
     wrong: list[str] = []
     for method, template in routes:
         path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), template)
-        for name, headers in callers.items():
+        for name, (headers, query) in callers.items():
             sent = {**headers, "Content-Type": "application/json"}
-            empty = await client.request(method, path, content=b"{}", headers=sent)
+            probe = await client.request(
+                method, path + query, content=b'"no schema takes a string"', headers=sent
+            )
+            wanted = (probe.status_code, probe.json()["error"])
+            answers[name].add(probe.status_code)
             for broken in BROKEN_BODIES.values():
-                response = await client.request(method, path, content=broken, headers=sent)
-                if empty.status_code == 403 and empty.json()["message"].endswith(BY_DEPENDENCIES):
-                    wanted = (403, "forbidden")
-                else:
-                    wanted = (400, "validation_error")
+                response = await client.request(method, path + query, content=broken, headers=sent)
                 got = (response.status_code, response.json()["error"])
                 if got != wanted:
                     wrong.append(f"{method} {template} as {name}: {got}, wanted {wanted}")
-            refused[name] += empty.status_code == 403 and empty.json()["message"].endswith(BY_DEPENDENCIES)
     assert wrong == [], "\n".join(wrong)
-    # Each caller is kept off some routes (the display key off every one), so the 403s above were checked.
-    assert all(count > 0 for count in refused.values()), refused
-    assert refused["tenant display"] == len(routes)
+    # Each kind of refusal was met, so the comparisons above covered it.
+    assert answers["tenant display"] == {403}  # no route that takes a body is open to displays
+    assert answers["tenant admin"] == {400, 403}  # the account routes and creating tenants: scope
+    for name in ("tenant staff", "account staff", "platform staff", "account admin, another account"):
+        assert answers[name] == {400, 403}, name
+    for name in ("another tenant", "another tenant by parameter", "another tenant in braces"):
+        assert answers[f"tenant admin, {name}"] == {400, 403}, name
+    assert answers["tenant admin, not a UUID"] == {400, 403}  # 403: the scope checks, which read no tenant
+    assert answers["tenant admin, header and parameter disagree"] == {400, 403}
+    assert answers["platform admin, unknown tenant"] == {400, 404}
 
 
 async def test_a_broken_body_whose_caller_cannot_be_checked_is_a_503(database_dsn: str, api: Api) -> None:

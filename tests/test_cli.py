@@ -485,37 +485,59 @@ def test_metrics_files_and_directories_of_ended_runs_are_removed_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A server that was killed leaves its run directory, and an operator's own directory keeps the files
-    of every earlier run: at start, what belongs to ended processes goes, what a live one owns stays."""
+    of every earlier run: at start, what belongs to ended processes goes; what a live one owns, and what
+    prometheus_client did not name, stays."""
     from virtualq.cli import METRICS_DIR_PREFIX, MULTIPROC_DIR_ENV, shared_metrics
 
-    dead, live = _ended_pid(), os.getpid()
-    own = tmp_path / "operators"
-    own.mkdir()
-    for name in (f"counter_{dead}.db", f"histogram_{dead}.db", f"gauge_livesum_{dead}.db"):
-        (own / name).write_bytes(b"x")
-    for name in (f"counter_{live}.db", "notes.txt", "counter_x.db"):
-        (own / name).write_bytes(b"x")
-    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(own))
+    dead, own = _ended_pid(), os.getpid()
+    operators = tmp_path / "operators"
+    operators.mkdir()
+    earlier = [f"counter_{dead}.db", f"histogram_{dead}.db", f"gauge_livesum_{dead}.db", f"counter_{own}.db"]
+    kept = ["notes.txt", "counter_x.db", "users_2024.db", "x_\u00b2.db", "counter_99999999999999999999.db"]
+    for name in earlier + kept:
+        (operators / name).write_bytes(b"x")
+    (operators / f"summary_{dead}.db").mkdir()  # not a file: left alone
+    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(operators))
     with shared_metrics(1):  # one worker in the operator's directory: multi-process mode all the same
-        assert {path.name for path in own.iterdir()} == {f"counter_{live}.db", "notes.txt", "counter_x.db"}
+        # This process has written nothing yet: a file with its pid is an earlier process's.
+        assert {path.name for path in operators.iterdir()} == {*kept, f"summary_{dead}.db"}
     assert "metrics_files_of_ended_processes_removed" in capsys.readouterr().out
 
-    monkeypatch.delenv(MULTIPROC_DIR_ENV)
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    killed = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-k1ll3d"
-    running = tmp_path / f"{METRICS_DIR_PREFIX}{live}-runn1ng"
-    unnamed = tmp_path / f"{METRICS_DIR_PREFIX}abc123"  # made before directories carried a pid
-    for directory in (killed, running, unnamed):
-        directory.mkdir()
-        (directory / f"counter_{dead}.db").write_bytes(b"x")
-    with shared_metrics(2):
-        made = Path(os.environ[MULTIPROC_DIR_ENV])
-        assert made.name.startswith(f"{METRICS_DIR_PREFIX}{live}-")
-        assert not killed.exists()
-        assert running.is_dir()
-        assert unnamed.is_dir()
-    assert not made.exists()
-    assert str(killed) in capsys.readouterr().out
+    # Another server uses the directory (a live process's file): the files of its ended workers are in its
+    # sums, so nothing is removed.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        shared = [f"counter_{other.pid}.db", f"counter_{dead}.db"]
+        for name in shared:
+            (operators / name).write_bytes(b"x")
+        with shared_metrics(2):
+            assert {name for name in shared if (operators / name).exists()} == set(shared)
+        assert "metrics_directory_shared" in capsys.readouterr().out
+
+        monkeypatch.delenv(MULTIPROC_DIR_ENV)
+        monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+        killed = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-k1ll3d"
+        running = tmp_path / f"{METRICS_DIR_PREFIX}{own}-runn1ng"
+        orphaned = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-0rphan"  # its server killed, a worker lives on
+        unnamed = tmp_path / f"{METRICS_DIR_PREFIX}12345678"  # named before directories carried a pid
+        for directory in (killed, running, orphaned, unnamed):
+            directory.mkdir()
+            (directory / f"counter_{dead}.db").write_bytes(b"x")
+        (orphaned / f"counter_{other.pid}.db").write_bytes(b"x")
+        linked = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-l1nk"
+        linked.symlink_to(killed.parent / "operators")
+        with shared_metrics(2):
+            made = Path(os.environ[MULTIPROC_DIR_ENV])
+            assert made.name.startswith(f"{METRICS_DIR_PREFIX}{own}-")
+            assert not killed.exists()
+            assert [path.is_dir() for path in (running, orphaned, unnamed)] == [True, True, True]
+            assert linked.is_symlink()
+            assert (operators / "notes.txt").exists()
+        assert not made.exists()
+        assert str(killed) in capsys.readouterr().out
+    finally:
+        other.kill()
+        other.wait()
 
 
 _WORKER_WITH_STREAMS = """

@@ -609,6 +609,8 @@ async def test_path_parameters(group: str, app: Any, ctx: Ctx, send: Sender, db:
     else:
         ops = operations(app)[group]
     assert ops
+    # Tenant keys may not use the account routes at all (403 before the path is read): an account's key.
+    headers = a.account_h if group == "accounts" else a.h
     before = await counts(db)
     for method, template, params in ops:
         for param in params:
@@ -617,7 +619,7 @@ async def test_path_parameters(group: str, app: Any, ctx: Ctx, send: Sender, db:
                 values[param] = quote(payload, safe="")
                 url = template.format(**values)
                 body = {} if method in ("POST", "PUT", "PATCH") else None
-                await send(method, url, {400, 404, 405}, headers=a.h, json=body)
+                await send(method, url, {400, 404, 405}, headers=headers, json=body)
     assert_counts_unchanged(before, await counts(db))
 
 

@@ -149,15 +149,19 @@ def shared_metrics(workers: int) -> Iterator[None]:
     chosen = os.environ.get(MULTIPROC_DIR_ENV)
     if chosen:
         removed = remove_dead_processes_files(chosen)
-        if removed:
+        if removed is None:
+            log.info("metrics_directory_shared", directory=chosen, hint="files of ended processes kept")
+        elif removed:
             log.info("metrics_files_of_ended_processes_removed", directory=chosen, files=removed)
         yield
         return
     if workers < 2:
         yield
         return
+    abandoned = remove_abandoned_run_directories(tempfile.gettempdir(), METRICS_DIR_PREFIX)
+    if abandoned:
+        log.info("metrics_directories_of_killed_runs_removed", directories=abandoned)
     try:
-        abandoned = remove_abandoned_run_directories(tempfile.gettempdir(), METRICS_DIR_PREFIX)
         directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     except OSError as exc:  # e.g. a read-only file system: serve anyway, each worker answering for itself
         log.warning(
@@ -167,8 +171,6 @@ def shared_metrics(workers: int) -> Iterator[None]:
         )
         yield
         return
-    if abandoned:
-        log.info("metrics_directories_of_killed_runs_removed", directories=abandoned)
     os.environ[MULTIPROC_DIR_ENV] = directory  # the workers inherit it and read it when they start
     try:
         yield

@@ -2,13 +2,15 @@
 
 import hmac
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Header, Query, Request
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
 from virtualq.auth import keys, repository
 from virtualq.db import DB_SCOPE, Record, acquire, after_commit, get_pool, request_state
@@ -187,6 +189,28 @@ def require_roles(*roles: Role) -> object:
     return Depends(dependency)
 
 
+def require_scopes(scopes: Iterable[Scope], refusal: str, *roles: Role) -> object:
+    """`require_roles(*roles)`, then the key's scope among `scopes`, else 403 with `refusal`. A check of the
+    caller alone, in a dependency: a route that takes a body refuses the caller before the body's syntax."""
+    allowed = frozenset(scopes)
+    role_check = require_roles(*roles)
+
+    def check_scope(principal: Principal) -> Principal:
+        if principal.scope not in allowed:
+            raise Forbidden(refusal)
+        return principal
+
+    async def dependency(principal: Annotated[Principal, role_check]) -> Principal:
+        return check_scope(principal)
+
+    async def before_body(request: Request, principal: Principal) -> None:
+        check_scope(principal)
+
+    CALLER_CHECKS[dependency] = before_body
+    return Depends(dependency)
+
+
+ABOVE_TENANT = (Scope.PLATFORM, Scope.ACCOUNT)
 AnyRole = Annotated[Principal, require_roles(Role.ADMIN, Role.STAFF, Role.DISPLAY)]
 StaffOrAdmin = Annotated[Principal, require_roles(Role.ADMIN, Role.STAFF)]
 AdminOnly = Annotated[Principal, require_roles(Role.ADMIN)]
@@ -261,14 +285,17 @@ def named_tenant(x_tenant_id: uuid.UUID | None, tenant_id: uuid.UUID | None) -> 
     return x_tenant_id or tenant_id
 
 
+_TENANT_ID = TypeAdapter(uuid.UUID)  # how FastAPI reads the header and the parameter (pydantic, lax)
+
+
 def _tenant_of(request: Request) -> tuple[bool, uuid.UUID | None]:
     """Whether the tenant the request names can be read as the dependency reads it, and the tenant. A value
     that is not a UUID makes the request a 400 either way: there is no tenant to check."""
     header, query = request.headers.get("x-tenant-id"), request.query_params.get("tenant_id")
     try:
-        by_header = uuid.UUID(header) if header is not None else None
-        by_query = uuid.UUID(query) if query is not None else None
-    except ValueError:
+        by_header = _TENANT_ID.validate_python(header) if header is not None else None
+        by_query = _TENANT_ID.validate_python(query) if query is not None else None
+    except PydanticValidationError:
         return False, None
     return True, named_tenant(by_header, by_query)
 

@@ -219,7 +219,7 @@ def install_exception_handlers(
     of the caller it makes. A route that depends on `authenticate` refuses a caller its dependencies refuse
     before it refuses a body it cannot parse (_CallerFirst)."""
     app.add_exception_handler(AppError, _app_error)
-    caller_first = _CallerFirst(authenticate, caller_checks or {})
+    caller_first = _CallerFirst(authenticate, {} if caller_checks is None else caller_checks)
     app.add_exception_handler(RequestValidationError, _request_validation(caller_first))
     app.add_exception_handler(StarletteHTTPException, _http_error(caller_first))
     unavailable: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)

@@ -11,7 +11,9 @@ second, labelled with its `pid`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,43 +47,81 @@ def multiprocess_mode() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
+# The files prometheus_client's multi-process mode writes: `<kind>_<pid>.db`, a gauge's kind with its mode.
+_VALUE_FILE = re.compile(
+    r"(?:counter|histogram|summary|gauge_(?:live)?(?:all|min|max|sum|mostrecent))_([0-9]{1,9})\.db"
+)
+
+
+def value_files(directory: str) -> list[tuple[Path, int]]:
+    """The value files in `directory` (regular files named as prometheus_client names them), with their
+    process's pid; none when the directory cannot be read."""
+    found = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                match = _VALUE_FILE.fullmatch(entry.name)
+                if match is not None and entry.is_file(follow_symlinks=False):
+                    found.append((Path(entry.path), int(match.group(1))))
+    except OSError:
+        return []
+    return found
+
+
 def forget_dead_processes(directory: str) -> None:
     """Drop the live gauges (stream clients, pool) of processes that ended without saying so: a worker that
     was killed leaves its files, and uvicorn starts another in its place."""
-    for path in Path(directory).glob("gauge_live*_*.db"):
-        pid = path.stem.rsplit("_", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            multiprocess.mark_process_dead(int(pid), directory)  # type: ignore[no-untyped-call]  # untyped upstream
+    for path, pid in value_files(directory):
+        if path.name.startswith("gauge_live") and not _alive(pid):
+            with contextlib.suppress(OSError):  # removed meanwhile by another scrape
+                multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # untyped upstream
 
 
-def remove_dead_processes_files(directory: str) -> int:
-    """Before any worker starts: remove the value files (`<kind>_<pid>.db`) of processes that are gone, left
-    by an earlier run in a directory the operator keeps. Their counters would otherwise be added to this
-    run's (Prometheus takes a restart as a counter reset). A live process's files are another server's,
-    sharing the directory: kept. Returns how many files went."""
+def remove_dead_processes_files(directory: str) -> int | None:
+    """Before any worker starts: remove the value files of processes that have ended, an earlier run's, from
+    a directory the operator keeps: their counters would otherwise be added to this run's (Prometheus takes
+    a restart as a counter reset). This process has written none yet, so a file with its pid is an earlier
+    process's too. When a file belongs to another live process, another server is using the directory, and
+    its ended workers' files are part of its sums: nothing is removed (None). Else how many files went."""
+    own = os.getpid()
+    files = value_files(directory)
+    if any(pid != own and _alive(pid) for _, pid in files):
+        return None
     removed = 0
-    for path in Path(directory).glob("*_*.db"):
-        pid = path.stem.rsplit("_", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed += 1
+    for path, _ in files:
+        try:
+            path.unlink()
+        except OSError:  # gone already, or not ours to remove (another user's, in a shared directory)
+            continue
+        removed += 1
     return removed
 
 
 def remove_abandoned_run_directories(parent: str, prefix: str) -> list[str]:
-    """The run directories (`<prefix><pid>-*`) of servers that are gone without removing theirs (killed),
-    this user's only. A directory without a pid in its name is left alone: its owner cannot be told."""
+    """The run directories (`<prefix><pid>-*`) of servers that are gone without removing theirs (killed), this
+    user's only, and only when none of their files belongs to a live process (a killed server's workers may
+    live on). A directory named otherwise is left alone: its owner cannot be told."""
     removed = []
     uid = os.getuid()
-    for path in Path(parent).glob(f"{prefix}*"):
-        pid = path.name[len(prefix) :].split("-", 1)[0]
+    pattern = re.compile(re.escape(prefix) + r"([0-9]{1,9})-.+")
+    try:
+        with os.scandir(parent) as entries:
+            candidates = [entry for entry in entries if pattern.fullmatch(entry.name)]
+    except OSError:
+        return []
+    for entry in candidates:
+        match = pattern.fullmatch(entry.name)
+        assert match is not None
         try:
-            owned = path.is_dir() and not path.is_symlink() and path.stat().st_uid == uid
+            owned = entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == uid
         except OSError:
             continue
-        if owned and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(str(path))
+        if not owned or _alive(int(match.group(1))):
+            continue
+        if any(_alive(pid) for _, pid in value_files(entry.path)):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
     return removed
 
 

@@ -5,7 +5,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from virtualq.auth.principal import AdminOnly, StaffOrAdmin, invalidate_keys
+from virtualq.auth.principal import (
+    ABOVE_TENANT,
+    AdminOnly,
+    Principal,
+    Role,
+    StaffOrAdmin,
+    invalidate_keys,
+    require_scopes,
+)
 from virtualq.db import ReadConn, WriteConn
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, CommonFilterQuery
@@ -15,11 +23,15 @@ from virtualq.tenants.schemas import Tenant, TenantCreate, TenantUpdate
 
 router = APIRouter(tags=["tenants"])
 
+TenantCreator = Annotated[
+    Principal, require_scopes(ABOVE_TENANT, "a tenant-scoped key cannot create tenants", Role.ADMIN)
+]
+
 
 @router.post(
     "/v1/tenants", status_code=status.HTTP_201_CREATED, response_model=Tenant, responses=WRITE_ERRORS
 )
-async def create_tenant(body: TenantCreate, principal: AdminOnly, conn: WriteConn) -> Any:
+async def create_tenant(body: TenantCreate, principal: TenantCreator, conn: WriteConn) -> Any:
     """Create a tenant in an account (platform or account admins)."""
     return await service.create_tenant(conn, principal, body)
 

@@ -481,63 +481,115 @@ def _ended_pid() -> int:
     return child.pid
 
 
+_WRITES_A_COUNTER = """
+import time
+from prometheus_client import Counter
+Counter("virtualq_test", "x").inc()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _writing_process(directory: Path) -> subprocess.Popen[str]:
+    """A live process writing a counter in multi-process mode into `directory` (its file mapped)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITES_A_COUNTER], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
 def test_metrics_files_and_directories_of_ended_runs_are_removed_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A server that was killed leaves its run directory, and an operator's own directory keeps the files
-    of every earlier run: at start, what belongs to ended processes goes; what a live one owns, and what
+    of every earlier run: at start, what no live process uses goes; what one uses, and what
     prometheus_client did not name, stays."""
     from virtualq.cli import METRICS_DIR_PREFIX, MULTIPROC_DIR_ENV, shared_metrics
 
     dead, own = _ended_pid(), os.getpid()
-    operators = tmp_path / "operators"
-    operators.mkdir()
-    earlier = [f"counter_{dead}.db", f"histogram_{dead}.db", f"gauge_livesum_{dead}.db", f"counter_{own}.db"]
-    kept = ["notes.txt", "counter_x.db", "users_2024.db", "x_\u00b2.db", "counter_99999999999999999999.db"]
-    for name in earlier + kept:
-        (operators / name).write_bytes(b"x")
-    (operators / f"summary_{dead}.db").mkdir()  # not a file: left alone
-    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(operators))
-    with shared_metrics(1):  # one worker in the operator's directory: multi-process mode all the same
-        # This process has written nothing yet: a file with its pid is an earlier process's.
-        assert {path.name for path in operators.iterdir()} == {*kept, f"summary_{dead}.db"}
-    assert "metrics_files_of_ended_processes_removed" in capsys.readouterr().out
-
-    # Another server uses the directory (a live process's file): the files of its ended workers are in its
-    # sums, so nothing is removed.
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    children: list[subprocess.Popen[str]] = []
     try:
-        shared = [f"counter_{other.pid}.db", f"counter_{dead}.db"]
-        for name in shared:
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        children.append(sleeper)
+        operators = tmp_path / "operators"
+        operators.mkdir()
+        # Earlier processes' files: ended, this process's pid (a restarted server often has the same one),
+        # and a pid a live process has now that does not use the file (a reused pid).
+        earlier = [
+            f"counter_{dead}.db",
+            f"histogram_{dead}.db",
+            f"gauge_livesum_{dead}.db",
+            f"counter_{own}.db",
+        ]
+        earlier.append(f"counter_{sleeper.pid}.db")
+        kept = ["notes.txt", "counter_x.db", "users_2024.db", "x_\u00b2.db", "counter_0.db"]
+        kept.append("counter_99999999999999999999.db")
+        for name in earlier + kept:
             (operators / name).write_bytes(b"x")
+        (operators / f"summary_{dead}.db").mkdir()  # not a file: left alone
+        monkeypatch.setenv(MULTIPROC_DIR_ENV, str(operators))
+        with shared_metrics(1):  # one worker in the operator's directory: multi-process mode all the same
+            assert {path.name for path in operators.iterdir()} == {*kept, f"summary_{dead}.db"}
+        assert "metrics_files_of_ended_processes_removed" in capsys.readouterr().out
+
+        # Another server uses the directory (a live process has its file mapped): the files of its ended
+        # workers are in its sums, so nothing is removed.
+        writer = _writing_process(operators)
+        children.append(writer)
+        (operators / f"counter_{dead}.db").write_bytes(b"x")
         with shared_metrics(2):
-            assert {name for name in shared if (operators / name).exists()} == set(shared)
+            assert (operators / f"counter_{dead}.db").exists()
+            assert (operators / f"counter_{writer.pid}.db").exists()
         assert "metrics_directory_shared" in capsys.readouterr().out
 
         monkeypatch.delenv(MULTIPROC_DIR_ENV)
         monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
         killed = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-k1ll3d"
-        running = tmp_path / f"{METRICS_DIR_PREFIX}{own}-runn1ng"
+        restarted = tmp_path / f"{METRICS_DIR_PREFIX}{own}-earl1er"  # an earlier server with this pid
+        starting = tmp_path / f"{METRICS_DIR_PREFIX}{sleeper.pid}-start1ng"  # a live server, no worker yet
         orphaned = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-0rphan"  # its server killed, a worker lives on
         unnamed = tmp_path / f"{METRICS_DIR_PREFIX}12345678"  # named before directories carried a pid
-        for directory in (killed, running, orphaned, unnamed):
+        for directory in (killed, restarted, starting, orphaned, unnamed):
             directory.mkdir()
             (directory / f"counter_{dead}.db").write_bytes(b"x")
-        (orphaned / f"counter_{other.pid}.db").write_bytes(b"x")
+        children.append(_writing_process(orphaned))
         linked = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-l1nk"
-        linked.symlink_to(killed.parent / "operators")
+        linked.symlink_to(operators)
         with shared_metrics(2):
             made = Path(os.environ[MULTIPROC_DIR_ENV])
             assert made.name.startswith(f"{METRICS_DIR_PREFIX}{own}-")
-            assert not killed.exists()
-            assert [path.is_dir() for path in (running, orphaned, unnamed)] == [True, True, True]
+            assert [path.exists() for path in (killed, restarted)] == [False, False]
+            assert [path.is_dir() for path in (starting, orphaned, unnamed)] == [True, True, True]
             assert linked.is_symlink()
             assert (operators / "notes.txt").exists()
         assert not made.exists()
         assert str(killed) in capsys.readouterr().out
     finally:
-        other.kill()
-        other.wait()
+        for child in children:
+            child.kill()
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+
+
+def test_no_usable_temporary_directory_serves_with_metrics_per_worker(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No writable candidate for the temporary directory: `tempfile.gettempdir` itself fails. The server
+    starts all the same, each worker answering scrapes for itself, and says how to get one /metrics."""
+    from virtualq.cli import MULTIPROC_DIR_ENV, shared_metrics
+
+    def no_directory() -> str:
+        raise FileNotFoundError("No usable temporary directory found")
+
+    monkeypatch.delenv(MULTIPROC_DIR_ENV, raising=False)
+    monkeypatch.setattr("tempfile.gettempdir", no_directory)
+    with shared_metrics(2):
+        assert MULTIPROC_DIR_ENV not in os.environ
+    assert "metrics_per_worker" in capsys.readouterr().out
 
 
 _WORKER_WITH_STREAMS = """

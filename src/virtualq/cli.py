@@ -158,11 +158,10 @@ def shared_metrics(workers: int) -> Iterator[None]:
     if workers < 2:
         yield
         return
-    abandoned = remove_abandoned_run_directories(tempfile.gettempdir(), METRICS_DIR_PREFIX)
-    if abandoned:
-        log.info("metrics_directories_of_killed_runs_removed", directories=abandoned)
     try:
-        directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+        parent = tempfile.gettempdir()  # FileNotFoundError when no candidate is writable
+        abandoned = remove_abandoned_run_directories(parent, METRICS_DIR_PREFIX)
+        directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-", dir=parent)
     except OSError as exc:  # e.g. a read-only file system: serve anyway, each worker answering for itself
         log.warning(
             "metrics_per_worker",
@@ -171,6 +170,8 @@ def shared_metrics(workers: int) -> Iterator[None]:
         )
         yield
         return
+    if abandoned:
+        log.info("metrics_directories_of_killed_runs_removed", directories=abandoned)
     os.environ[MULTIPROC_DIR_ENV] = directory  # the workers inherit it and read it when they start
     try:
         yield

@@ -9,7 +9,6 @@ from virtualq.accounts import service
 from virtualq.accounts.schemas import Account, AccountCreate, AccountUpdate
 from virtualq.auth.principal import (
     ABOVE_TENANT,
-    AdminOnly,
     Principal,
     Role,
     Scope,
@@ -25,6 +24,9 @@ router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
 PlatformAdmin = Annotated[
     Principal, require_scopes((Scope.PLATFORM,), "only platform admins create accounts", Role.ADMIN)
+]
+AccountDeactivator = Annotated[
+    Principal, require_scopes((Scope.PLATFORM,), "only platform admins deactivate accounts", Role.ADMIN)
 ]
 AccountsAdmin = Annotated[
     Principal, require_scopes(ABOVE_TENANT, "a tenant-scoped key cannot manage accounts", Role.ADMIN)
@@ -65,7 +67,7 @@ async def update_account(
 
 @router.delete("/{account_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
 async def deactivate_account(
-    account_id: uuid.UUID, request: Request, principal: AdminOnly, conn: WriteConn
+    account_id: uuid.UUID, request: Request, principal: AccountDeactivator, conn: WriteConn
 ) -> Response:
     """Deactivate (soft delete) an account (platform admins)."""
     await service.deactivate_account(conn, principal, account_id)

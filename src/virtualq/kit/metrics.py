@@ -49,7 +49,7 @@ def multiprocess_mode() -> bool:
 
 # The files prometheus_client's multi-process mode writes: `<kind>_<pid>.db`, a gauge's kind with its mode.
 _VALUE_FILE = re.compile(
-    r"(?:counter|histogram|summary|gauge_(?:live)?(?:all|min|max|sum|mostrecent))_([0-9]{1,9})\.db"
+    r"(?:counter|histogram|summary|gauge_(?:live)?(?:all|min|max|sum|mostrecent))_([1-9][0-9]{0,8})\.db"
 )
 
 
@@ -78,14 +78,13 @@ def forget_dead_processes(directory: str) -> None:
 
 
 def remove_dead_processes_files(directory: str) -> int | None:
-    """Before any worker starts: remove the value files of processes that have ended, an earlier run's, from
-    a directory the operator keeps: their counters would otherwise be added to this run's (Prometheus takes
-    a restart as a counter reset). This process has written none yet, so a file with its pid is an earlier
-    process's too. When a file belongs to another live process, another server is using the directory, and
-    its ended workers' files are part of its sums: nothing is removed (None). Else how many files went."""
-    own = os.getpid()
+    """Before any worker starts: remove the value files of earlier processes from a directory the operator
+    keeps: their counters would otherwise be added to this run's (Prometheus takes a restart as a counter
+    reset). When a file is in use by a live process (`_in_use`), another server is using the directory,
+    and its ended workers' files are part of its sums: nothing is removed (None). Else how many files
+    went."""
     files = value_files(directory)
-    if any(pid != own and _alive(pid) for _, pid in files):
+    if any(_in_use(path, pid) for path, pid in files):
         return None
     removed = 0
     for path, _ in files:
@@ -99,11 +98,12 @@ def remove_dead_processes_files(directory: str) -> int | None:
 
 def remove_abandoned_run_directories(parent: str, prefix: str) -> list[str]:
     """The run directories (`<prefix><pid>-*`) of servers that are gone without removing theirs (killed), this
-    user's only, and only when none of their files belongs to a live process (a killed server's workers may
-    live on). A directory named otherwise is left alone: its owner cannot be told."""
+    user's only, and only when none of their files is in use (a killed server's workers may live on). This
+    process has made none yet, so one named with its pid is an earlier process's. A directory named
+    otherwise is left alone: its owner cannot be told."""
     removed = []
-    uid = os.getuid()
-    pattern = re.compile(re.escape(prefix) + r"([0-9]{1,9})-.+")
+    uid, own = os.getuid(), os.getpid()
+    pattern = re.compile(re.escape(prefix) + r"([1-9][0-9]{0,8})-.+")
     try:
         with os.scandir(parent) as entries:
             candidates = [entry for entry in entries if pattern.fullmatch(entry.name)]
@@ -112,17 +112,36 @@ def remove_abandoned_run_directories(parent: str, prefix: str) -> list[str]:
     for entry in candidates:
         match = pattern.fullmatch(entry.name)
         assert match is not None
+        server = int(match.group(1))
         try:
             owned = entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == uid
         except OSError:
             continue
-        if not owned or _alive(int(match.group(1))):
+        if not owned or (server != own and _alive(server)):  # a live server's: may not have workers yet
             continue
-        if any(_alive(pid) for _, pid in value_files(entry.path)):
+        if any(_in_use(path, pid) for path, pid in value_files(entry.path)):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.path)
     return removed
+
+
+def _in_use(path: Path, pid: int) -> bool:
+    """Whether process `pid` has the value file mapped (prometheus_client maps each file it writes for as
+    long as the process lives), so that a pid reused by an unrelated process, or this process's own pid
+    after a restart, does not keep an earlier process's file. Where the process's maps cannot be read
+    (another user's process, no /proc), a live pid is taken to be using it."""
+    if pid == os.getpid():
+        return False  # nothing is written before the clean-up, which runs before any metric exists
+    if not _alive(pid):
+        return False
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text(errors="replace")
+    except FileNotFoundError:  # ended meanwhile, or no /proc
+        return _alive(pid) and not Path("/proc/self/maps").exists()
+    except OSError:
+        return True
+    return os.path.realpath(path) in maps
 
 
 def _alive(pid: int) -> bool:

@@ -26,6 +26,9 @@ router = APIRouter(tags=["tenants"])
 TenantCreator = Annotated[
     Principal, require_scopes(ABOVE_TENANT, "a tenant-scoped key cannot create tenants", Role.ADMIN)
 ]
+TenantDeactivator = Annotated[
+    Principal, require_scopes(ABOVE_TENANT, "a tenant-scoped key cannot deactivate its tenant", Role.ADMIN)
+]
 
 
 @router.post(
@@ -81,7 +84,7 @@ async def update_tenant(
 
 @router.delete("/v1/tenants/{tenant_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
 async def deactivate_tenant(
-    tenant_id: uuid.UUID, request: Request, principal: AdminOnly, conn: WriteConn
+    tenant_id: uuid.UUID, request: Request, principal: TenantDeactivator, conn: WriteConn
 ) -> Response:
     await service.deactivate_tenant(conn, principal, tenant_id)
     invalidate_keys(request)

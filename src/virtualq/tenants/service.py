@@ -82,7 +82,6 @@ async def update_tenant(
 
 
 async def deactivate_tenant(conn: Connection, principal: Principal, tenant_id: uuid.UUID) -> None:
-    if principal.scope is Scope.TENANT:
-        raise Forbidden("a tenant-scoped key cannot deactivate its tenant")
+    """The route keeps tenant-scoped keys out (its dependency)."""
     await get_tenant(conn, principal, tenant_id)
     await repository.update(conn, tenant_id, {"is_active": False})

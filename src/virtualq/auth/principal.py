@@ -170,9 +170,9 @@ def check_role(principal: Principal, allowed: frozenset[Role]) -> Principal:
 
 
 CallerCheck = Callable[[Request, Principal], Awaitable[object]]
-# The checks of the caller a dependency makes (role, tenant) that read nothing but the principal and the
-# request's headers and query, by dependency: what kit/exception_handlers.py runs, after `authenticate`, for
-# a route whose body cannot be parsed, so that the caller hears the 403 any request of theirs would get.
+# The checks of the caller a dependency makes (role, scope, tenant) that read nothing but the principal and
+# the request's headers and query, by dependency: what kit/exception_handlers.py runs, after `authenticate`,
+# for a route whose body cannot be parsed, so that the caller hears the 403 any request of theirs would get.
 CALLER_CHECKS: dict[Callable[..., Any], CallerCheck] = {}
 
 

@@ -222,6 +222,54 @@ def test_invalid_configuration_is_one_line_and_exit_2(tmp_path: Path, variable: 
     assert not (data_dir / "admin_api_key").exists()
 
 
+@pytest.mark.slow
+def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
+    """AUTO_MIGRATE=false on a new embedded database: no connection could take the application role, so
+    instead of a start-up traceback the server says in one line what to run, and stops its database."""
+    data_dir = tmp_path / "data"
+    env = base_env(data_dir, AUTO_MIGRATE="false", PORT=str(free_port()), LOG_LEVEL="warning")
+    result = run_cli("serve", env=env)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "the database is not migrated (at revision none" in lines[0]
+    assert "run `virtualq migrate`" in lines[0]
+    assert "VirtualQ http" not in result.stdout  # no banner for a server that does not start
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # the embedded database was stopped
+
+    # Migrated, the same command starts.
+    assert run_cli("migrate", env=base_env(data_dir)).returncode == 0
+    assert _cannot_start(data_dir) is None
+
+
+def _cannot_start(data_dir: Path) -> str | None:
+    from virtualq.cli import _cannot_start_on, database
+    from virtualq.config import load_settings
+
+    os.environ["VIRTUALQ_DATA_DIR"] = str(data_dir)
+    try:
+        with database(load_settings()) as dsn:
+            return _cannot_start_on(dsn)
+    finally:
+        del os.environ["VIRTUALQ_DATA_DIR"]
+
+
+@pytest.mark.slow
+def test_serve_on_a_port_in_use_says_so_before_its_banner(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = base_env(data_dir, HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="warning")
+        result = run_cli("serve", env=env)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"cannot listen on 127.0.0.1:{port} (")
+    assert "set PORT" in lines[0]
+    assert "VirtualQ http" not in result.stdout
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+
+
 # --- the embedded database -------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -84,6 +85,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     with database(settings) as dsn:
         if settings.auto_migrate:
             migrate.upgrade(dsn)
+        elif (problem := _cannot_start_on(dsn)) is not None:
+            print(problem, file=sys.stderr)
+            return 2
+        if (problem := _port_taken(host, port)) is not None:
+            print(problem, file=sys.stderr)
+            return 2
         os.environ[RESOLVED_DSN_ENV] = dsn
         if settings.admin_api_key is not None:
             os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
@@ -136,6 +143,42 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 **UVICORN_OPTIONS,  # a response's head and body in one write, no Server header (transport.py)
             )
     return 0
+
+
+def _cannot_start_on(dsn: str) -> str | None:
+    """With AUTO_MIGRATE=false: why no server can start on this database, or None. Below the migration that
+    creates the application role (0008) every connection fails; above it the server starts and `/readyz`
+    answers 503 until the database is at this build's revision."""
+    import asyncpg
+
+    from virtualq import migrate
+    from virtualq.db import APP_ROLE
+
+    async def check() -> str | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", APP_ROLE):
+                return None
+            revision = await migrate.current_revision(conn)
+        finally:
+            await conn.close()
+        return (
+            f"the database is not migrated (at revision {revision or 'none'}; this build needs "
+            f"{migrate.head_revision()}): run `virtualq migrate`, or start without AUTO_MIGRATE=false"
+        )
+
+    return asyncio.run(check())
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (taken, most often by another server), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):  # SO_REUSEADDR, as uvicorn binds
+            return None
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return f"cannot listen on {host}:{port} ({reason}): another server may be running; set PORT"
 
 
 @contextmanager

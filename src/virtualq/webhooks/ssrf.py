@@ -58,4 +58,7 @@ async def check_target(url: str, allow_private: bool) -> None:
     for info in infos:
         address = str(info[4][0])
         if _internal(address):
-            raise TargetRefused(f"{host} resolves to a private or loopback address ({address})")
+            raise TargetRefused(
+                f"{host} resolves to a private or loopback address ({address}); the server refuses such"
+                " targets unless its operator sets WEBHOOK_ALLOW_PRIVATE_TARGETS=true (local testing)"
+            )

@@ -134,6 +134,25 @@ async def test_wall_display_follows_the_line_live_and_shows_no_personal_data(
         assert secret not in text
 
 
+async def test_wall_display_with_a_refused_key_says_so_and_stops_asking(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    """A wrong key: the page says the key was refused and how to open it again (not "Reconnecting…", as
+    for a server that is down), and the event stream is not asked again with the same key."""
+    s = await shop(client, api)
+    streams: list[str] = []
+    page.on(
+        "request", lambda request: streams.append(request.url) if "/events/stream" in request.url else None
+    )
+    await page.goto(f"{live_server.url}/display/queues/{s.queue['id']}#key=vq_{'w' * 43}")
+    status = page.locator("#status")
+    await expect(status).to_contain_text("This key was refused", timeout=5000)
+    await expect(status).to_contain_text("#key=vq_")
+    await asyncio.sleep(1.5)  # a retrying stream would have asked again by now (after 250 ms, 500 ms, ...)
+    await expect(status).to_contain_text("This key was refused")
+    assert len(streams) == 1, streams
+
+
 async def test_wall_display_recovers_after_a_server_restart(
     client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
 ) -> None:

@@ -12,6 +12,7 @@
   const queueIds = [...new Set([pathId, ...extra])];
   const headers = key ? { Authorization: "Bearer " + key } : {};
   const recent = [];
+  let refused = false;  // the key was refused: that message stays
 
   if (!key) {
     status.textContent = "This display needs a display key: open it as …#key=vq_…";
@@ -45,7 +46,8 @@
       }
       status.textContent = "";
     } catch (error) {
-      status.textContent = "Cannot reach the server: " + error.message;
+      refused = refused || error.status === 401 || error.status === 403;
+      status.textContent = VQ.problem(error, "display");
     }
   }
 
@@ -66,7 +68,8 @@
     later();
   }, {
     onOpen: (reconnected) => { status.textContent = ""; if (reconnected) refresh(); },
-    onDown: () => { status.textContent = "Reconnecting…"; },
+    onDown: () => { if (!refused) status.textContent = "Reconnecting…"; },
+    onRefused: (error) => { refused = true; status.textContent = VQ.problem(error, "display"); },
   });
   refresh();
 })();

@@ -31,8 +31,9 @@ const VQ = (() => {
   }
 
   // Server-Sent Events over fetch (so the key travels in a header, not the URL). Reconnects with growing
-  // pauses and resumes from the last event id; onOpen(reconnected) lets the page resynchronise.
-  function follow(path, headers, onEvent, { onOpen = () => {}, onDown = () => {} } = {}) {
+  // pauses and resumes from the last event id; onOpen(reconnected) lets the page resynchronise. A key the
+  // server refuses (401, 403) will not be accepted on a retry: the stream stops and onRefused(error) says why.
+  function follow(path, headers, onEvent, { onOpen = () => {}, onDown = () => {}, onRefused = onDown } = {}) {
     let lastId = null;
     let stopped = false;
     let attempt = 0;
@@ -44,6 +45,14 @@ const VQ = (() => {
           const all = { ...headers, Accept: "text/event-stream" };
           if (lastId) all["Last-Event-ID"] = lastId;
           const response = await fetch(path, { headers: all, signal: controller.signal, cache: "no-store" });
+          if (response.status === 401 || response.status === 403) {
+            const data = await response.json().catch(() => null);
+            const error = new Error((data && data.message) || "the key was refused (" + response.status + ")");
+            error.status = response.status;
+            stopped = true;
+            onRefused(error);
+            return;
+          }
           if (!response.ok) throw new Error("stream refused: " + response.status);
           onOpen(attempt > 0);
           attempt = 0;
@@ -104,5 +113,13 @@ const VQ = (() => {
     return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
   }
 
-  return { takeKey, api, follow, el, debounce };
+  // What a page shows for an API error: a refused key says so and how to open the page again.
+  function problem(error, page) {
+    if (error.status === 401 || error.status === 403) {
+      return "This key was refused: " + error.message + ". Open the " + page + " again with a valid key (…#key=vq_…).";
+    }
+    return "Cannot reach the server: " + error.message;
+  }
+
+  return { takeKey, api, follow, el, debounce, problem };
 })();

@@ -734,6 +734,22 @@ def test_migrate_api_key_create_and_downgrade(tmp_path: Path, empty_database: st
     response = asyncio.run(_get_with_key(empty_database, key, "/v1/accounts"))
     assert response.status_code == 200, response.text
 
+    # Mistakes are one line each, without a traceback or pydantic's links.
+    bad_uuid = run_cli("api-key", "create", "--scope", "tenant", "--tenant-id", "nope", env=env)
+    assert bad_uuid.returncode == 2
+    assert bad_uuid.stderr.strip().splitlines()[-1].endswith("argument --tenant-id: not a UUID: 'nope'")
+    empty_name = run_cli("api-key", "create", "--name", "", env=env)
+    assert (empty_name.returncode, empty_name.stderr.strip()) == (
+        1,
+        "error: name: String should have at least 1 character",
+    )
+    no_tenant = run_cli("api-key", "create", "--scope", "tenant", env=env)
+    assert (no_tenant.returncode, no_tenant.stderr.strip()) == (
+        1,
+        "error: tenant_id is required for a tenant-scoped key",
+    )
+    assert "(default: platform)" in run_cli("api-key", "create", "--help", env=env).stdout
+
     downgraded = run_cli("migrate", "--downgrade", "base", env=env)
     assert downgraded.returncode == 0, downgraded.stderr
     assert "downgraded to base" in downgraded.stdout

@@ -344,13 +344,24 @@ def build_parser() -> argparse.ArgumentParser:
     api_key = commands.add_parser("api-key", help="manage API keys").add_subparsers(
         dest="action", required=True
     )
-    create = api_key.add_parser("create", help="create a key and print it once")
-    create.add_argument("--name", default="cli")
-    create.add_argument("--scope", choices=["platform", "account", "tenant"], default="platform")
-    create.add_argument("--role", choices=["admin", "staff", "display"], default="admin")
-    create.add_argument("--account-id")
-    create.add_argument("--tenant-id")
-    create.add_argument("--employee-id")
+    create = api_key.add_parser(
+        "create",
+        help="create a key and print it once",
+        description="Create an API key and print it once. With no options: a platform admin key.",
+    )
+    create.add_argument("--name", default="cli", help="a label for the key (default: %(default)s)")
+    create.add_argument(
+        "--scope",
+        choices=["platform", "account", "tenant"],
+        default="platform",
+        help="(default: %(default)s)",
+    )
+    create.add_argument(
+        "--role", choices=["admin", "staff", "display"], default="admin", help="(default: %(default)s)"
+    )
+    create.add_argument("--account-id", type=_uuid, help="the account of an account-scoped key")
+    create.add_argument("--tenant-id", type=_uuid, help="the tenant of a tenant-scoped key")
+    create.add_argument("--employee-id", type=_uuid, help="the employee the key acts as (optional)")
     create.set_defaults(handler=cmd_api_key_create)
 
     demo = commands.add_parser(
@@ -363,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.add_argument("--output", default="openapi.yaml", help="file path, or - for stdout")
     openapi.set_defaults(handler=cmd_openapi)
     return parser
+
+
+def _uuid(value: str) -> str:
+    """An argparse type: a UUID, or argparse's one-line usage error."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
 
         from virtualq.errors import AppError
 
-        if isinstance(exc, AppError | ValidationError):
+        if isinstance(exc, ValidationError):  # one line per problem, without pydantic's links
+            for problem in exc.errors(include_url=False):
+                where = ".".join(str(part) for part in problem["loc"])
+                print(f"error: {where + ': ' if where else ''}{problem['msg']}", file=sys.stderr)
+            return 1
+        if isinstance(exc, AppError):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

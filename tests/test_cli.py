@@ -255,6 +255,16 @@ def _cannot_start(data_dir: Path) -> str | None:
 
 
 @pytest.mark.slow
+def test_demo_prints_its_urls_without_the_access_log(tmp_path: Path) -> None:
+    """`virtualq demo` at the default log level: the pages' URLs, not a screen of in-process request lines."""
+    result = run_cli("demo", env=base_env(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Demo data created.")
+    assert result.stdout.count("#key=vq_") == 4  # a display and a console page for each of the two places
+    assert "request" not in result.stderr, result.stderr
+
+
+@pytest.mark.slow
 def test_serve_on_a_port_in_use_says_so_before_its_banner(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with socket.create_server(("127.0.0.1", 0)) as taken:

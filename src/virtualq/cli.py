@@ -304,6 +304,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     admin_key = settings.admin_api_key.get_secret_value()
     quiet = settings.model_copy(update={"sweeper_interval_seconds": 0, "webhook_delivery": False})
+    if settings.log_level == "info":  # the in-process requests' access log would bury the URLs below
+        configure_logging("warning", json=settings.is_production)
     base = args.base_url or f"http://{settings.host}:{settings.port}"
 
     async def run(dsn: str) -> list[demo.Place]:

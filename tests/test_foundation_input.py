@@ -345,6 +345,36 @@ async def test_framework_errors_use_the_envelope(client: httpx.AsyncClient, api:
     assert_error(response, 415, "unsupported_media_type")
 
 
+async def test_a_broken_or_missing_body_says_what_is_wrong(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    """Not JSON: where and why, with no field (FastAPI puts the character's position there); no body where
+    one is needed: that a JSON body is, and what to send when there is nothing to set."""
+    h = {**auth(world["w"].tenant_admin), "Content-Type": "application/json"}
+    body = assert_error(
+        await client.post("/v1/queues", content=b'{"name": ', headers=h), 400, "validation_error"
+    )
+    assert body["details"]["errors"] == [
+        {
+            "location": "body",
+            "field": "",
+            "message": "JSON decode error at character 9: Expecting value",
+            "type": "json_invalid",
+        }
+    ]
+    queue = (await client.post("/v1/queues", json={"name": "Q"}, headers=h)).json()
+    for path in ("/v1/queues", f"/v1/queues/{queue['id']}/call-next"):  # a route and a fast path
+        missing = assert_error(await client.post(path, headers=h), 400, "validation_error")
+        assert missing["details"]["errors"] == [
+            {
+                "location": "body",
+                "field": "",
+                "message": "A JSON body is required (send {} when there is nothing to set).",
+                "type": "missing",
+            }
+        ], path
+
+
 async def test_request_ids_are_echoed_or_generated(client: httpx.AsyncClient, api: Api) -> None:
     h = auth(api.admin_key)
     sent = "trace-abc-123"

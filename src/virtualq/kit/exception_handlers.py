@@ -44,11 +44,19 @@ def _describe_validation_errors(exc: RequestValidationError) -> list[dict[str, A
     problems = []
     for error in exc.errors():
         location = [str(part) for part in error.get("loc", ())]
+        kind = error.get("type", "value_error")
+        field, message = ".".join(location[1:]), str(error.get("msg", "invalid"))
+        if kind == "json_invalid":  # FastAPI puts the character's position where the field goes
+            reason = (error.get("ctx") or {}).get("error")
+            message = f"{message} at character {field}" + (f": {reason}" if reason else "")
+            field = ""
+        elif kind == "missing" and location == ["body"]:
+            message = "A JSON body is required (send {} when there is nothing to set)."
         problem: dict[str, Any] = {
             "location": location[0] if location else "body",
-            "field": ".".join(location[1:]),
-            "message": str(error.get("msg", "invalid")),
-            "type": error.get("type", "value_error"),
+            "field": field,
+            "message": message,
+            "type": kind,
         }
         problems.append(problem)
     return problems

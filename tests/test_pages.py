@@ -153,6 +153,25 @@ async def test_wall_display_with_a_refused_key_says_so_and_stops_asking(
     assert len(streams) == 1, streams
 
 
+async def test_api_docs_render_without_the_internet(live_server: LiveServer, page: Page) -> None:
+    """/docs loads Swagger UI from the server itself (this machine's browser has no internet, as many
+    deployments' operators have none): every operation is listed, and nothing is asked of another host."""
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    await page.goto(f"{live_server.url}/docs")
+    await expect(page.locator(".opblock").first).to_be_visible(timeout=5000)
+    document = await page.evaluate("fetch('/openapi.json').then((response) => response.json())")
+    # Swagger UI shows an operation once under each of its tags.
+    shown = sum(len(op.get("tags", [])) or 1 for item in document["paths"].values() for op in item.values())
+    assert shown > 50
+    await expect(page.locator(".opblock")).to_have_count(shown)
+    assert [url for url in asked if not url.startswith(live_server.url)] == []
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        css = await http.get("/docs/swagger-ui.css")
+        assert (css.status_code, css.headers["content-type"].split(";")[0]) == (200, "text/css")
+        assert (await http.get("/docs/index.html")).status_code == 404  # only the two files Swagger UI needs
+
+
 async def test_wall_display_recovers_after_a_server_restart(
     client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
 ) -> None:

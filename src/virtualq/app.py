@@ -169,7 +169,7 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by web/router.py, with Swagger UI's files from a package instead of a CDN
         redoc_url=None,
         # Metrics are Prometheus (kit/metrics.py) and logs structlog; FastAPI's own OpenTelemetry hooks would
         # only ask, on every request, whether a provider has been configured.

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no type information upstream
 
 from virtualq.db import SystemReadConn, acquire, get_pool
 from virtualq.errors import not_found
@@ -55,6 +56,28 @@ async def console_page(queue_id: uuid.UUID) -> FileResponse:
 @pages.get("/t/{ticket_id}")
 async def ticket_page(ticket_id: uuid.UUID) -> FileResponse:
     return _page("ticket.html")
+
+
+# Swagger UI's files come from a package, not a CDN: /docs works where the browser has no internet.
+SWAGGER_UI = Path(str(swagger_ui_path))
+SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+
+
+@pages.get("/docs")
+async def api_docs() -> FileResponse:
+    return _page("docs.html")
+
+
+@pages.get("/docs/{name}")
+async def api_docs_asset(name: str) -> FileResponse:
+    media = SWAGGER_ASSETS.get(name)
+    if media is None:
+        raise not_found("file")
+    return FileResponse(
+        SWAGGER_UI / name,
+        media_type=media,
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @pages.get("/static/{name}")

@@ -240,15 +240,33 @@ def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tm
     # Migrated, the same command starts.
     assert run_cli("migrate", env=base_env(data_dir)).returncode == 0
     assert _cannot_start(data_dir) is None
+    # At a revision that has the role, on a server without it (a dump restored elsewhere: roles are not in
+    # it): that is what is said, not to migrate.
+    problem = _cannot_start(data_dir, "DROP OWNED BY virtualq_app; DROP ROLE virtualq_app")
+    assert problem is not None
+    assert problem.startswith("the database is at revision 0016, but the role virtualq_app it needs does not")
+
+    # A database that cannot be reached: one line too.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"postgresql://nobody@127.0.0.1:{closed.getsockname()[1]}/gone"
+    env = base_env(tmp_path / "unused", AUTO_MIGRATE="false", DATABASE_URL=nowhere, LOG_LEVEL="warning")
+    result = run_cli("serve", env={**env, "PORT": str(free_port())})
+    assert result.returncode == 2, result
+    assert result.stderr.strip().startswith("cannot connect to the database: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def _cannot_start(data_dir: Path) -> str | None:
+def _cannot_start(data_dir: Path, first: str | None = None) -> str | None:
+    """`_cannot_start_on` the embedded database in `data_dir`, after running `first` there as its owner."""
     from virtualq.cli import _cannot_start_on, database
     from virtualq.config import load_settings
 
     os.environ["VIRTUALQ_DATA_DIR"] = str(data_dir)
     try:
         with database(load_settings()) as dsn:
+            if first is not None:
+                asyncio.run(execute(dsn, first))
             return _cannot_start_on(dsn)
     finally:
         del os.environ["VIRTUALQ_DATA_DIR"]
@@ -274,10 +292,10 @@ def test_serve_on_a_port_in_use_says_so_before_its_banner(tmp_path: Path) -> Non
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"cannot listen on 127.0.0.1:{port} (")
-    assert "set PORT" in lines[0]
+    taken_message = "(Address already in use): another server may be running; set PORT"
+    assert lines[0] == f"cannot listen on 127.0.0.1:{port} {taken_message}"
     assert "VirtualQ http" not in result.stdout
-    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+    assert not (data_dir / "pgdata").exists()  # refused before the database was started
 
 
 # --- the embedded database -------------------------------------------------------------------------------

@@ -153,6 +153,25 @@ async def test_wall_display_with_a_refused_key_says_so_and_stops_asking(
     assert len(streams) == 1, streams
 
 
+async def test_wall_display_comes_back_once_its_key_is_accepted_again(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    """A refusal can end (a deactivated tenant reactivated): the display asks again a minute later, and then
+    shows the line and drops the message. The page's clock is moved on instead of waiting the minute."""
+    s = await shop(client, api)
+    account = auth(s.t.world.account_admin)
+    assert (await client.delete(f"/v1/tenants/{s.t.id}", headers=account)).status_code == 204
+    await page.clock.install()
+    await page.goto(f"{live_server.url}/display/queues/{s.queue['id']}#key={s.keys['display']}")
+    status = page.locator("#status")
+    await expect(status).to_contain_text("This key was refused: the account or tenant", timeout=5000)
+    ok(await client.patch(f"/v1/tenants/{s.t.id}", json={"is_active": True}, headers=account))
+    await asyncio.sleep(1.5)  # every process forgets the cached key within a second
+    await page.clock.fast_forward(61_000)
+    await expect(page.locator("#queues h2")).to_have_text("Main counter", timeout=5000)
+    await expect(status).to_have_text("")
+
+
 async def test_api_docs_render_without_the_internet(live_server: LiveServer, page: Page) -> None:
     """/docs loads Swagger UI from the server itself (this machine's browser has no internet, as many
     deployments' operators have none): every operation is listed, and nothing is asked of another host."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import secrets
 import shutil
@@ -82,13 +83,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     port = args.port or settings.port
     workers = args.workers or settings.web_concurrency
     settings, key_file = _development_admin_key(settings)
+    if (problem := _port_taken(host, port)) is not None:
+        print(problem, file=sys.stderr)
+        return 2
     with database(settings) as dsn:
         if settings.auto_migrate:
             migrate.upgrade(dsn)
         elif (problem := _cannot_start_on(dsn)) is not None:
-            print(problem, file=sys.stderr)
-            return 2
-        if (problem := _port_taken(host, port)) is not None:
             print(problem, file=sys.stderr)
             return 2
         os.environ[RESOLVED_DSN_ENV] = dsn
@@ -145,10 +146,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+ROLE_REVISION = "0008"  # the migration that creates the application role every connection takes
+
+
 def _cannot_start_on(dsn: str) -> str | None:
-    """With AUTO_MIGRATE=false: why no server can start on this database, or None. Below the migration that
-    creates the application role (0008) every connection fails; above it the server starts and `/readyz`
-    answers 503 until the database is at this build's revision."""
+    """With AUTO_MIGRATE=false: why no server can start on this database, or None. Before migration 0008
+    (the application role, row security) there is nothing to serve; from it on the server starts, and
+    `/readyz` answers 503 until the database is at this build's revision."""
     import asyncpg
 
     from virtualq import migrate
@@ -157,28 +161,39 @@ def _cannot_start_on(dsn: str) -> str | None:
     async def check() -> str | None:
         conn = await asyncpg.connect(dsn)
         try:
-            if await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", APP_ROLE):
-                return None
             revision = await migrate.current_revision(conn)
+            role = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", APP_ROLE)
         finally:
             await conn.close()
-        return (
-            f"the database is not migrated (at revision {revision or 'none'}; this build needs "
-            f"{migrate.head_revision()}): run `virtualq migrate`, or start without AUTO_MIGRATE=false"
-        )
+        if revision is None or revision < ROLE_REVISION:
+            return (
+                f"the database is not migrated (at revision {revision or 'none'}; this build needs "
+                f"{migrate.head_revision()}): run `virtualq migrate`, or start without AUTO_MIGRATE=false"
+            )
+        if not role:  # e.g. restored with pg_dump, which does not copy roles, on another server
+            return (
+                f"the database is at revision {revision}, but the role {APP_ROLE} it needs does not exist on "
+                f"this server (roles are not part of a dump): create it as migration {ROLE_REVISION} does"
+            )
+        return None
 
-    return asyncio.run(check())
+    try:
+        return asyncio.run(check())
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"cannot connect to the database: {exc}"
 
 
 def _port_taken(host: str, port: int) -> str | None:
-    """Why the server could not listen on host:port (taken, most often by another server), or None."""
+    """Why the server could not listen on host:port, or None."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.create_server((host, port), family=family):  # SO_REUSEADDR, as uvicorn binds
             return None
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        return f"cannot listen on {host}:{port} ({reason}): another server may be running; set PORT"
+        reason = (exc.strerror or str(exc)).split(" (while attempting", 1)[0]  # create_server's addition
+        if exc.errno == errno.EADDRINUSE:
+            return f"cannot listen on {host}:{port} ({reason}): another server may be running; set PORT"
+        return f"cannot listen on {host}:{port} ({reason}): check HOST"
 
 
 @contextmanager

@@ -105,7 +105,7 @@
       say("Called " + ticket.display_code, false);
     }));
     VQ.follow("/v1/events/stream?queue_id=" + queueId, { Authorization: "Bearer " + key }, VQ.debounce(refresh, 30),
-      { onOpen: (reconnected) => { if (reconnected) refresh(); } });
+      { onOpen: (reconnected) => { if (reconnected) refresh(); }, onRefused: (error) => say(error.message, true) });
     refresh();
   }
 

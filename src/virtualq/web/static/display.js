@@ -67,7 +67,7 @@
     }
     later();
   }, {
-    onOpen: (reconnected) => { status.textContent = ""; if (reconnected) refresh(); },
+    onOpen: (reconnected) => { refused = false; status.textContent = ""; if (reconnected) refresh(); },
     onDown: () => { if (!refused) status.textContent = "Reconnecting…"; },
     onRefused: (error) => { refused = true; status.textContent = VQ.problem(error, "display"); },
   });

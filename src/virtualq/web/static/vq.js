@@ -32,8 +32,10 @@ const VQ = (() => {
 
   // Server-Sent Events over fetch (so the key travels in a header, not the URL). Reconnects with growing
   // pauses and resumes from the last event id; onOpen(reconnected) lets the page resynchronise. A key the
-  // server refuses (401, 403) will not be accepted on a retry: the stream stops and onRefused(error) says why.
-  function follow(path, headers, onEvent, { onOpen = () => {}, onDown = () => {}, onRefused = onDown } = {}) {
+  // server refuses (401, 403) is not asked about again for a minute (a tenant may be reactivated, a proxy
+  // may have refused): onRefused(error) says why.
+  const REFUSED_RETRY_MS = 60000;
+  function follow(path, headers, onEvent, { onOpen = () => {}, onDown = () => {}, onRefused = () => {} } = {}) {
     let lastId = null;
     let stopped = false;
     let attempt = 0;
@@ -49,9 +51,10 @@ const VQ = (() => {
             const data = await response.json().catch(() => null);
             const error = new Error((data && data.message) || "the key was refused (" + response.status + ")");
             error.status = response.status;
-            stopped = true;
             onRefused(error);
-            return;
+            attempt += 1;
+            await new Promise((resolve) => setTimeout(resolve, REFUSED_RETRY_MS));
+            continue;
           }
           if (!response.ok) throw new Error("stream refused: " + response.status);
           onOpen(attempt > 0);

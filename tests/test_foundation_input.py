@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.helpers import Api, assert_error, auth
-from tests.test_ticket_flows import ok
+from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
 from virtualq.kit.middleware import request_ids
 
 MALFORMED = [b'{"name": ', b"[1, 2]", b"42", b'"text"', b"null", b"", b"\xff\xfe", b'{"name": "a",}']
@@ -373,6 +373,24 @@ async def test_a_broken_or_missing_body_says_what_is_wrong(
                 "type": "missing",
             }
         ], path
+
+
+async def test_a_customer_link_with_a_wrong_token_answers_as_no_ticket_and_names_the_token(
+    client: httpx.AsyncClient, api: Api
+) -> None:
+    t = await Tenant.create(client, api)
+    ticket = await t.ticket((await t.queue())["id"], (await t.type("order", FOOD_ORDER_FSM))["id"])
+    token = ticket["customer_page"].split("token=")[1]
+    assert (
+        ok(await client.get(f"/v1/public/tickets/{ticket['id']}", params={"token": token}))["id"]
+        == ticket["id"]
+    )
+    wrong = await client.get(f"/v1/public/tickets/{ticket['id']}", params={"token": "0" * len(token)})
+    missing = await client.get(f"/v1/public/tickets/{uuid.uuid4()}", params={"token": token})
+    messages = {assert_error(response, 404, "not_found")["message"] for response in (wrong, missing)}
+    assert messages == {
+        "no ticket matches this id and token (the token is in the ticket's customer_page link)"
+    }
 
 
 async def test_request_ids_are_echoed_or_generated(client: httpx.AsyncClient, api: Api) -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no type information upstream
 
 from virtualq.db import SystemReadConn, acquire, get_pool
-from virtualq.errors import not_found
+from virtualq.errors import NotFound, not_found
 from virtualq.events.hub import EventHub
 from virtualq.kit.routing import error_responses
 from virtualq.queues.estimates import Estimator
@@ -125,7 +125,9 @@ async def _ticket_by_token(conn: Any, ticket_id: uuid.UUID, token: str | None) -
     row = await conn.fetchrow(PUBLIC_SQL, ticket_id)
     # The same answer for a wrong token as for no ticket: nothing to probe.
     if row is None or not token or not hmac.compare_digest(row["public_token"].encode(), token.encode()):
-        raise not_found("ticket")
+        raise NotFound(
+            "no ticket matches this id and token (the token is in the ticket's customer_page link)"
+        )
     return row
 
 

@@ -250,11 +250,12 @@ def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tm
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         nowhere = f"postgresql://nobody@127.0.0.1:{closed.getsockname()[1]}/gone"
-    env = base_env(tmp_path / "unused", AUTO_MIGRATE="false", DATABASE_URL=nowhere, LOG_LEVEL="warning")
-    result = run_cli("serve", env={**env, "PORT": str(free_port())})
-    assert result.returncode == 2, result
-    assert result.stderr.strip().startswith("cannot connect to the database: "), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for migrating in ("false", "true"):
+        env = base_env(tmp_path / "unused", AUTO_MIGRATE=migrating, DATABASE_URL=nowhere, LOG_LEVEL="warning")
+        result = run_cli("serve", env={**env, "PORT": str(free_port())})
+        assert result.returncode == 2, result
+        assert result.stderr.strip().startswith("cannot connect to the database: "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def _cannot_start(data_dir: Path, first: str | None = None) -> str | None:
@@ -267,7 +268,7 @@ def _cannot_start(data_dir: Path, first: str | None = None) -> str | None:
         with database(load_settings()) as dsn:
             if first is not None:
                 asyncio.run(execute(dsn, first))
-            return _cannot_start_on(dsn)
+            return _cannot_start_on(dsn, migrating=False)
     finally:
         del os.environ["VIRTUALQ_DATA_DIR"]
 

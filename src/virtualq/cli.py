@@ -87,11 +87,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 2
     with database(settings) as dsn:
-        if settings.auto_migrate:
-            migrate.upgrade(dsn)
-        elif (problem := _cannot_start_on(dsn)) is not None:
+        if (problem := _cannot_start_on(dsn, settings.auto_migrate)) is not None:
             print(problem, file=sys.stderr)
             return 2
+        if settings.auto_migrate:
+            migrate.upgrade(dsn)
         os.environ[RESOLVED_DSN_ENV] = dsn
         if settings.admin_api_key is not None:
             os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
@@ -149,10 +149,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 ROLE_REVISION = "0008"  # the migration that creates the application role every connection takes
 
 
-def _cannot_start_on(dsn: str) -> str | None:
-    """With AUTO_MIGRATE=false: why no server can start on this database, or None. Before migration 0008
-    (the application role, row security) there is nothing to serve; from it on the server starts, and
-    `/readyz` answers 503 until the database is at this build's revision."""
+def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
+    """Why no server can start on this database, or None: it cannot be reached; or, when it is not to be
+    migrated at start (AUTO_MIGRATE=false), it is before migration 0008 (the application role, row
+    security), with nothing to serve. From 0008 on the server starts, and `/readyz` answers 503 until the
+    database is at this build's revision."""
     import asyncpg
 
     from virtualq import migrate
@@ -160,6 +161,9 @@ def _cannot_start_on(dsn: str) -> str | None:
 
     async def check() -> str | None:
         conn = await asyncpg.connect(dsn)
+        if migrating:
+            await conn.close()
+            return None
         try:
             revision = await migrate.current_revision(conn)
             role = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", APP_ROLE)

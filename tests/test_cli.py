@@ -256,6 +256,9 @@ def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tm
         assert result.returncode == 2, result
         assert result.stderr.strip().startswith("cannot connect to the database: "), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    migrated = run_cli("migrate", env=env)
+    assert (migrated.returncode, migrated.stderr.count("\n")) == (2, 1), migrated.stderr
+    assert migrated.stderr.startswith("cannot connect to the database: ")
 
 
 def _cannot_start(data_dir: Path, first: str | None = None) -> str | None:

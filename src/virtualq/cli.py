@@ -177,7 +177,8 @@ def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
         if not role:  # e.g. restored with pg_dump, which does not copy roles, on another server
             return (
                 f"the database is at revision {revision}, but the role {APP_ROLE} it needs does not exist on "
-                f"this server (roles are not part of a dump): create it as migration {ROLE_REVISION} does"
+                f"this server (roles are not part of a dump): create it (CREATE ROLE {APP_ROLE} NOLOGIN) and "
+                "restore again, see docs/operations.md"
             )
         return None
 
@@ -250,6 +251,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from virtualq import migrate
 
     with database(settings) as dsn:
+        if (problem := _cannot_start_on(dsn, migrating=True)) is not None:
+            print(problem, file=sys.stderr)
+            return 2
         if args.downgrade:
             migrate.downgrade(dsn, args.downgrade)
             print(f"downgraded to {args.downgrade}")

@@ -176,6 +176,12 @@ CallerCheck = Callable[[Request, Principal], Awaitable[object]]
 CALLER_CHECKS: dict[Callable[..., Any], CallerCheck] = {}
 
 
+def _checking_caller(dependency: Callable[..., Any], before_body: CallerCheck) -> Any:
+    """`Depends(dependency)`, with `before_body` registered as its check of the caller."""
+    CALLER_CHECKS[dependency] = before_body
+    return Depends(dependency)
+
+
 def require_roles(*roles: Role) -> object:
     allowed = frozenset(roles)
 
@@ -185,8 +191,7 @@ def require_roles(*roles: Role) -> object:
     async def before_body(request: Request, principal: Principal) -> None:
         check_role(principal, allowed)
 
-    CALLER_CHECKS[dependency] = before_body
-    return Depends(dependency)
+    return _checking_caller(dependency, before_body)
 
 
 def require_scopes(scopes: Iterable[Scope], refusal: str, *roles: Role) -> object:
@@ -206,8 +211,7 @@ def require_scopes(scopes: Iterable[Scope], refusal: str, *roles: Role) -> objec
     async def before_body(request: Request, principal: Principal) -> None:
         check_scope(principal)
 
-    CALLER_CHECKS[dependency] = before_body
-    return Depends(dependency)
+    return _checking_caller(dependency, before_body)
 
 
 ABOVE_TENANT = (Scope.PLATFORM, Scope.ACCOUNT)
@@ -272,8 +276,7 @@ def tenant_context(*roles: Role) -> object:
         if readable:
             await resolve_tenant(request, principal, named)
 
-    CALLER_CHECKS[dependency] = before_body
-    return Depends(dependency)
+    return _checking_caller(dependency, before_body)
 
 
 def named_tenant(x_tenant_id: uuid.UUID | None, tenant_id: uuid.UUID | None) -> uuid.UUID | None:
@@ -336,8 +339,7 @@ def optional_tenant_context(*roles: Role) -> Any:
         if readable and (named is not None or principal.tenant_id is not None):
             await resolve_tenant(request, principal, named)
 
-    CALLER_CHECKS[dependency] = before_body
-    return Depends(dependency)
+    return _checking_caller(dependency, before_body)
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,8 +92,8 @@ class _CallerFirst:
     cannot parse (not JSON: `json_invalid`; not UTF-8 or nested too deep: a 400 HTTPException) would be
     refused before the caller is. For a route that authenticates, this checks the caller first: it runs
     `authenticate`, then the checks of the caller the route's dependencies make (`checks`, by dependency:
-    role, tenant), so that the caller hears the 401 or 403 any request of theirs would get. What they raise
-    is answered as the route would have answered it."""
+    role, scope, tenant), so that the caller hears the 401 or 403 any request of theirs would get. What they
+    raise is answered as the route would have answered it."""
 
     def __init__(
         self, authenticate: Authenticate | None, checks: Mapping[Callable[..., Any], CallerCheck]

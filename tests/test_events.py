@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -650,6 +651,48 @@ async def test_two_processes_share_events(
             process.terminate()
         for process in (a, b):
             process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_stop_ends_open_event_streams_at_once_and_logs_no_error(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, tmp_path: Path, workers: int
+) -> None:
+    """SIGTERM with a staff stream and a customer's stream open: both end cleanly (their last chunk sent, so
+    the clients reconnect), the process exits 0 well within the 10 s it gives requests in flight, and nothing
+    is logged at level error (uvicorn cut the streams at the timeout and logged each cancellation)."""
+    t, queue, order = await coffee(client, api)
+    ticket = await t.ticket(queue, order)
+    token = ticket["customer_page"].split("token=")[1]
+    process, base = await asyncio.to_thread(
+        start_server, database_dsn, tmp_path, "stopping", WEB_CONCURRENCY=str(workers), LOG_LEVEL="info"
+    )
+    try:
+        async with (
+            Stream(base, t.world.tenant_admin) as staff,
+            httpx.AsyncClient(base_url=base, timeout=None) as http,
+            http.stream(
+                "GET", f"/v1/public/tickets/{ticket['id']}/stream", params={"token": token}
+            ) as customer,
+        ):
+            lines = customer.aiter_lines()
+            assert await anext(lines) == ": connected"
+            stopped_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(5):
+                rest = [line async for line in lines]  # a cut stream raises RemoteProtocolError here
+                await staff.ended.wait()  # set only when the stream's body ended as HTTP says
+            assert all(line == "" or line.startswith(":") for line in rest), rest
+        returncode = await asyncio.to_thread(process.wait, 15)
+        took = time.monotonic() - stopped_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = (tmp_path / "stopping.log").read_text()
+    assert returncode == 0, log
+    assert took < 5, (took, log)
+    assert '"level": "error"' not in log and "ERROR" not in log, log
+    assert "Exception in ASGI application" not in log and "timeout graceful shutdown" not in log, log
 
 
 async def test_old_events_and_finished_deliveries_are_pruned(

@@ -175,6 +175,11 @@ class EventHub:
                 del self._subscribers[subscriber.tenant_id]
             self.metrics.stream_clients.dec()
 
+    def end(self, subscriber: Subscriber) -> None:
+        """End the subscriber's stream now (the server is stopping): what its buffer holds is dropped, the
+        client resumes from its last id."""
+        self._close(subscriber)
+
     def _close(self, subscriber: Subscriber) -> None:
         """End the subscriber's stream: empty its buffer and leave the end marker."""
         while not subscriber.buffer.empty():

@@ -15,6 +15,7 @@ from virtualq.events.envelope import display_safe, envelope, sse_message
 from virtualq.events.hub import EventHub, Subscriber
 from virtualq.events.schemas import EventPage
 from virtualq.kit.routing import READ_ERRORS
+from virtualq.kit.transport import end_on_stop
 
 router = APIRouter(tags=["events"])
 REPLAY_BATCH = 500
@@ -78,6 +79,7 @@ async def stream_events(
         ticket_id=ticket_id,
         types=frozenset(type),
     )
+    end_on_stop(request.scope, lambda: hub.end(subscriber))
     return StreamingResponse(
         _stream(request, hub, subscriber, resume),
         media_type="text/event-stream",

@@ -11,12 +11,19 @@ makes in the same step (Starlette's `Response` sends start and body back to back
 A head with no write behind it in the same pass of the event loop (a stream that has not produced its first
 event yet) goes out on its own at the next pass. Every other write goes straight through, after whatever is
 held: order is kept whatever a write looks like, and `close()` sends what is held first.
+
+`HttpProtocol` also ends event streams when a stop begins. uvicorn's graceful stop lets each response in
+flight finish, up to `timeout_graceful_shutdown`, then cancels what is left; an event stream never finishes by
+itself, so every stop took the whole timeout and logged each stream's cancellation as an error. A response
+that can run for ever registers how to end it (`end_on_stop`); the protocol calls that when the server asks
+the connection to shut down, and the stream ends as if the client had been dropped: its last chunk sent, its
+connection closed, and the client reconnects (with `Last-Event-ID`) to a process that is still serving.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -98,11 +105,40 @@ class HeadHoldingTransport(asyncio.Transport):
         return self._transport.get_write_buffer_limits()
 
 
+# Kept in the request's `scope["state"]`: uvicorn gives each request a dict of its own there, which
+# Starlette's `request.state` writes to, and which a copy of the scope (a HEAD served as a GET) shares.
+_END_ON_STOP = "virtualq.end_on_stop"
+_STOPPING = object()
+
+
+def end_on_stop(scope: MutableMapping[str, Any], end: Callable[[], None]) -> None:
+    """Have `end` called once if the server begins a stop while this request's response is being sent (at
+    once if it has begun already). Under a server without `HttpProtocol` it is never called, and the stream
+    is cut when the server's graceful stop times out."""
+    state = scope.setdefault("state", {})
+    if state.get(_END_ON_STOP) is _STOPPING:
+        end()
+    else:
+        state[_END_ON_STOP] = end
+
+
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing through a `HeadHoldingTransport` (`virtualq serve` uses it)."""
+    """uvicorn's httptools protocol writing through a `HeadHoldingTransport`, and ending the response in
+    flight when a stop begins if it registered how (`end_on_stop`). `virtualq serve` uses it."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport, self.loop))
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            state = cycle.scope.get("state")
+            if isinstance(state, dict):
+                end = state.get(_END_ON_STOP)
+                state[_END_ON_STOP] = _STOPPING
+                if callable(end):
+                    end()
+        super().shutdown()
 
 
 # How `virtualq serve` runs uvicorn, and so the tests' live server: this protocol, and no `Server: uvicorn`

@@ -17,6 +17,7 @@ from virtualq.db import SystemReadConn, acquire, get_pool
 from virtualq.errors import NotFound, not_found
 from virtualq.events.hub import EventHub
 from virtualq.kit.routing import error_responses
+from virtualq.kit.transport import end_on_stop
 from virtualq.queues.estimates import Estimator
 
 PAGES = Path(__file__).parent / "pages"
@@ -180,6 +181,7 @@ async def public_ticket_stream(
         match=lambda event: event["ticket_id"] == ticket or event["queue_id"] == queue,
         ping_only=True,
     )
+    end_on_stop(request.scope, lambda: hub.end(subscriber))
 
     async def stream() -> AsyncIterator[bytes]:
         try:

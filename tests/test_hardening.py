@@ -131,3 +131,32 @@ async def test_cors_follows_cors_origins(production: httpx.AsyncClient, client: 
         "/v1/accounts", headers={**auth(ADMIN_KEY), "Origin": "https://shop.example.com"}
     )
     assert "access-control-allow-origin" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "notaurl",
+        "shop.example.com",
+        "https://shop.example.com/",
+        "https://shop.example.com/app",
+        "https://shop.example.com?x=1",
+        "ftp://shop.example.com",
+        "https://user@shop.example.com",
+        "https://shop.example.com:99999",
+        "https://shop.example.com, https://",
+    ],
+)
+def test_cors_origins_that_no_browser_sends_are_refused_at_start(value: str) -> None:
+    """An entry a browser's Origin can never equal would leave CORS off for that site without a word."""
+    from virtualq.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"^invalid configuration: CORS_ORIGINS: "):
+        load_settings(cors_origins=value)
+
+
+def test_cors_origins_are_kept_as_browsers_send_them() -> None:
+    from virtualq.config import load_settings
+
+    settings = load_settings(cors_origins=" https://Shop.Example.com , http://localhost:3000,*")
+    assert settings.cors_origins == ["https://shop.example.com", "http://localhost:3000", "*"]

@@ -70,6 +70,35 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        # A browser's Origin is scheme://host[:port] in lower case, nothing after: "https://shop.example/" or a
+        # bare host would never match it, and CORS would stay off for that site without a word.
+        value = [origin.lower() for origin in value]
+        for origin in value:
+            if origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or parts.username is not None
+                or origin != f"{parts.scheme}://{parts.netloc}"
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], with no path or trailing "
+                    "slash (e.g. https://shop.example.com), or * for any"
+                )
+            try:
+                parts.port  # noqa: B018 - raises on a port that is not a number in range
+            except ValueError:
+                raise ValueError(f"{origin!r} has a bad port") from None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:

@@ -691,8 +691,8 @@ async def test_a_stop_ends_open_event_streams_at_once_and_logs_no_error(
     log = (tmp_path / "stopping.log").read_text()
     assert returncode == 0, log
     assert took < 5, (took, log)
-    assert '"level": "error"' not in log and "ERROR" not in log, log
-    assert "Exception in ASGI application" not in log and "timeout graceful shutdown" not in log, log
+    for sign_of_a_cut in ('"level": "error"', "ERROR", "Exception in ASGI application", "graceful shutdown"):
+        assert sign_of_a_cut not in log, log
 
 
 async def test_old_events_and_finished_deliveries_are_pruned(

@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     @field_validator("cors_origins")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
-        # A browser's Origin is scheme://host[:port] in lower case, nothing after: "https://shop.example/" or a
-        # bare host would never match it, and CORS would stay off for that site without a word.
+        # A browser's Origin is scheme://host[:port] in lower case, nothing after: "https://shop.example/"
+        # or a bare host would never match it, and CORS would stay off for that site without a word.
         value = [origin.lower() for origin in value]
         for origin in value:
             if origin == "*":

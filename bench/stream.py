@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +38,8 @@ class SseClient:
         self.port, self.key_header = port, key_header
         self.arrivals: dict[str, float] = {}  # event id -> monotonic arrival
         self.ready = asyncio.Event()
+        self.ended_cleanly = False  # the body's last chunk arrived before the connection closed
+        self.ended_at = 0.0
 
     async def run(self) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=2**20)
@@ -43,11 +48,16 @@ class SseClient:
             "Accept: text/event-stream\r\n\r\n".encode()
         )
         await writer.drain()
+        last = b""
         try:
             while True:
                 line = await reader.readline()
                 if not line:
+                    self.ended_at = time.monotonic()
                     return
+                if line == b"\r\n" and last == b"0\r\n":  # chunked encoding's last chunk
+                    self.ended_cleanly = True
+                last = line
                 if line.startswith(b": connected"):
                     self.ready.set()
                 elif line.startswith(b"id: "):
@@ -109,7 +119,10 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-async def stream_bench(port: int, pid: int, clients: int, rate: float, seconds: float) -> dict[str, Any]:
+async def stream_bench(
+    port: int, process: subprocess.Popen[bytes], clients: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    pid = process.pid
     base = f"http://127.0.0.1:{port}"
     headers, type_id, queue_id = await setup(base)
     idle = rss_mb(pid)
@@ -119,8 +132,18 @@ async def stream_bench(port: int, pid: int, clients: int, rate: float, seconds: 
     connected_rss = rss_mb(pid)
     committed = await drive(base, headers, type_id, queue_id, rate, seconds)
     peak_rss = rss_mb(pid)
+    # A stop with every client still connected: each stream should end cleanly, and the process exit soon.
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    await asyncio.wait(tasks, timeout=30)
+    exit_seconds = float("nan")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        await asyncio.to_thread(process.wait, 30)
+        exit_seconds = time.monotonic() - stopped_at
     for task in tasks:
         task.cancel()
+    ended = [client.ended_at - stopped_at for client in sse if client.ended_at]
+    clean = sum(client.ended_cleanly for client in sse)
     # The commit happens between the request being sent and its answer arriving: measure from both ends.
     from_sent = [
         (client.arrivals[event_id] - sent) * 1000
@@ -149,6 +172,10 @@ async def stream_bench(port: int, pid: int, clients: int, rate: float, seconds: 
         f"  server RSS: idle {idle:.0f} MB, {clients} connected {connected_rss:.0f} MB, "
         f"load {peak_rss:.0f} MB"
     )
+    print(
+        f"  SIGTERM with {clients} connected: {clean} streams ended cleanly, the last after "
+        f"{max(ended, default=float('nan')):.2f} s; the process exited after {exit_seconds:.2f} s"
+    )
     return {
         "clients": clients,
         "delivered": len(from_sent),
@@ -160,6 +187,8 @@ async def stream_bench(port: int, pid: int, clients: int, rate: float, seconds: 
         "rss_idle_mb": idle,
         "rss_connected_mb": connected_rss,
         "rss_load_mb": peak_rss,
+        "stop_clean_streams": clean,
+        "stop_exit_seconds": exit_seconds,
     }
 
 
@@ -245,9 +274,7 @@ def main() -> int:
         port = free_port()
         extra = {"WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", "WEBHOOK_DELIVERY": "false"}
         with server(dsn, port, 1, extra) as process:
-            figures["sse"] = asyncio.run(
-                stream_bench(port, process.pid, args.clients, args.rate, args.seconds)
-            )
+            figures["sse"] = asyncio.run(stream_bench(port, process, args.clients, args.rate, args.seconds))
         if args.webhooks:
             figures["webhooks"] = asyncio.run(webhook_bench(dsn, args.webhooks, extra))
     report.save(args.json, figures)

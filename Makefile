@@ -1,4 +1,4 @@
-.PHONY: run test check openapi bench bench-stream bench-coldstart bench-all demo format
+.PHONY: run test check openapi bench bench-stream bench-coldstart bench-upkeep bench-all demo format
 
 run:     ## start the server on http://127.0.0.1:8080 (embedded PostgreSQL unless DATABASE_URL is set)
 	bash scripts/run
@@ -23,6 +23,9 @@ bench-stream:   ## 1,000 SSE clients and webhook throughput against a fresh serv
 
 bench-coldstart:   ## time from launch to ready on the embedded defaults, first and warm starts (see bench/README.md)
 	bash scripts/bootstrap && .venv/bin/python bench/coldstart.py
+
+bench-upkeep:   ## table growth and churn under load, and pruning a backlog of old events (see bench/README.md)
+	bash scripts/bootstrap && .venv/bin/python bench/upkeep.py
 
 bench-all:   ## every benchmark in turn, then one table against the targets (see bench/README.md)
 	bash scripts/bootstrap && .venv/bin/python bench/all.py

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
+from virtualq import migrate
 from virtualq.app import create_app
 from virtualq.embedded_pg import EmbeddedPostgres
 
@@ -244,7 +245,9 @@ def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tm
     # it): that is what is said, not to migrate.
     problem = _cannot_start(data_dir, "DROP OWNED BY virtualq_app; DROP ROLE virtualq_app")
     assert problem is not None
-    assert problem.startswith("the database is at revision 0016, but the role virtualq_app it needs does not")
+    assert problem.startswith(
+        f"the database is at revision {migrate.head_revision()}, but the role virtualq_app it needs does not"
+    )
 
     # A database that cannot be reached: one line too.
     with socket.socket() as closed:

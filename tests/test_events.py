@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -701,14 +702,124 @@ async def test_old_events_and_finished_deliveries_are_pruned(
     from virtualq import sweeper
 
     t, queue, order = await coffee(client, api)
-    old, recent = await t.ticket(queue, order), await t.ticket(queue, order)
+    ok(await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/x"}, headers=t.h), 201)
+    old, recent, owed = [await t.ticket(queue, order) for _ in range(3)]
     await db.execute(
-        "UPDATE events SET occurred_at = now() - interval '8 days' WHERE ticket_id = $1", uuid.UUID(old["id"])
+        "UPDATE events SET occurred_at = now() - interval '8 days' WHERE ticket_id = ANY($1)",
+        [uuid.UUID(old["id"]), uuid.UUID(owed["id"])],
     )
-    pruned_events, _ = await sweeper.prune(app.state.pool, retention_days=7)
-    assert pruned_events >= 1
+    finished = """UPDATE webhook_deliveries SET status = $2, updated_at = now() - $3::interval
+                   WHERE payload->>'ticket_id' = $1"""
+    await db.execute(finished, old["id"], "succeeded", timedelta(days=8))
+    await db.execute(finished, recent["id"], "failed", timedelta(days=1))
+    await db.execute(finished, owed["id"], "pending", timedelta(days=8))  # still owed: kept however old
+
+    pruned = await sweeper.prune(app.state.pool, retention_days=7)
+    assert pruned.events >= 2
+    assert pruned.deliveries >= 1
+    assert not pruned.more
     assert await events_for(db, old["id"]) == []
+    assert await events_for(db, owed["id"]) == []
     assert await events_for(db, recent["id"]) == ["ticket.created"]
+    kept = await db.fetch(
+        "SELECT payload->>'ticket_id' AS ticket, status FROM webhook_deliveries WHERE tenant_id = $1",
+        uuid.UUID(t.id),
+    )
+    assert sorted((row["ticket"], row["status"]) for row in kept) == sorted(
+        [(recent["id"], "failed"), (owed["id"], "pending")]
+    )
+
+
+async def old_events(db: asyncpg.Connection, tenant_id: str, queue_id: str, count: int) -> None:
+    """`count` events of the tenant 90 days old: older than any other test's, so pruned first."""
+    await db.execute(
+        """INSERT INTO events (tenant_id, type, queue_id, data, occurred_at)
+           SELECT $1, 'ticket.created', $2, '{}', now() - interval '90 days' + g * interval '1 second'
+             FROM generate_series(1, $3) g""",
+        uuid.UUID(tenant_id),
+        uuid.UUID(queue_id),
+        count,
+    )
+
+
+async def count_old(db: asyncpg.Connection, tenant_id: str) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM events WHERE tenant_id = $1 AND occurred_at < now() - interval '30 days'",
+        uuid.UUID(tenant_id),
+    )
+    return count
+
+
+async def test_a_backlog_is_pruned_in_bounded_batches_and_the_rest_at_the_next_pass(
+    client: httpx.AsyncClient, api: Api, app: Any, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However much has piled up, a pass deletes at most PRUNE_BATCHES statements of PRUNE_BATCH rows per
+    table, oldest first, and says there is more; the background loop then prunes again at its next pass,
+    not an hour later."""
+    from virtualq import sweeper
+
+    t, queue, _ = await coffee(client, api)
+    await old_events(db, t.id, queue, 23)
+    monkeypatch.setattr(sweeper, "PRUNE_BATCH", 5)
+    monkeypatch.setattr(sweeper, "PRUNE_BATCHES", 2)
+    pruned = await sweeper.prune(app.state.pool, retention_days=7)
+    assert (pruned.events, pruned.more) == (10, True)
+    assert await count_old(db, t.id) == 13
+
+    task = asyncio.create_task(sweeper.run_forever(app.state.pool, 0.05, make_settings()))
+    try:
+        async with asyncio.timeout(10):
+            while await count_old(db, t.id):  # noqa: ASYNC110 - polling the database
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # The loop is done with the backlog: a pass that found no more waits the hour again.
+    assert await sweeper.prune(app.state.pool, retention_days=7) == sweeper.Pruned()
+
+
+async def test_a_prune_skips_rows_another_holds_and_two_at_once_share_the_work(
+    client: httpx.AsyncClient,
+    api: Api,
+    app: Any,
+    db: asyncpg.Connection,
+    database_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every process sweeps, so prunes meet: one does not wait for the rows another is deleting (it would
+    wait out the other's whole statement, or deadlock with it), and together they delete each row once."""
+    from virtualq import sweeper
+
+    t, queue, _ = await coffee(client, api)
+    await old_events(db, t.id, queue, 3000)
+    monkeypatch.setattr(sweeper, "PRUNE_BATCH", 50)
+    monkeypatch.setattr(sweeper, "PRUNE_BATCHES", 1000)
+    other = await asyncpg.connect(database_dsn)
+    try:
+        async with other.transaction():
+            held = await other.fetchval(
+                """SELECT count(*) FROM (SELECT 1 FROM events WHERE tenant_id = $1
+                    ORDER BY occurred_at LIMIT 10 FOR UPDATE) AS locked""",
+                uuid.UUID(t.id),
+            )
+            assert held == 10
+            async with asyncio.timeout(10):
+                pruned = await sweeper.prune(app.state.pool, retention_days=7)
+            assert pruned.events == 2990
+            assert await count_old(db, t.id) == 10
+    finally:
+        await other.close()
+    assert (await sweeper.prune(app.state.pool, retention_days=7)).events == 10
+
+    await old_events(db, t.id, queue, 3000)
+    first, second = await asyncio.gather(
+        sweeper.prune(app.state.pool, retention_days=7), sweeper.prune(app.state.pool, retention_days=7)
+    )
+    assert await count_old(db, t.id) == 0
+    assert first.events + second.events == 3000
+    assert not first.more
+    assert not second.more
 
 
 async def test_a_key_revoked_through_one_process_is_refused_by_the_other_within_a_second(

@@ -7,6 +7,7 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,10 +18,13 @@ import pytest
 from tests.conftest import make_settings
 from tests.helpers import Api, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from virtualq import sweeper
 from virtualq.app import create_app
+from virtualq.events import repository as events_repository
 from virtualq.kit.responses import project, project_rows
 from virtualq.tickets import service
 from virtualq.tickets.repository import POSITION, TICKET_COLUMNS, TICKETS_BY_IDS
+from virtualq.webhooks import repository as webhooks_repository
 
 
 class Counter:
@@ -214,6 +218,7 @@ async def plan(db: asyncpg.Connection, sql: str, *args: Any) -> str:
 
 async def test_main_queries_use_their_indexes(db: asyncpg.Connection) -> None:
     tenant, queue, ticket = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    cutoff = datetime.now(UTC) - timedelta(days=7)
     checks = {
         "tickets": ("SELECT * FROM tickets WHERE tenant_id = $1 AND id = $2", tenant, ticket),
         "tickets_waiting_line_idx": (
@@ -249,6 +254,10 @@ async def test_main_queries_use_their_indexes(db: asyncpg.Connection) -> None:
             "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now() "
             "ORDER BY next_attempt_at LIMIT 50",
         ),
+        # The sweeper's prunes, a batch at a time, oldest first (migration 0017 for the deliveries).
+        "events_occurred_idx": (events_repository.PRUNE_SQL, sweeper.EARLIEST, cutoff, 5000),
+        "webhook_deliveries_finished_idx": (webhooks_repository.PRUNE_SQL, sweeper.EARLIEST, cutoff, 5000),
+        "idempotency_keys_expiry": (sweeper.EXPIRED_KEYS_SQL, sweeper.EARLIEST, cutoff, 5000),
     }
     for index, (sql, *args) in checks.items():
         shown = await plan(db, sql, *args)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -166,16 +167,68 @@ async def sweep_once(pool: Pool, now: datetime | None = None, batch: int = BATCH
 
 
 PRUNE_EVERY_SECONDS = 3600.0
+# Rows per DELETE, and DELETEs per table per pass. A prune deletes in short statements, each committed on its
+# own, so none nears DB_COMMAND_TIMEOUT_SECONDS however much has piled up, holds its locks and snapshot long,
+# or stalls the requests beside it for long (docs/performance.md "Table upkeep"); a pass takes at most
+# PRUNE_BATCH * PRUNE_BATCHES rows of a table, and what is left is pruned at the next pass, a sweep later.
+PRUNE_BATCH = 5000
+PRUNE_BATCHES = 40
+EXPIRED_KEYS_SQL = """
+WITH pruned AS (
+    DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM idempotency_keys WHERE expires_at >= $1 AND expires_at < $2
+         ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED))
+    RETURNING expires_at
+)
+SELECT count(*) AS deleted, max(expires_at) AS last FROM pruned
+"""
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
-async def prune(pool: Pool, retention_days: float) -> tuple[int, int]:
-    """Drop events and finished webhook deliveries older than the retention period, and idempotency keys
-    past their 24 hours."""
+@dataclass
+class Pruned:
+    events: int = 0
+    deliveries: int = 0
+    idempotency_keys: int = 0
+    more: bool = False  # a table had more than a pass's worth: prune again at the next pass
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.deliveries or self.idempotency_keys)
+
+
+async def _expired_keys(
+    conn: Connection, since: datetime, before: datetime, limit: int
+) -> tuple[int, datetime]:
+    row = await conn.fetchrow(EXPIRED_KEYS_SQL, since, before, limit)
+    assert row is not None
+    return row["deleted"], row["last"] or since
+
+
+async def prune(pool: Pool, retention_days: float) -> Pruned:
+    """Delete events and finished webhook deliveries older than the retention period, and idempotency keys
+    past their 24 hours: oldest first, PRUNE_BATCH rows a statement, at most PRUNE_BATCHES statements per
+    table. Several processes may prune at once: each skips the rows another holds."""
+    counts: list[int] = []
+    more = False
     async with acquire(pool, transaction=False, system=True) as conn:
-        pruned_events = await event_log.prune(conn, retention_days)
-        pruned_deliveries = await webhook_log.prune(conn, retention_days)
-        await conn.execute("DELETE FROM idempotency_keys WHERE expires_at < now()")
-    return pruned_events, pruned_deliveries
+        now: datetime = await conn.fetchval("SELECT now()")
+        retained = now - timedelta(days=retention_days)
+        for delete, before in (
+            (event_log.prune, retained),
+            (webhook_log.prune, retained),
+            (_expired_keys, now),
+        ):
+            count, since = 0, EARLIEST
+            for _ in range(PRUNE_BATCHES):
+                deleted, since = await delete(conn, since, before, PRUNE_BATCH)
+                count += deleted
+                if deleted < PRUNE_BATCH:
+                    break
+            else:
+                more = True
+            counts.append(count)
+    events, deliveries, idempotency_keys = counts
+    return Pruned(events, deliveries, idempotency_keys, more)
 
 
 async def run_forever(
@@ -185,16 +238,24 @@ async def run_forever(
     on_events: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Sweep every `interval_seconds` until cancelled; a failed pass is logged and retried next time.
-    Once an hour, also prune the event log and the webhook delivery log. `on_events` is called after a
-    pass that changed tickets (and so wrote events)."""
-    last_prune = 0.0
+    At the first pass and once an hour, also prune (`prune`), and again at every pass while a backlog is
+    left. `on_events` is called after a pass that changed tickets (and so wrote events)."""
+    last_prune = -math.inf  # the first pass prunes
     while True:
         try:
             if settings is not None and time.monotonic() - last_prune >= PRUNE_EVERY_SECONDS:
                 last_prune = time.monotonic()
                 pruned = await prune(pool, settings.event_retention_days)
-                if any(pruned):
-                    log.info("pruned", events=pruned[0], deliveries=pruned[1])
+                if pruned.more:
+                    last_prune = -math.inf  # the rest at the next pass
+                if pruned:
+                    log.info(
+                        "pruned",
+                        events=pruned.events,
+                        deliveries=pruned.deliveries,
+                        idempotency_keys=pruned.idempotency_keys,
+                        more=pruned.more,
+                    )
             result = await sweep_once(pool)
             if result.total and on_events is not None:
                 await on_events()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from virtualq.db import Connection, Record, fetch_returning
@@ -182,10 +183,22 @@ async def record_attempt(
     )
 
 
-async def prune(conn: Connection, older_than_days: float) -> int:
-    result: str = await conn.execute(
-        """DELETE FROM webhook_deliveries
-            WHERE status <> 'pending' AND updated_at < now() - make_interval(secs => $1)""",
-        older_than_days * 86400,
-    )
-    return int(result.split()[-1])
+# The oldest finished deliveries up to a batch (webhook_deliveries_finished_idx, migration 0017), as
+# events/repository.PRUNE_SQL.
+PRUNE_SQL = """
+WITH pruned AS (
+    DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM webhook_deliveries WHERE status <> 'pending' AND updated_at >= $1 AND updated_at < $2
+         ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED))
+    RETURNING updated_at
+)
+SELECT count(*) AS deleted, max(updated_at) AS last FROM pruned
+"""
+
+
+async def prune(conn: Connection, since: datetime, before: datetime, limit: int) -> tuple[int, datetime]:
+    """Delete up to `limit` of the oldest deliveries that finished from `since` until before `before`: how
+    many, and where the next batch starts."""
+    row = await conn.fetchrow(PRUNE_SQL, since, before, limit)
+    assert row is not None
+    return row["deleted"], row["last"] or since

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +47,10 @@ class CallPlan:
 
     entries: tuple[tuple[uuid.UUID, int, str, str, str, str, Effects], ...] = ()
 
+    @functools.cached_property
     def columns(self) -> list[list[Any]]:
-        """The plan as the parallel arrays line_repository.call_first_waiting unnests."""
+        """The plan as the parallel arrays line_repository.call_first_waiting unnests (worked out once per
+        plan: a plan changes only by being replaced)."""
         rows = self.entries
         return [
             [e[0] for e in rows],
@@ -120,7 +123,9 @@ async def call_next(
             remember_written(conn, ctx.tenant_id, row, row["candidate_type_version"])
             if tickets.first_departure(row):
                 forget_queue(ctx.tenant_id, queue_id)  # a departure changes the line's pace
-            called = {name: value for name, value in row.items() if name not in line.CALL_FACTS}
+            called = dict(row.items())
+            for name in line.CALL_FACTS:
+                del called[name]
             return await annotated(conn, ctx, called)
         # The plan has no entry for this ticket's type version and state yet: learn it, then call again.
         await _learn(conn, key, row["candidate_type"], row["candidate_type_version"], row["candidate_state"])

@@ -114,7 +114,7 @@ async def call_first_waiting(
         CALL_FIRST_WAITING,
         tenant_id,
         queue_id,
-        *plan.columns(),
+        *plan.columns,
         employee_id,
         history_id,
         notes,

@@ -9,7 +9,8 @@ backlog of old events costs the requests running beside it.
    inserts, updates and the HOT ones among them, deletes, autovacuum runs, size with indexes and heap alone),
    then what each ticket added to each table.
 3. `--old-events` events 9 days old are written straight into the log and the load runs again; after 8 s
-   they are pruned by the sweeper's own `prune`, pass after pass as its loop runs them (bounded batches),
+   they are pruned by the sweeper's own `prune`, pass after pass back to back (the server's loop runs one
+   pass per sweep, SWEEPER_INTERVAL_SECONDS apart),
    then, after as many again, by one `DELETE` (how pruning worked before). For each: the time, the passes,
    and the latency of the creates sent before and while it ran.
 Uses an embedded PostgreSQL unless BENCH_DATABASE_URL is set.

@@ -325,6 +325,49 @@ async def test_stream_filters_and_display_payloads(
         assert_error(response, 401, "unauthorized")
 
 
+async def test_a_stream_ended_during_its_replay_stops_replaying(
+    client: httpx.AsyncClient, api: Api, app: Any
+) -> None:
+    """A stop that begins while a stream catches up from the log ends it at once (events/router.py reads no
+    more of the log), and the hub sends it nothing more."""
+    from starlette.requests import Request
+
+    from virtualq.events.router import _replay
+
+    t, queue, order = await coffee(client, api)
+    for _ in range(5):
+        await t.ticket(queue, order)
+    hub: EventHub = app.state.event_hub
+    request = Request({"type": "http", "app": app})
+    tenant = uuid.UUID(t.id)
+
+    async def replayed(subscriber: Any, end_after: int | None = None) -> int:
+        count = 0
+        async for _ in _replay(request, subscriber, (0, 0)):
+            count += 1
+            if count == end_after:
+                hub.end(subscriber)
+        return count
+
+    async with asyncio.timeout(5):
+        while True:  # the hub has read the five creates: a new subscriber starts after them
+            whole = hub.subscribe(tenant, display=False)
+            everything = await replayed(whole)
+            hub.unsubscribe(whole)
+            if everything >= 5:
+                break
+            await asyncio.sleep(0.05)
+    ended = hub.subscribe(tenant, display=False)
+    try:
+        assert await replayed(ended, end_after=1) == 1
+        await t.ticket(queue, order)  # a live event after the end
+        await asyncio.sleep(0.3)
+        assert ended.buffer.get_nowait() is None  # only the end marker: nothing was dispatched to it
+        assert ended.buffer.empty()
+    finally:
+        hub.unsubscribe(ended)
+
+
 async def test_a_slow_client_is_dropped_without_harming_others(
     client: httpx.AsyncClient, api: Api, app: Any, database_dsn: str
 ) -> None:
@@ -668,6 +711,17 @@ async def test_a_stop_ends_open_event_streams_at_once_and_logs_no_error(
         start_server, database_dsn, tmp_path, "stopping", WEB_CONCURRENCY=str(workers), LOG_LEVEL="info"
     )
     try:
+        # A third stream with a request pipelined behind it on its connection (uvicorn parses that one
+        # while the stream runs): the stream is still the one ended.
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
+        key = t.world.tenant_admin
+        writer.write(
+            f"GET /v1/events/stream HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5):
+            while b": connected" not in await reader.readline():
+                pass
         async with (
             Stream(base, t.world.tenant_admin) as staff,
             httpx.AsyncClient(base_url=base, timeout=None) as http,
@@ -682,7 +736,10 @@ async def test_a_stop_ends_open_event_streams_at_once_and_logs_no_error(
             async with asyncio.timeout(5):
                 rest = [line async for line in lines]  # a cut stream raises RemoteProtocolError here
                 await staff.ended.wait()  # set only when the stream's body ended as HTTP says
+                pipelined = await reader.read()  # to the end: the connection is closed after both answers
             assert all(line == "" or line.startswith(":") for line in rest), rest
+            assert b"\r\n0\r\n\r\n" in pipelined, pipelined  # the stream's last chunk
+            writer.close()
         returncode = await asyncio.to_thread(process.wait, 15)
         took = time.monotonic() - stopped_at
     finally:
@@ -766,17 +823,26 @@ async def test_a_backlog_is_pruned_in_bounded_batches_and_the_rest_at_the_next_p
     assert (pruned.events, pruned.more) == (10, True)
     assert await count_old(db, t.id) == 13
 
+    prune, passes = sweeper.prune, []
+
+    async def counted(pool: Any, retention_days: float) -> sweeper.Pruned:
+        passes.append(await prune(pool, retention_days))
+        return passes[-1]
+
+    monkeypatch.setattr(sweeper, "prune", counted)
     task = asyncio.create_task(sweeper.run_forever(app.state.pool, 0.05, make_settings()))
     try:
         async with asyncio.timeout(10):
             while await count_old(db, t.id):  # noqa: ASYNC110 - polling the database
                 await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # ten more sweeps
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    # The loop is done with the backlog: a pass that found no more waits the hour again.
-    assert await sweeper.prune(app.state.pool, retention_days=7) == sweeper.Pruned()
+    # A pass after each pass that left more, and none once a pass found no more: the next is an hour away.
+    assert [pruned.more for pruned in passes] == [True] * (len(passes) - 1) + [False], passes
+    assert sum(pruned.events for pruned in passes) == 13
 
 
 async def test_a_prune_skips_rows_another_holds_and_two_at_once_share_the_work(

@@ -145,6 +145,9 @@ async def test_cors_follows_cors_origins(production: httpx.AsyncClient, client: 
         "https://user@shop.example.com",
         "https://shop.example.com:99999",
         "https://shop.example.com, https://",
+        "http://shop example.com",
+        "https://shop.example.com;x",
+        "https://-shop.example.com",
     ],
 )
 def test_cors_origins_that_no_browser_sends_are_refused_at_start(value: str) -> None:
@@ -158,5 +161,16 @@ def test_cors_origins_that_no_browser_sends_are_refused_at_start(value: str) -> 
 def test_cors_origins_are_kept_as_browsers_send_them() -> None:
     from virtualq.config import load_settings
 
-    settings = load_settings(cors_origins=" https://Shop.Example.com , http://localhost:3000,*")
-    assert settings.cors_origins == ["https://shop.example.com", "http://localhost:3000", "*"]
+    settings = load_settings(
+        cors_origins=" https://Shop.Example.com , http://localhost:3000,*, https://a.example:443, "
+        "http://b.example:0080, https://bücher.example, http://[::1]:8080"
+    )
+    assert settings.cors_origins == [
+        "https://shop.example.com",
+        "http://localhost:3000",
+        "*",
+        "https://a.example",  # browsers leave the scheme's default port out
+        "http://b.example",
+        "https://xn--bcher-kva.example",  # and send a host's ASCII form
+        "http://[::1]:8080",
+    ]

@@ -263,8 +263,8 @@ async def test_main_queries_use_their_indexes(db: asyncpg.Connection) -> None:
         shown = await plan(db, sql, *args)
         assert "Seq Scan" not in shown, (index, shown)
         assert "Index" in shown, (index, shown)
-        if index.endswith("_idx"):  # among equally good indexes an empty table's planner may pick another
-            assert index in shown or "tickets_" in shown, (index, shown)
+        if index not in ("tickets", "api_keys"):  # among equally good indexes an empty table's planner may
+            assert index in shown or "tickets_" in shown, (index, shown)  # pick another
 
 
 async def _line_behind(

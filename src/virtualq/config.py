@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -15,6 +16,39 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 class ConfigError(Exception):
     """Invalid configuration; the message is one line naming the variable."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\]")
+
+
+def _origin(entry: str) -> str:
+    """A CORS_ORIGINS entry in the form a browser's Origin header takes (scheme://host[:port], lower case, the
+    host in ASCII, no default port), or `*`. An entry no Origin could equal (a path, a trailing slash, no
+    scheme, a bad host or port) is refused: it would leave CORS off for that site without a word."""
+    if entry == "*":
+        return entry
+    parts = urlsplit(entry)
+    refused = ValueError(
+        f"{entry!r} is not an origin: write scheme://host[:port], with no path or trailing slash "
+        "(e.g. https://shop.example.com), or * for any"
+    )
+    if parts.scheme.lower() not in _DEFAULT_PORTS or parts.path or parts.query or parts.fragment:
+        raise refused
+    if "@" in parts.netloc or not parts.hostname or entry.endswith("#") or entry.endswith("?"):
+        raise refused
+    try:
+        port = parts.port
+        host = (
+            parts.hostname.encode("idna").decode("ascii") if not parts.hostname.isascii() else parts.hostname
+        )
+    except (ValueError, UnicodeError):
+        raise refused from None
+    host = f"[{host}]" if ":" in host else host
+    if not _HOST.fullmatch(host):
+        raise refused
+    scheme = parts.scheme.lower()
+    return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
 
 
 class Settings(BaseSettings):
@@ -73,31 +107,7 @@ class Settings(BaseSettings):
     @field_validator("cors_origins")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
-        # A browser's Origin is scheme://host[:port] in lower case, nothing after: "https://shop.example/"
-        # or a bare host would never match it, and CORS would stay off for that site without a word.
-        value = [origin.lower() for origin in value]
-        for origin in value:
-            if origin == "*":
-                continue
-            parts = urlsplit(origin)
-            if (
-                parts.scheme not in ("http", "https")
-                or not parts.hostname
-                or parts.path
-                or parts.query
-                or parts.fragment
-                or parts.username is not None
-                or origin != f"{parts.scheme}://{parts.netloc}"
-            ):
-                raise ValueError(
-                    f"{origin!r} is not an origin: write scheme://host[:port], with no path or trailing "
-                    "slash (e.g. https://shop.example.com), or * for any"
-                )
-            try:
-                parts.port  # noqa: B018 - raises on a port that is not a number in range
-            except ValueError:
-                raise ValueError(f"{origin!r} has a bad port") from None
-        return value
+        return [_origin(entry) for entry in value]
 
     @field_validator("database_url")
     @classmethod

@@ -176,8 +176,10 @@ class EventHub:
             self.metrics.stream_clients.dec()
 
     def end(self, subscriber: Subscriber) -> None:
-        """End the subscriber's stream now (the server is stopping): what its buffer holds is dropped, the
-        client resumes from its last id."""
+        """End the subscriber's stream now (the server is stopping): what its buffer holds is dropped, no
+        event reaches it any more, a replay from the log stops (events/router.py); the client resumes from
+        its last id."""
+        subscriber.dropped = True
         self._close(subscriber)
 
     def _close(self, subscriber: Subscriber) -> None:

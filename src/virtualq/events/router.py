@@ -104,7 +104,7 @@ async def _stream(
 async def _replay(request: Request, subscriber: Subscriber, resume: Cursor) -> AsyncIterator[bytes]:
     """The events between the client's cursor and the moment it subscribed, from the log."""
     position = resume
-    while True:
+    while not subscriber.dropped:  # ended (the server is stopping) or fallen behind: the client resumes
         async with acquire(get_pool(request), transaction=False) as conn:
             rows = await repository.read(
                 conn,
@@ -117,6 +117,8 @@ async def _replay(request: Request, subscriber: Subscriber, resume: Cursor) -> A
                 limit=REPLAY_BATCH,
             )
         for row in rows:
+            if subscriber.dropped:
+                return
             event = envelope(row)
             yield sse_message(display_safe(event) if subscriber.display else event)
         if len(rows) < REPLAY_BATCH:

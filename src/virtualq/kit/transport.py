@@ -26,7 +26,11 @@ import asyncio
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import structlog
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+log = structlog.get_logger("virtualq.transport")
 
 
 class HeadHoldingTransport(asyncio.Transport):
@@ -129,15 +133,31 @@ class HttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport, self.loop))
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # `self.cycle` is the newest request parsed, which may wait behind the one running (pipelining).
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
     def shutdown(self) -> None:
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
+        """Before uvicorn's own shutdown of the connection: end the response running, if it registered how,
+        and mark it and every request waiting behind it as stopping (a handler that registers later is
+        ended at once)."""
+        cycles = [getattr(self, "_running", None), self.cycle, *(cycle for cycle, _ in self.pipeline)]
+        seen: set[int] = set()
+        for cycle in cycles:
+            if cycle is None or cycle.response_complete or id(cycle) in seen:
+                continue
+            seen.add(id(cycle))
             state = cycle.scope.get("state")
-            if isinstance(state, dict):
-                end = state.get(_END_ON_STOP)
-                state[_END_ON_STOP] = _STOPPING
-                if callable(end):
+            if not isinstance(state, dict):
+                continue
+            end = state.get(_END_ON_STOP)
+            state[_END_ON_STOP] = _STOPPING
+            if callable(end):
+                try:
                     end()
+                except Exception:  # the stop goes on: uvicorn cuts this one at its timeout
+                    log.exception("stream_end_failed")
         super().shutdown()
 
 

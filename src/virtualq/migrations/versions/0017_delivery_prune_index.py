@@ -7,8 +7,9 @@ over a sequential scan, which a batch would repeat once per batch. The index tak
 when it finishes (that update changes `status`, which `webhook_deliveries_due_idx`'s predicate reads, so it
 was never a HOT update anyway).
 
-Built with a plain `CREATE INDEX` inside the migration's transaction: deliveries wait while it runs, which
-their retention keeps short (a few seconds for millions of rows).
+Built with a plain `CREATE INDEX` inside the migration's transaction: new deliveries wait while it runs, and
+with them every change of a ticket of a tenant with webhooks (the events trigger writes its deliveries). The
+deliveries' retention keeps the table, and so the wait, short: seconds for millions of rows.
 
 Revision ID: 0017
 Revises: 0016

@@ -33,8 +33,8 @@ class Received:
 
 @dataclass
 class Receiver:
-    """A tiny HTTP server: answers each POST with the next scripted behaviour (a status code, "timeout"
-    or "close"), then with `default`."""
+    """A tiny HTTP server: answers each POST with the next scripted behaviour (a status code, "timeout",
+    "slow": 200 after half a second, or "close"), then with `default`."""
 
     script: list[int | str] = field(default_factory=list)
     default: int | str = 200
@@ -66,7 +66,10 @@ class Receiver:
             behaviour = self.script.pop(0) if self.script else self.default
             if behaviour == "timeout":
                 await asyncio.sleep(3)
-            elif behaviour != "close":
+            elif behaviour == "slow":
+                await asyncio.sleep(0.5)
+                behaviour = 200
+            if behaviour not in ("timeout", "close"):
                 writer.write(
                     f"HTTP/1.1 {behaviour} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
                 )
@@ -313,6 +316,41 @@ async def test_webhooks_are_admin_only_and_tenant_isolated(client: httpx.AsyncCl
     assert ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))["is_active"] is True
     assert (await client.delete(f"/v1/webhooks/{hook['id']}", headers=t.h)).status_code == 204
     assert ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))["is_active"] is False
+
+
+async def test_a_stop_lets_the_attempts_in_flight_end_and_records_them(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, receiver: Receiver
+) -> None:
+    """A server stopping while a receiver takes its time: the attempt ends and its success is recorded, so
+    the delivery is not sent again after its lease (the receiver had it)."""
+    t, queue, order = await shop(client, api)
+    hook = await subscribe(client, t, receiver.url, "ticket.created")
+    receiver.script = ["slow"]
+    async with delivering(database_dsn):
+        await t.ticket(queue, order)
+        await receiver.wait_for(1)  # in flight: the stop begins while the receiver takes half a second
+    (delivery,) = await deliveries(client, t, hook)
+    assert (delivery["status"], delivery["attempts"]) == ("succeeded", 1)
+    assert len(receiver.requests) == 1
+
+
+async def test_a_stop_waits_for_an_attempt_no_longer_than_its_timeout(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, receiver: Receiver
+) -> None:
+    """A receiver that does not answer: the stop waits out the attempt's own timeout (1 s in the tests,
+    WEBHOOK_TIMEOUT_SECONDS), records it as a failed attempt to retry, and is done."""
+    t, queue, order = await shop(client, api)
+    hook = await subscribe(client, t, receiver.url, "ticket.created")
+    receiver.script = ["timeout"]  # 3 s without an answer
+    async with delivering(database_dsn, webhook_retry_window_seconds=60):
+        await t.ticket(queue, order)
+        await receiver.wait_for(1)
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    assert took < 2.5, took
+    (delivery,) = await deliveries(client, t, hook)
+    assert (delivery["status"], delivery["attempts"]) == ("pending", 1)
+    assert [attempt["error"] for attempt in delivery["attempt_log"]] == ["timed out"]
 
 
 async def test_a_worker_cancelled_right_after_a_wake_up_stops(app: Any) -> None:

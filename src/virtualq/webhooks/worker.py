@@ -67,6 +67,8 @@ class WebhookWorker:
     client: httpx.AsyncClient | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    _stopping: bool = False
+    _busy: bool = False  # attempting a batch (claimed, leased): a stop lets it finish
 
     def wake(self) -> None:
         self._wake.set()
@@ -80,15 +82,23 @@ class WebhookWorker:
         self._task = asyncio.create_task(self._run(), name="virtualq-webhooks")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Claim nothing more, let the attempts in flight end and their outcomes be recorded (for at most
+        WEBHOOK_TIMEOUT_SECONDS + 1 s), then stop. An attempt cut off mid-call would stay leased and be sent
+        again once its lease ran out, although the receiver may well have had it."""
+        self._stopping = True
+        task = self._task
+        if task is not None:
+            if self._busy:
+                await asyncio.wait({task}, timeout=self.settings.webhook_timeout_seconds + 1)
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         if self.client is not None:
             await self.client.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
+            self._busy = True
             try:
                 worked = await self.run_once()
             except asyncio.CancelledError:
@@ -96,6 +106,10 @@ class WebhookWorker:
             except Exception:
                 log.warning("webhook_worker_failed", exc_info=True)
                 worked = 0
+            finally:
+                self._busy = False
+            if self._stopping:
+                return
             if worked < BATCH:
                 # asyncio.timeout, not wait_for, which can swallow stop()'s cancellation on Python 3.11.
                 with contextlib.suppress(TimeoutError):

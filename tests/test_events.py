@@ -739,6 +739,7 @@ async def test_a_stop_ends_open_event_streams_at_once_and_logs_no_error(
                 pipelined = await reader.read()  # to the end: the connection is closed after both answers
             assert all(line == "" or line.startswith(":") for line in rest), rest
             assert b"\r\n0\r\n\r\n" in pipelined, pipelined  # the stream's last chunk
+            assert pipelined.endswith(b'{"status":"ok"}'), pipelined  # then the request behind it
             writer.close()
         returncode = await asyncio.to_thread(process.wait, 15)
         took = time.monotonic() - stopped_at

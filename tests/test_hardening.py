@@ -148,6 +148,8 @@ async def test_cors_follows_cors_origins(production: httpx.AsyncClient, client: 
         "http://shop example.com",
         "https://shop.example.com;x",
         "https://-shop.example.com",
+        "http://[v1.shop]",  # brackets hold an IPv6 address
+        "https://bücher.example",  # browsers send the xn-- form, by rules the standard library lacks
     ],
 )
 def test_cors_origins_that_no_browser_sends_are_refused_at_start(value: str) -> None:
@@ -163,7 +165,7 @@ def test_cors_origins_are_kept_as_browsers_send_them() -> None:
 
     settings = load_settings(
         cors_origins=" https://Shop.Example.com , http://localhost:3000,*, https://a.example:443, "
-        "http://b.example:0080, https://bücher.example, http://[::1]:8080"
+        "http://b.example:0080, https://xn--bcher-kva.example, http://[2001:DB8:0:0::1]:8080, http://web_app:3000"
     )
     assert settings.cors_origins == [
         "https://shop.example.com",
@@ -171,6 +173,7 @@ def test_cors_origins_are_kept_as_browsers_send_them() -> None:
         "*",
         "https://a.example",  # browsers leave the scheme's default port out
         "http://b.example",
-        "https://xn--bcher-kva.example",  # and send a host's ASCII form
-        "http://[::1]:8080",
+        "https://xn--bcher-kva.example",
+        "http://[2001:db8::1]:8080",  # and an IPv6 address compressed
+        "http://web_app:3000",  # a container's name may hold an underscore
     ]

@@ -146,3 +146,56 @@ async def test_small_and_large_answers_arrive_whole(live_server: LiveServer, pat
     )
     assert len(body) == length
     assert length > (50_000 if path == "/openapi.json" else 1)
+
+
+async def test_a_stop_ends_the_streams_that_registered_and_survives_an_end_that_fails() -> None:
+    """kit/transport.end_on_stop under a real uvicorn stop: a stream's end is called when the stop begins,
+    its body ends cleanly, and an end that raises is logged without breaking the stop (uvicorn cuts that
+    stream at its graceful timeout instead)."""
+    import socket
+
+    import uvicorn
+
+    from virtualq.kit.transport import UVICORN_OPTIONS, end_on_stop
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        ended = asyncio.Event()
+
+        def broken() -> None:
+            raise RuntimeError("an end that fails")
+
+        end_on_stop(scope, broken if scope["path"] == "/broken" else ended.set)
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
+        await ended.wait()  # the broken one is never ended: uvicorn cuts it
+        await send({"type": "http.response.body", "body": b""})
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", log_level="critical", timeout_graceful_shutdown=1,
+        **UVICORN_OPTIONS,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)
+    streams = {}
+    for path in ("/broken", "/fine"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            while b": connected" not in await reader.readline():
+                pass
+        streams[path] = (reader, writer)
+    server.should_exit = True
+    async with asyncio.timeout(5):
+        fine = await streams["/fine"][0].read()  # to the end: ended at once, its last chunk sent
+        await serving  # raises if the failing end escaped into uvicorn's stop
+    assert fine.endswith(b"0\r\n\r\n"), fine
+    for _, writer in streams.values():
+        writer.close()

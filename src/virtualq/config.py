@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,13 +20,14 @@ class ConfigError(Exception):
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\]")
+_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 
 
 def _origin(entry: str) -> str:
-    """A CORS_ORIGINS entry in the form a browser's Origin header takes (scheme://host[:port], lower case, the
-    host in ASCII, no default port), or `*`. An entry no Origin could equal (a path, a trailing slash, no
-    scheme, a bad host or port) is refused: it would leave CORS off for that site without a word."""
+    """A CORS_ORIGINS entry in the form a browser's Origin header takes (scheme://host[:port], lower case,
+    no default port, an IPv6 address compressed), or `*`. An entry no Origin could equal (a path, a trailing
+    slash, no scheme, a bad host or port) is refused: it would leave CORS off for that site without a word."""
     if entry == "*":
         return entry
     parts = urlsplit(entry)
@@ -33,21 +35,25 @@ def _origin(entry: str) -> str:
         f"{entry!r} is not an origin: write scheme://host[:port], with no path or trailing slash "
         "(e.g. https://shop.example.com), or * for any"
     )
-    if parts.scheme.lower() not in _DEFAULT_PORTS or parts.path or parts.query or parts.fragment:
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or parts.path or parts.query or parts.fragment or entry[-1] in "?#":
         raise refused
-    if "@" in parts.netloc or not parts.hostname or entry.endswith("#") or entry.endswith("?"):
+    host = parts.hostname
+    if "@" in parts.netloc or not host:
         raise refused
     try:
         port = parts.port
-        host = (
-            parts.hostname.encode("idna").decode("ascii") if not parts.hostname.isascii() else parts.hostname
-        )
-    except (ValueError, UnicodeError):
+    except ValueError:
         raise refused from None
-    host = f"[{host}]" if ":" in host else host
-    if not _HOST.fullmatch(host):
+    if not host.isascii():  # browsers send the ASCII form, by rules (UTS 46) the standard library lacks
+        raise ValueError(f"{entry!r}: write the host in its ASCII form (xn--...), as browsers send it")
+    if "[" in parts.netloc:
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            raise refused from None
+    elif not _HOST_NAME.fullmatch(host):
         raise refused
-    scheme = parts.scheme.lower()
     return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
 
 

@@ -79,6 +79,7 @@ class WebhookWorker:
             follow_redirects=False,
             headers={"User-Agent": f"VirtualQ-Webhooks/{__version__}"},
         )
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="virtualq-webhooks")
 
     async def stop(self) -> None:
@@ -89,7 +90,9 @@ class WebhookWorker:
         task = self._task
         if task is not None:
             if self._busy:
-                await asyncio.wait({task}, timeout=self.settings.webhook_timeout_seconds + 1)
+                done, _ = await asyncio.wait({task}, timeout=self.settings.webhook_timeout_seconds + 1)
+                if not done:  # outcomes not recorded in time (the database slow or away)
+                    log.warning("webhook_attempts_cut", hint="sent again once their lease ends")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -121,6 +124,8 @@ class WebhookWorker:
         """Claim and attempt one batch of due deliveries; returns how many."""
         lease = self.settings.webhook_timeout_seconds + 30
         async with acquire(self.pool, transaction=False, system=True) as conn:
+            if self._stopping:  # a stop began while waiting for the connection: claim nothing more
+                return 0
             claimed = await repository.claim(conn, BATCH, lease)
         if not claimed:
             return 0
@@ -149,24 +154,16 @@ class WebhookWorker:
             error, permanent = "the subscription is inactive", True
         else:
             try:
-                await check_target(row["url"], self.settings.webhook_allow_private_targets)
-                timestamp = int(time.time())
-                response = await self.client.post(
-                    row["url"],
-                    content=body,
-                    headers={
-                        "Content-Type": "application/json",
-                        "X-VirtualQ-Event": row["event_type"],
-                        "X-VirtualQ-Delivery": str(row["id"]),
-                        "X-VirtualQ-Signature": signature(row["secret"], timestamp, body),
-                    },
-                )
+                # The whole attempt within the timeout (httpx's applies to each phase, the name lookup
+                # has none): a stop waits for attempts no longer than that (stop()).
+                async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+                    response = await self._post(row, body)
                 status_code = response.status_code
                 if not 200 <= status_code < 300:
                     error = f"HTTP {status_code}"
             except TargetRefused as exc:
                 error, permanent = f"refused: {exc}", True
-            except httpx.TimeoutException:
+            except (httpx.TimeoutException, TimeoutError):
                 error = "timed out"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"[:500]
@@ -193,6 +190,21 @@ class WebhookWorker:
             "retry_in_seconds": retry_in,
         }
         await self._record(outcome, lease_ends)
+
+    async def _post(self, row: Any, body: bytes) -> httpx.Response:
+        assert self.client is not None
+        await check_target(row["url"], self.settings.webhook_allow_private_targets)
+        timestamp = int(time.time())
+        return await self.client.post(
+            row["url"],
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-VirtualQ-Event": row["event_type"],
+                "X-VirtualQ-Delivery": str(row["id"]),
+                "X-VirtualQ-Signature": signature(row["secret"], timestamp, body),
+            },
+        )
 
     async def _record(self, outcome: dict[str, Any], lease_ends: float) -> None:
         """Record an attempt's outcome. While the database is away, keep trying until the delivery's lease

@@ -30,6 +30,7 @@ from virtualq.events import repository as events
 from virtualq.fsm import Category
 from virtualq.kit import clock
 from virtualq.kit.ids import new_id
+from virtualq.kit.sql import delete_oldest, oldest_first_delete
 from virtualq.pool import Pool
 from virtualq.tickets import repository as tickets
 from virtualq.tickets.rules import effects_of
@@ -173,15 +174,7 @@ PRUNE_EVERY_SECONDS = 3600.0
 # PRUNE_BATCH * PRUNE_BATCHES rows of a table, and what is left is pruned at the next pass, a sweep later.
 PRUNE_BATCH = 5000
 PRUNE_BATCHES = 40
-EXPIRED_KEYS_SQL = """
-WITH pruned AS (
-    DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM idempotency_keys WHERE expires_at >= $1 AND expires_at < $2
-         ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED))
-    RETURNING expires_at
-)
-SELECT count(*) AS deleted, max(expires_at) AS last FROM pruned
-"""
+EXPIRED_KEYS_SQL = oldest_first_delete("idempotency_keys", "expires_at")  # idempotency_keys_expiry
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
@@ -196,14 +189,6 @@ class Pruned:
         return bool(self.events or self.deliveries or self.idempotency_keys)
 
 
-async def _expired_keys(
-    conn: Connection, since: datetime, before: datetime, limit: int
-) -> tuple[int, datetime]:
-    row = await conn.fetchrow(EXPIRED_KEYS_SQL, since, before, limit)
-    assert row is not None
-    return row["deleted"], row["last"] or since
-
-
 async def prune(pool: Pool, retention_days: float) -> Pruned:
     """Delete events and finished webhook deliveries older than the retention period, and idempotency keys
     past their 24 hours: oldest first, PRUNE_BATCH rows a statement, at most PRUNE_BATCHES statements per
@@ -213,14 +198,14 @@ async def prune(pool: Pool, retention_days: float) -> Pruned:
     async with acquire(pool, transaction=False, system=True) as conn:
         now: datetime = await conn.fetchval("SELECT now()")
         retained = now - timedelta(days=retention_days)
-        for delete, before in (
-            (event_log.prune, retained),
-            (webhook_log.prune, retained),
-            (_expired_keys, now),
+        for statement, before in (
+            (event_log.PRUNE_SQL, retained),
+            (webhook_log.PRUNE_SQL, retained),
+            (EXPIRED_KEYS_SQL, now),
         ):
             count, since = 0, EARLIEST
             for _ in range(PRUNE_BATCHES):
-                deleted, since = await delete(conn, since, before, PRUNE_BATCH)
+                deleted, since = await delete_oldest(conn, statement, since, before, PRUNE_BATCH)
                 count += deleted
                 if deleted < PRUNE_BATCH:
                     break

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from virtualq.db import EVENTS_WRITTEN, Connection, Record
 from virtualq.events.cursor import Cursor
-from virtualq.kit.sql import Where
+from virtualq.kit.sql import Where, oldest_first_delete
 
 # As a CTE fragment: `INSERT INTO events ... SELECT ... FROM <cte>` inside a mutation's statement.
 INSERT_COLUMNS = "INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)"
@@ -131,24 +130,5 @@ async def waiting(conn: Connection, after: Cursor) -> bool:
     return bool(await conn.fetchval(WAITING_SQL, after[0], after[1]))
 
 
-# The oldest events up to a batch from `since` on, skipping rows another process's prune holds (each process
-# sweeps). By their row's address: the rows the sub-select locked are the rows deleted, at 0.8 µs a row where
-# a join on the primary key cost 7. The next batch starts from this one's last time, so that its index scan
-# does not walk again over the entries this one left dead (docs/performance.md "Table upkeep").
-PRUNE_SQL = """
-WITH pruned AS (
-    DELETE FROM events WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM events WHERE occurred_at >= $1 AND occurred_at < $2
-         ORDER BY occurred_at LIMIT $3 FOR UPDATE SKIP LOCKED))
-    RETURNING occurred_at
-)
-SELECT count(*) AS deleted, max(occurred_at) AS last FROM pruned
-"""
-
-
-async def prune(conn: Connection, since: datetime, before: datetime, limit: int) -> tuple[int, datetime]:
-    """Delete up to `limit` of the oldest events that occurred from `since` until before `before`: how many,
-    and where the next batch starts."""
-    row = await conn.fetchrow(PRUNE_SQL, since, before, limit)
-    assert row is not None
-    return row["deleted"], row["last"] or since
+# The sweeper prunes the log a batch at a time, oldest first (events_occurred_idx).
+PRUNE_SQL = oldest_first_delete("events", "occurred_at")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from virtualq.db import Connection, Record, fetch_returning
 from virtualq.kit.pagination import PageParams, fetch_page
-from virtualq.kit.sql import Where, set_clause
+from virtualq.kit.sql import Where, oldest_first_delete, set_clause
 
 COLUMNS = "id, tenant_id, url, event_types, description, is_active, created_at, updated_at"
 DELIVERY_COLUMNS = """d.id, d.webhook_id, d.event_type, d.event_cursor AS event_id, d.status, d.attempts,
@@ -183,22 +182,6 @@ async def record_attempt(
     )
 
 
-# The oldest finished deliveries up to a batch (webhook_deliveries_finished_idx, migration 0017), as
-# events/repository.PRUNE_SQL.
-PRUNE_SQL = """
-WITH pruned AS (
-    DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM webhook_deliveries WHERE status <> 'pending' AND updated_at >= $1 AND updated_at < $2
-         ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED))
-    RETURNING updated_at
-)
-SELECT count(*) AS deleted, max(updated_at) AS last FROM pruned
-"""
-
-
-async def prune(conn: Connection, since: datetime, before: datetime, limit: int) -> tuple[int, datetime]:
-    """Delete up to `limit` of the oldest deliveries that finished from `since` until before `before`: how
-    many, and where the next batch starts."""
-    row = await conn.fetchrow(PRUNE_SQL, since, before, limit)
-    assert row is not None
-    return row["deleted"], row["last"] or since
+# The sweeper prunes finished deliveries a batch at a time, oldest first (webhook_deliveries_finished_idx,
+# migration 0017).
+PRUNE_SQL = oldest_first_delete("webhook_deliveries", "updated_at", "status <> 'pending'")

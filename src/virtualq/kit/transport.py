@@ -130,11 +130,13 @@ class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol writing through a `HeadHoldingTransport`, and ending the response in
     flight when a stop begins if it registered how (`end_on_stop`). `virtualq serve` uses it."""
 
+    # `self.cycle` is the newest request parsed, which may wait behind the one running (pipelining).
+    _running: RequestResponseCycle | None = None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport, self.loop))
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        # `self.cycle` is the newest request parsed, which may wait behind the one running (pipelining).
         self._running = cycle
         super()._start_asgi_task(cycle, app)
 
@@ -142,7 +144,7 @@ class HttpProtocol(HttpToolsProtocol):
         """Before uvicorn's own shutdown of the connection: end the response running, if it registered how,
         and mark it and every request waiting behind it as stopping (a handler that registers later is
         ended at once)."""
-        cycles = [getattr(self, "_running", None), self.cycle, *(cycle for cycle, _ in self.pipeline)]
+        cycles = [self._running, self.cycle, *(cycle for cycle, _ in self.pipeline)]
         seen: set[int] = set()
         for cycle in cycles:
             if cycle is None or cycle.response_complete or id(cycle) in seen:

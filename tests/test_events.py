@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -752,6 +753,10 @@ async def test_a_stop_ends_open_event_streams_at_once_and_logs_no_error(
     assert took < 5, (took, log)
     for sign_of_a_cut in ('"level": "error"', "ERROR", "Exception in ASGI application", "graceful shutdown"):
         assert sign_of_a_cut not in log, log
+    if workers > 1:  # the workers' readable lines say which process wrote them
+        started = [line for line in log.splitlines() if "] started " in line]
+        assert len(started) == workers, log
+        assert len({re.search(r"pid=(\d+)", line)[1] for line in started}) == workers, started  # type: ignore[index]
 
 
 async def test_old_events_and_finished_deliveries_are_pruned(

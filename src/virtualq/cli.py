@@ -68,7 +68,7 @@ def create_app_from_env() -> Any:
     from virtualq.app import create_app
 
     settings = load_settings()
-    configure_logging(settings.log_level, json=settings.is_production)
+    configure_logging(settings.log_level, json=settings.is_production, pid=settings.web_concurrency > 1)
     return create_app(settings, dsn=os.environ.get(RESOLVED_DSN_ENV) or settings.database_url)
 
 

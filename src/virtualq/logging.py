@@ -37,9 +37,11 @@ def _json_line(event: structlog.types.EventDict, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
-def configure_logging(level: str = "info", json: bool = False, stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", json: bool = False, stream: TextIO | None = None, pid: bool = False
+) -> None:
     """Logs to `stream` (standard error by default): JSON lines with `json` (production), with the writing
-    process's `pid`, else readable lines.
+    process's `pid`, else readable lines (with the `pid` too when `pid`: several workers share the stream).
 
     In production the app's own events (one access-log line per request) are rendered and written by
     structlog alone, about 7 µs a line where the path through the standard library's logging took about 20
@@ -52,7 +54,7 @@ def configure_logging(level: str = "info", json: bool = False, stream: TextIO | 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_secrets,
     ]
-    if json:  # production: each line also names its process
+    if json or pid:  # each line also names its process
         shared.append(_add_pid)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(serializer=_json_line)

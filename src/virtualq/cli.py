@@ -213,7 +213,12 @@ def shared_metrics(workers: int) -> Iterator[None]:
     if chosen:
         removed = remove_dead_processes_files(chosen)
         if removed is None:
-            log.info("metrics_directory_shared", directory=chosen, hint="files of ended processes kept")
+            # Another server's live process uses it: the two servers' figures are summed together.
+            log.warning(
+                "metrics_directory_shared",
+                directory=chosen,
+                hint="another server uses this PROMETHEUS_MULTIPROC_DIR: give each server its own",
+            )
         elif removed:
             log.info("metrics_files_of_ended_processes_removed", directory=chosen, files=removed)
         yield

@@ -346,6 +346,19 @@ def test_embedded_postgres_keeps_data_across_restarts_and_stops_cleanly(tmp_path
             embedded.stop()
 
 
+def test_embedded_postgres_on_a_port_of_its_choosing(tmp_path: Path) -> None:
+    """A `port` among the settings is the server's, and its DSN's (the socket's file name carries it)."""
+    embedded = EmbeddedPostgres(tmp_path / "data", settings={"port": "54329"})
+    try:
+        dsn = embedded.start()
+        assert "port=54329" in dsn
+        rows = asyncio.run(fetch(dsn, "SHOW port"))
+        assert [row["port"] for row in rows] == ["54329"]
+    finally:
+        if embedded.is_initialised and embedded.is_running():
+            embedded.stop()
+
+
 @pytest.mark.parametrize("batch", [True, False], ids=["batch", "default-policy"])
 def test_embedded_postgres_backends_run_under_the_batch_policy(tmp_path: Path, batch: bool) -> None:
     """The postmaster, the processes it started before we set the policy, and every backend forked since

@@ -85,7 +85,9 @@ class EmbeddedPostgres:
         return Path(tempfile.gettempdir()) / f"virtualq-pg-{digest}"
 
     def dsn(self, database: str | None = None) -> str:
-        return f"postgresql://{SUPERUSER}@/{database or self.database}?host={self.socket_dir}"
+        # The socket's file name carries the port: one set in `settings` must be in the DSN too.
+        port = f"&port={self.settings['port']}" if "port" in self.settings else ""
+        return f"postgresql://{SUPERUSER}@/{database or self.database}?host={self.socket_dir}{port}"
 
     @property
     def is_initialised(self) -> bool:

@@ -25,7 +25,6 @@ import structlog
 
 from virtualq.config import Settings
 from virtualq.db import Connection, acquire, fetch_returning
-from virtualq.events import repository as event_log
 from virtualq.events import repository as events
 from virtualq.fsm import Category
 from virtualq.kit import clock
@@ -199,7 +198,7 @@ async def prune(pool: Pool, retention_days: float) -> Pruned:
         now: datetime = await conn.fetchval("SELECT now()")
         retained = now - timedelta(days=retention_days)
         for statement, before in (
-            (event_log.PRUNE_SQL, retained),
+            (events.PRUNE_SQL, retained),
             (webhook_log.PRUNE_SQL, retained),
             (EXPIRED_KEYS_SQL, now),
         ):
@@ -212,8 +211,8 @@ async def prune(pool: Pool, retention_days: float) -> Pruned:
             else:
                 more = True
             counts.append(count)
-    events, deliveries, idempotency_keys = counts
-    return Pruned(events, deliveries, idempotency_keys, more)
+    pruned_events, pruned_deliveries, expired_keys = counts
+    return Pruned(pruned_events, pruned_deliveries, expired_keys, more)
 
 
 async def run_forever(

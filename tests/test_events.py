@@ -277,6 +277,37 @@ async def test_stream_delivers_live_changes_and_resumes_without_gaps(
         assert [e["id"] for e in got[:5]] == [seen[1], *[e["id"] for e in missed]]
 
 
+async def test_a_stream_resumed_from_a_cursor_its_hub_has_not_read_sends_nothing_twice(
+    client: httpx.AsyncClient, api: Api, base_url: str, app: Any
+) -> None:
+    """A client can hold a cursor this process's hub has not read yet: it read the log through GET
+    /v1/events, or it streamed from another process whose hub was ahead. Resuming from it here must not
+    send again the events up to it when the hub reads them (PRODUCT §5: no duplicates)."""
+    t, queue, order = await coffee(client, api)
+    hub: EventHub = app.state.event_hub
+    key = t.world.tenant_admin
+    before = hub.cursor
+    tickets = [await t.ticket(queue, order) for _ in range(3)]
+    page = ok(
+        await client.get("/v1/events", params={"after": events_cursor.format_cursor(before)}, headers=t.h)
+    )
+    have = page["data"]
+    assert [e["ticket_id"] for e in have] == [ticket["id"] for ticket in tickets]
+    async with asyncio.timeout(5):
+        while hub.cursor < events_cursor.parse(have[-1]["id"]):  # type: ignore[operator]  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    hub.cursor = before  # this hub is now behind the client, as another process's hub can be
+    resumed = Stream(base_url, key)
+    resumed.headers["Last-Event-ID"] = have[-1]["id"]
+    async with resumed:
+        hub.wake()  # it reads the three creates again: the client has them already
+        newer = await t.ticket(queue, order)
+        got = await resumed.wait_for(1)
+        await asyncio.sleep(0.3)
+        assert [e["ticket_id"] for e in resumed.events] == [newer["id"]]
+        assert events_cursor.parse(got[0]["id"]) > events_cursor.parse(have[-1]["id"])  # type: ignore[operator]
+
+
 async def test_stream_filters_and_display_payloads(
     client: httpx.AsyncClient, api: Api, base_url: str
 ) -> None:

@@ -56,6 +56,9 @@ class Subscriber:
     # Instead of the filters above: any predicate, and a bare "changed" ping instead of the event.
     match: Callable[[dict[str, Any]], bool] | None = None
     ping_only: bool = False
+    # The client already has every event up to this cursor (it resumed from one this hub has not read yet:
+    # another process's stream, or the log read through GET /v1/events): those are not sent again.
+    seen: Cursor | None = None
 
     def wants(self, event: dict[str, Any]) -> bool:
         if self.match is not None:
@@ -132,8 +135,10 @@ class EventHub:
         types: frozenset[str] = frozenset(),
         match: Callable[[dict[str, Any]], bool] | None = None,
         ping_only: bool = False,
+        after: Cursor | None = None,
     ) -> Subscriber:
-        """From now on, every event past `subscriber.start` reaches the subscriber's buffer."""
+        """From now on, every event past `subscriber.start` reaches the subscriber's buffer, and past
+        `after` too when the client resumes from a later cursor than this hub has read."""
         subscriber = Subscriber(
             tenant_id,
             display,
@@ -144,6 +149,7 @@ class EventHub:
             asyncio.Queue(self.buffer_size),
             match=match,
             ping_only=ping_only,
+            seen=after if after is not None and after > self.cursor else None,
         )
         self._subscribers.setdefault(tenant_id, set()).add(subscriber)
         self.metrics.stream_clients.inc()
@@ -244,6 +250,10 @@ class EventHub:
             full: bytes | None = None
             safe: bytes | None = None
             for subscriber in list(subscribers):
+                if subscriber.seen is not None:
+                    if cursor_of(row) <= subscriber.seen:
+                        continue
+                    subscriber.seen = None  # rows come in cursor order: every later one is new to it
                 if subscriber.dropped or not subscriber.wants(event):
                     continue
                 if subscriber.ping_only:

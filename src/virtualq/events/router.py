@@ -78,6 +78,7 @@ async def stream_events(
         queue_id=queue_id,
         ticket_id=ticket_id,
         types=frozenset(type),
+        after=resume,
     )
     end_on_stop(request.scope, lambda: hub.end(subscriber))
     return StreamingResponse(

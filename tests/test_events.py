@@ -267,6 +267,9 @@ async def test_stream_delivers_live_changes_and_resumes_without_gaps(
     async with resumed:
         got = await resumed.wait_for(4)
         assert [e["id"] for e in got] == [e["id"] for e in missed]
+        # The stream's envelopes are the log's, to the letter (times included: "Z", as every answer).
+        assert [{name: e[name] for name in missed[0]} for e in got] == missed
+        assert all(e["occurred_at"].endswith("Z") for e in got)
         await t.move(others[0]["id"], "cancel")  # and live events follow, no duplicate in between
         got = await resumed.wait_for(6)
         assert [e["type"] for e in got[4:]] == ["ticket.state_changed", "ticket.cancelled"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from typing import Any
 
@@ -619,6 +620,7 @@ async def test_monitor_groups_names_and_privacy(client: httpx.AsyncClient, api: 
     feed = ok(response)
     assert feed["queue_name"] == "Store"
     assert feed["is_active"] is True
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", feed["generated_at"])  # as every answer
     waiting = feed["groups"]["waiting"]
     assert [(e["display_code"], e["display_name"], e["position"]) for e in waiting] == [
         ("S001", "John S.", 1),

@@ -172,6 +172,7 @@ async def test_signed_delivery_of_subscribed_events(
             0
         ]
         assert envelope["id"] == logged["id"]
+        assert envelope["occurred_at"] == logged["occurred_at"]  # the same text as the API writes
         assert envelope["type"] == "ticket.created"
         assert (envelope["ticket_id"], envelope["queue_id"], envelope["tenant_id"]) == (
             ticket["id"],

@@ -61,5 +61,5 @@ def sse_message(event: dict[str, Any]) -> bytes:
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         event["id"].encode(),
         event["type"].encode(),
-        orjson.dumps(event),
+        orjson.dumps(event, option=orjson.OPT_UTC_Z),  # times as every other answer writes them
     )

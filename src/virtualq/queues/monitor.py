@@ -152,7 +152,8 @@ async def monitor(
             "is_active": queue["is_active"],
             "show_wait_time": queue["show_wait_time"],
             "generated_at": clock.now(),
-        }
+        },
+        option=orjson.OPT_UTC_Z,
     )
     return head[:-1] + b',"groups":' + groups.encode() + b',"counts":' + counts.encode() + b"}"
 

@@ -13,14 +13,12 @@ from virtualq.events import repository
 from virtualq.events.cursor import Cursor, parse
 from virtualq.events.envelope import display_safe, envelope, sse_message
 from virtualq.events.hub import EventHub, Subscriber
-from virtualq.events.schemas import EventPage
+from virtualq.events.schemas import EventPage, EventTypeName
 from virtualq.kit.routing import READ_ERRORS
 from virtualq.kit.transport import end_on_stop
 
 router = APIRouter(tags=["events"])
 REPLAY_BATCH = 500
-
-EventType = Annotated[str, Query(max_length=64, pattern=r"^[a-z_]+\.[a-z_]+$")]
 
 
 @router.get("/v1/events", response_model=EventPage, responses=READ_ERRORS)
@@ -28,7 +26,9 @@ async def list_events(
     ctx: TenantStaff,
     conn: ReadConn,
     after: Annotated[str | None, Query(description="An event id; events after it are returned.")] = None,
-    type: Annotated[list[EventType], Query(max_length=20, description="Repeatable.")] = [],  # noqa: B006
+    type: Annotated[
+        list[EventTypeName], Query(max_length=20, description="Repeatable: events of any of these types.")
+    ] = [],  # noqa: B006
     queue_id: uuid.UUID | None = None,
     ticket_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -59,7 +59,9 @@ async def stream_events(
     ctx: TenantAnyRole,
     after: Annotated[str | None, Query(description="Resume after this event id.")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)] = None,
-    type: Annotated[list[EventType], Query(max_length=20, description="Repeatable.")] = [],  # noqa: B006
+    type: Annotated[
+        list[EventTypeName], Query(max_length=20, description="Repeatable: events of any of these types.")
+    ] = [],  # noqa: B006
     queue_id: uuid.UUID | None = None,
     ticket_id: uuid.UUID | None = None,
 ) -> StreamingResponse:

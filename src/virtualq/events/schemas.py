@@ -2,11 +2,33 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
 from virtualq.kit.schemas import OutputModel
+
+# Every type of event the log holds (PRODUCT §5).
+EventTypeName = Literal[
+    "ticket.created",
+    "ticket.state_changed",
+    "ticket.assigned",
+    "ticket.unassigned",
+    "ticket.forwarded",
+    "ticket.reordered",
+    "ticket.updated",
+    "ticket.completed",
+    "ticket.cancelled",
+    "ticket.expired",
+    "ticket.wait_exceeded",
+    "item.created",
+    "item.state_changed",
+    "item.deleted",
+    "queue.enabled",
+    "queue.disabled",
+    "queue.updated",
+]
+EVENT_TYPES: tuple[str, ...] = get_args(EventTypeName)
 
 
 class Event(OutputModel):

@@ -2,32 +2,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictStr, StringConstraints
 
+from virtualq.events.schemas import EVENT_TYPES, EventTypeName
 from virtualq.kit.schemas import Flag, InputModel, LongText, OutputModel, PatchModel
 
-EventTypeName = Literal[
-    "ticket.created",
-    "ticket.state_changed",
-    "ticket.assigned",
-    "ticket.unassigned",
-    "ticket.forwarded",
-    "ticket.reordered",
-    "ticket.updated",
-    "ticket.completed",
-    "ticket.cancelled",
-    "ticket.expired",
-    "ticket.wait_exceeded",
-    "item.created",
-    "item.state_changed",
-    "item.deleted",
-    "queue.enabled",
-    "queue.disabled",
-    "queue.updated",
-]
-EVENT_TYPES: tuple[str, ...] = get_args(EventTypeName)
 Url = Annotated[StrictStr, StringConstraints(min_length=8, max_length=2000)]
 EventTypes = Annotated[list[EventTypeName], Field(max_length=len(EVENT_TYPES))]
 

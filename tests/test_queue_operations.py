@@ -694,15 +694,18 @@ async def test_monitor_groups_names_and_privacy(client: httpx.AsyncClient, api: 
     ):
         assert_error(await client.get(path, headers=auth(display)), 403, "forbidden")
 
-    # Without wait times, the monitor leaves estimates out; a disabled queue shows nothing.
+    # Without wait times, the monitor leaves estimates out; a disabled queue still shows the tickets it has
+    # (they are still served: PRODUCT §4), and says it is closed.
     ok(await client.patch(f"/v1/queues/{queue['id']}", json={"show_wait_time": False}, headers=t.h))
     feed = ok(await client.get(f"/v1/queues/{queue['id']}/monitor", headers=auth(display)))
     assert feed["show_wait_time"] is False
     assert all("estimated_wait_minutes" not in e for e in feed["groups"]["waiting"])
+    open_groups = feed["groups"]
     ok(await client.post(f"/v1/queues/{queue['id']}/disable", headers=t.h))
     feed = ok(await client.get(f"/v1/queues/{queue['id']}/monitor", headers=auth(display)))
     assert feed["is_active"] is False
-    assert feed["counts"] == {"waiting": 0, "in_service": 0, "ready": 0}
+    assert feed["groups"] == open_groups
+    assert feed["counts"] == {"waiting": 3, "in_service": 1, "ready": 1}
 
 
 TRIAGE_FSM: dict[str, Any] = {
@@ -781,3 +784,32 @@ async def test_call_next_learns_each_type_version_and_waiting_state(
     events = ok(await client.get("/v1/events", params={"ticket_id": fourth["id"]}, headers=t.h))["data"]
     assert [e["type"] for e in events] == ["ticket.created", "ticket.state_changed"]
     assert events[-1]["data"]["transition"] == "to_window"
+
+
+async def test_opening_and_closing_a_queue_is_announced_however_it_is_done(
+    client: httpx.AsyncClient, api: Api
+) -> None:
+    """`queue.enabled` / `queue.disabled` (PRODUCT §5) whether through /enable, /disable or PATCH is_active;
+    other changed fields in the same PATCH are a `queue.updated`; a change to nothing announces nothing."""
+    t, counter_id, _order_id, _ids = await coffee(client, api, tickets=0)
+
+    async def announced() -> list[tuple[str, Any]]:
+        page = ok(await client.get("/v1/events", params={"queue_id": counter_id, "limit": 1000}, headers=t.h))
+        return [(e["type"], e["data"].get("changed")) for e in page["data"] if e["type"].startswith("queue.")]
+
+    path = f"/v1/queues/{counter_id}"
+    ok(await client.patch(path, json={"is_active": False, "name": "Counter (closing)"}, headers=t.h))
+    ok(await client.patch(path, json={"is_active": False}, headers=t.h))  # already closed: nothing to say
+    ok(await client.put(path, json={"is_active": True}, headers=t.h))
+    ok(await client.post(f"{path}/disable", headers=t.h))
+    ok(await client.post(f"{path}/enable", headers=t.h))
+    ok(await client.patch(path, json={"show_wait_time": False}, headers=t.h))
+    assert await announced() == [
+        ("queue.updated", ["name"]),
+        ("queue.disabled", None),
+        ("queue.enabled", None),
+        ("queue.disabled", None),
+        ("queue.enabled", None),
+        ("queue.updated", ["show_wait_time"]),
+    ]
+    assert ok(await client.get(path, headers=t.h))["name"] == "Counter (closing)"

@@ -93,8 +93,6 @@ MONITOR_WITH_ESTIMATES = MONITOR_SQL.format(
 MONITOR_WITHOUT_ESTIMATES = MONITOR_SQL.format(display_name=DISPLAY_NAME, estimate_field="")
 WAITING_TYPES_SQL = """SELECT DISTINCT type_definition_id FROM tickets
                         WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting'"""
-EMPTY_GROUPS = '{"waiting": [], "in_service": [], "ready": []}'
-EMPTY_COUNTS = '{"waiting": 0, "in_service": 0, "ready": 0}'
 
 
 def parse_excludes(raw: list[str]) -> list[tuple[str, str]]:
@@ -122,29 +120,29 @@ async def monitor(
     queue = await repository.get(conn, ctx.tenant_id, queue_id)
     if queue is None:
         raise not_found("queue")
-    groups, counts = EMPTY_GROUPS, EMPTY_COUNTS
-    if queue["is_active"]:
-        type_ids: list[uuid.UUID] = []
-        paces: list[float | None] = []
-        if queue["show_wait_time"]:
-            type_ids = [row[0] for row in await conn.fetch(WAITING_TYPES_SQL, ctx.tenant_id, queue_id)]
-            estimator = Estimator(conn, ctx.tenant_id)
-            estimator.remember_queue(queue)
-            await estimator.paces_for((queue_id, type_id) for type_id in type_ids)
-            paces = [estimator.pace_of(queue_id, type_id) for type_id in type_ids]
-        args: list[Any] = [
-            ctx.tenant_id,
-            queue_id,
-            [field for field, _ in excludes],
-            [value for _, value in excludes],
-            limit,
-        ]
-        if queue["show_wait_time"]:
-            row = await conn.fetchrow(MONITOR_WITH_ESTIMATES, *args, type_ids, paces)
-        else:
-            row = await conn.fetchrow(MONITOR_WITHOUT_ESTIMATES, *args)
-        assert row is not None
-        groups, counts = row["groups"], row["counts"]
+    # A disabled queue takes no new tickets, but those already in it are still served (PRODUCT §4), so the
+    # wall display keeps showing them; `is_active` tells it to say the queue is closed to newcomers.
+    type_ids: list[uuid.UUID] = []
+    paces: list[float | None] = []
+    if queue["show_wait_time"]:
+        type_ids = [row[0] for row in await conn.fetch(WAITING_TYPES_SQL, ctx.tenant_id, queue_id)]
+        estimator = Estimator(conn, ctx.tenant_id)
+        estimator.remember_queue(queue)
+        await estimator.paces_for((queue_id, type_id) for type_id in type_ids)
+        paces = [estimator.pace_of(queue_id, type_id) for type_id in type_ids]
+    args: list[Any] = [
+        ctx.tenant_id,
+        queue_id,
+        [field for field, _ in excludes],
+        [value for _, value in excludes],
+        limit,
+    ]
+    if queue["show_wait_time"]:
+        row = await conn.fetchrow(MONITOR_WITH_ESTIMATES, *args, type_ids, paces)
+    else:
+        row = await conn.fetchrow(MONITOR_WITHOUT_ESTIMATES, *args)
+    assert row is not None
+    groups, counts = row["groups"], row["counts"]
     head = orjson.dumps(
         {
             "queue_id": str(queue["id"]),

@@ -109,7 +109,7 @@ async def queue_monitor(
     """What a wall display shows: active tickets grouped by category, with privacy-safe names only.
 
     Readable with a display-role key. Estimates are left out when the queue's show_wait_time is false;
-    a disabled queue shows no tickets. Each group lists the first `limit` tickets in line order; `counts`
+    a disabled queue (`is_active` false) takes no new tickets but still shows and serves those it has. Each group lists the first `limit` tickets in line order; `counts`
     counts them all.
     """
     excludes = monitor.parse_excludes(exclude)

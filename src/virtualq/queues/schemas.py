@@ -108,7 +108,9 @@ class MonitorCounts(OutputModel):
 class Monitor(OutputModel):
     queue_id: uuid.UUID
     queue_name: str
-    is_active: bool = Field(description="A disabled queue shows no tickets.")
+    is_active: bool = Field(
+        description="False: the queue takes no new tickets; those already in it are still shown and served."
+    )
     show_wait_time: bool
     generated_at: datetime
     groups: MonitorGroups

@@ -60,16 +60,20 @@ async def update_queue(
     if changes.get("allowed_type_definition_ids") is not None:
         changes["allowed_type_definition_ids"] = list(dict.fromkeys(changes["allowed_type_definition_ids"]))
         await _check_allowed_types(conn, ctx.tenant_id, changes["allowed_type_definition_ids"])
+    # Opening or closing the queue through PATCH is announced as /enable and /disable announce it.
+    toggled = "is_active" in changes and changes["is_active"] != current["is_active"]
+    changed = sorted(name for name in changes if name != "is_active")
+    if not changed and not toggled:
+        return current
     row = await repository.update(conn, ctx.tenant_id, queue_id, changes)
     forget_queue(ctx.tenant_id, queue_id)  # its estimation settings may have changed
-    await events.record(
-        conn,
-        ctx.tenant_id,
-        "queue.updated",
-        queue_id=queue_id,
-        ticket_id=None,
-        data={"changed": sorted(changes)},
-    )
+    if changed:
+        await events.record(
+            conn, ctx.tenant_id, "queue.updated", queue_id=queue_id, ticket_id=None, data={"changed": changed}
+        )
+    if toggled:
+        event_type = "queue.enabled" if changes["is_active"] else "queue.disabled"
+        await events.record(conn, ctx.tenant_id, event_type, queue_id=queue_id, ticket_id=None, data={})
     return row
 
 

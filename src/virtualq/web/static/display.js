@@ -36,7 +36,7 @@
           VQ.el("h3", { text: title + " (" + feed.counts[category] + ")" }),
           VQ.el("ol", {}, ...feed.groups[category].map((t) => ticketItem(t, feed.show_wait_time)))));
         return VQ.el("article", { class: "queue", "data-queue": feed.queue_id },
-          VQ.el("h2", { text: feed.queue_name + (feed.is_active ? "" : " — closed") }),
+          VQ.el("h2", { text: feed.queue_name + (feed.is_active ? "" : " — closed to new tickets") }),
           VQ.el("div", { class: "columns" }, ...columns));
       }));
       if (!recent.length) {  // on first load, the tickets already called stand in for the latest calls

@@ -108,9 +108,9 @@ async def queue_monitor(
 ) -> Response:
     """What a wall display shows: active tickets grouped by category, with privacy-safe names only.
 
-    Readable with a display-role key. Estimates are left out when the queue's show_wait_time is false;
-    a disabled queue (`is_active` false) takes no new tickets but still shows and serves those it has. Each group lists the first `limit` tickets in line order; `counts`
-    counts them all.
+    Readable with a display-role key. Estimates are left out when the queue's show_wait_time is false.
+    A disabled queue (`is_active` false) takes no new tickets, but still shows and serves those it has.
+    Each group lists the first `limit` tickets in line order; `counts` counts them all.
     """
     excludes = monitor.parse_excludes(exclude)
     cache: FeedCache = request.app.state.feed_cache

@@ -142,7 +142,8 @@ async def monitor(
     else:
         row = await conn.fetchrow(MONITOR_WITHOUT_ESTIMATES, *args)
     assert row is not None
-    groups, counts = row["groups"], row["counts"]
+    groups: str = row["groups"]
+    counts: str = row["counts"]
     head = orjson.dumps(
         {
             "queue_id": str(queue["id"]),

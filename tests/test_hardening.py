@@ -3,6 +3,7 @@ CORS_ORIGINS, and production errors that reveal nothing internal."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -125,6 +126,31 @@ async def test_cors_follows_cors_origins(production: httpx.AsyncClient, client: 
     exposed = simple.headers["access-control-expose-headers"].lower()
     for header in ("x-request-id", "etag", "x-ratelimit-remaining", "retry-after"):
         assert header in exposed
+
+    # A stream resuming through fetch() sends Last-Event-ID: its preflight passes.
+    resuming = await production.options(
+        "/v1/events/stream",
+        headers={
+            **preflight,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "last-event-id",
+        },
+    )
+    assert resuming.status_code == 200
+    assert "last-event-id" in resuming.headers["access-control-allow-headers"].lower()
+    # Answers given before the app runs, and replays from the idempotency store, are readable too.
+    origin = {"Origin": "https://shop.example.com"}
+    too_big = await production.post(
+        "/v1/accounts", content=b"{}", headers={**auth(ADMIN_KEY), **origin, "Content-Length": "99999999"}
+    )
+    assert too_big.status_code == 413
+    assert too_big.headers["access-control-allow-origin"] == "https://shop.example.com"
+    retry = {**auth(ADMIN_KEY), **origin, "Idempotency-Key": f"cors-{uuid.uuid4()}"}
+    made = await production.post("/v1/accounts", json={"name": "CORS Co."}, headers=retry)
+    again = await production.post("/v1/accounts", json={"name": "CORS Co."}, headers=retry)
+    assert (made.status_code, again.status_code, again.headers["idempotent-replayed"]) == (201, 201, "true")
+    assert again.headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert "idempotent-replayed" in again.headers["access-control-expose-headers"].lower()
 
     # Without CORS_ORIGINS no cross-origin access is granted.
     plain = await client.get(

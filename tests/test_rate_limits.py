@@ -293,3 +293,33 @@ async def test_head_takes_a_token_as_its_get_does(limited: tuple[httpx.AsyncClie
     assert refused.status_code == 429
     assert refused.content == b""
     assert refused.headers["retry-after"] == "1"
+
+
+async def test_idempotent_replays_and_conflicts_count_and_carry_the_headers(
+    limited: tuple[httpx.AsyncClient, Api],
+) -> None:
+    """An answer from the idempotency store is an answer to the key like any other (PRODUCT §6): it takes a
+    token, carries X-RateLimit-*, and over the limit is 429; without a usable key it is 401 (no replay)."""
+    http, api = limited
+    key, tenant = await _fresh_tenant_key(api)
+    headers = {**auth(key, tenant), "Idempotency-Key": "open-queue"}
+    first = await http.post("/v1/queues", json={"name": "Replayed"}, headers=headers)
+    assert first.status_code == 201, first.text
+    assert _limits(first)[1] == 4
+    replay = await http.post("/v1/queues", json={"name": "Replayed"}, headers=headers)
+    assert (replay.status_code, replay.headers["idempotent-replayed"]) == (201, "true")
+    assert replay.json() == first.json()
+    assert _limits(replay)[1] == 3
+    conflict = await http.post("/v1/queues", json={"name": "Other"}, headers=headers)
+    assert_error(conflict, 409, "idempotency_conflict")
+    assert _limits(conflict)[1] == 2
+    for _ in range(2):
+        assert (await http.post("/v1/queues", json={"name": "Replayed"}, headers=headers)).status_code == 201
+    refused = await http.post("/v1/queues", json={"name": "Replayed"}, headers=headers)
+    assert_error(refused, 429, "rate_limited")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "idempotent-replayed" not in refused.headers
+    stranger = {**auth("vq_" + "x" * 43, tenant), "Idempotency-Key": "open-queue"}
+    assert_error(
+        await http.post("/v1/queues", json={"name": "Replayed"}, headers=stranger), 401, "unauthorized"
+    )

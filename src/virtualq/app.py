@@ -214,6 +214,15 @@ def create_app(
 
     # Innermost of our middleware: the fast paths answer ahead of the exception middleware and the router.
     app.add_middleware(FastDispatch)
+    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        production=settings.is_production,
+    )
+    # Outermost: every answer a browser may read carries the CORS headers, including those given before the
+    # app runs (413, 415, 431 from the request context, idempotent replays and their 409s).
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -227,6 +236,7 @@ def create_app(
                 "Content-Type",
                 "Idempotency-Key",
                 "If-Match",
+                "Last-Event-ID",  # a fetch-based event stream resuming from its last id
             ],
             expose_headers=[
                 "X-Request-ID",
@@ -238,13 +248,6 @@ def create_app(
                 "Retry-After",
             ],
         )
-    app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(
-        RequestContextMiddleware,
-        metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
-        production=settings.is_production,
-    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

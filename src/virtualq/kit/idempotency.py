@@ -25,12 +25,14 @@ import asyncpg
 import orjson
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtualq.auth import keys
-from virtualq.auth.principal import presented_key
+from virtualq.auth.principal import authenticate, presented_key
 from virtualq.db import CONNECTION_ERRORS, acquire
-from virtualq.errors import Unauthorized, Unavailable
+from virtualq.errors import AppError, Unauthorized, Unavailable
+from virtualq.kit.exception_handlers import handler_for
 from virtualq.kit.middleware import header, replay_body, send_error
 from virtualq.logging import get_logger
 
@@ -136,6 +138,14 @@ class IdempotencyMiddleware:
                 # Nothing is replayed to a revoked key: the request runs and is refused (401) as usual.
                 await self.app(scope, replay_body(body), send)
                 return
+            late = time.monotonic() > deadline
+            settled = row["state"] == "completed" or (row["state"] == "committed" and row["lapsed"])
+            if row["fingerprint"] == fingerprint and not settled and not late:
+                await asyncio.sleep(POLL_SECONDS)  # the first request is still running: wait for its answer
+                continue
+            # The answer comes from the store, or is a 409 about the key: the caller is authenticated first.
+            if not await _admitted(scope, send):
+                return
             if row["fingerprint"] != fingerprint:
                 await _send_error(
                     scope,
@@ -160,17 +170,15 @@ class IdempotencyMiddleware:
                     {"field": "Idempotency-Key"},
                 )
                 return
-            if time.monotonic() > deadline:
-                await _send_error(
-                    scope,
-                    send,
-                    409,
-                    "idempotency_conflict",
-                    "a request with this Idempotency-Key is still in progress; retry later",
-                    {"field": "Idempotency-Key"},
-                )
-                return
-            await asyncio.sleep(POLL_SECONDS)
+            await _send_error(
+                scope,
+                send,
+                409,
+                "idempotency_conflict",
+                "a request with this Idempotency-Key is still in progress; retry later",
+                {"field": "Idempotency-Key"},
+            )
+            return
 
     async def _execute(
         self, scope: Scope, send: Send, pool: Any, owner: bytes, key: str, body: bytes
@@ -244,6 +252,26 @@ async def _store(
         kept,
         body,
     )
+
+
+async def _admitted(scope: Scope, send: Send) -> bool:
+    """Whether the caller may have an answer from the store (a replay, or a 409 about the key): its key is
+    authenticated as the request itself would be, so the answer costs a rate-limit token and carries the
+    X-RateLimit-* headers like any other (PRODUCT §6); otherwise the refusal (401, 403, 429) is sent."""
+    request = Request(scope)
+    try:
+        await authenticate(request)
+    except AppError as exc:
+        answer = handler_for(scope["app"].exception_handlers, exc)
+        if answer is None:  # pragma: no cover - every AppError has a handler (kit/exception_handlers.py)
+            raise
+        await (await answer(request, exc))(scope, _no_body, send)
+        return False
+    return True
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 async def _replay(send: Send, row: Any) -> None:

@@ -1055,6 +1055,8 @@ async def test_paging_extremes_are_accepted(client: httpx.AsyncClient, ctx: Ctx,
             ("created_after", "yesterday"),
             ("created_before", "2024-13-40T00:00:00Z"),
             ("created_after", ""),
+            ("created_after", "0001-01-01T00:00:00+01:00"),  # year 0 in UTC: nothing can store it
+            ("created_before", "9999-12-31T23:59:59-23:59"),  # year 10000 in UTC
         )
     ]
     + [

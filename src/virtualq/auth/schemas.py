@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 
 from virtualq.auth.principal import Role, Scope
 from virtualq.kit.schemas import InputModel, Name, OutputModel
@@ -34,7 +34,7 @@ class ApiKeyCreate(InputModel):
 
 
 RatePerMinute = Annotated[
-    int | None,
+    StrictInt | None,
     Field(
         default=None,
         ge=0,
@@ -44,7 +44,7 @@ RatePerMinute = Annotated[
     ),
 ]
 RateBurst = Annotated[
-    int | None,
+    StrictInt | None,
     Field(
         default=None,
         ge=1,

@@ -23,7 +23,10 @@ def _account_scope(principal: Principal) -> uuid.UUID | None:
 async def create_customer(conn: Connection, principal: Principal, body: CustomerCreate) -> Record:
     account_id = body.account_id or principal.account_id
     if account_id is None:
-        raise ValidationFailed("account_id is required", {"field": "account_id"})
+        raise ValidationFailed(
+            "account_id is required in the body: customers belong to an account, and a platform key has none",
+            {"field": "account_id"},
+        )
     if not principal.covers_account(account_id):
         raise Forbidden("this key may not create customers in that account")
     if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)", account_id):

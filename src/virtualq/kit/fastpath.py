@@ -237,6 +237,8 @@ class RouteIndex:
         self.by_shape: dict[tuple[int, str | None, str | None, str | None], list[BaseRoute]] = {}
 
     def candidates(self, path: str) -> list[BaseRoute]:
+        if not path.startswith("/"):  # `OPTIONS *` and other targets that are no path: no route has them
+            return []
         segments = path.split("/")[1:]
         first, second, last = _ends(segments)
         known = self.known

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
 
-from virtualq.kit.schemas import CommonFilters
+from virtualq.kit.schemas import CommonFilters, Instant
 
 
 class ErrorBody(BaseModel):
@@ -37,8 +36,8 @@ WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413)
 
 async def _common_filters(
     is_active: Annotated[bool | None, Query(description="Only active (true) or deactivated (false).")] = None,
-    created_after: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
-    created_before: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    created_after: Annotated[Instant | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    created_before: Annotated[Instant | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
 ) -> CommonFilters:
     return CommonFilters(is_active=is_active, created_after=created_after, created_before=created_before)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 import zoneinfo
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
@@ -31,17 +32,28 @@ MAX_INPUT_DEPTH = 64
 MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{what} may not contain NUL characters")
+    # JSON's \ud800-\udfff escapes alone (not in a pair) are no Unicode text: nothing can store or write them.
+    if not value.isascii() and _SURROGATE.search(value):
+        raise ValueError(f"{what} may not contain unpaired surrogates (\\ud800 to \\udfff)")
+
+
 def _check_raw(value: Any, depth: int = 0) -> None:
-    """NUL characters (PostgreSQL text and jsonb cannot hold them) and absurd nesting, anywhere in a body."""
+    """NUL characters and unpaired surrogates (PostgreSQL text and jsonb cannot hold them) and absurd
+    nesting, anywhere in a body."""
     if depth > MAX_INPUT_DEPTH:
         raise ValueError(f"the body is nested more than {MAX_INPUT_DEPTH} levels deep")
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("text may not contain NUL characters")
+        _check_text(value, "text")
     elif isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(key, str) and "\x00" in key:
-                raise ValueError("keys may not contain NUL characters")
+            if isinstance(key, str):
+                _check_text(key, "keys")
             _check_raw(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
@@ -152,10 +164,25 @@ class Page(BaseModel, Generic[T]):
     pagination: Pagination
 
 
+def _storable_instant(value: datetime) -> datetime:
+    """A time PostgreSQL can be sent: in UTC it must still fall within years 1 to 9999 (0001-01-01T00:00+01:00
+    is in year 0 in UTC)."""
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("the time in UTC must fall within the years 1 to 9999") from None
+    return value
+
+
+# A timestamp a client sends (filters): RFC 3339, within what can be stored.
+Instant = Annotated[datetime, AfterValidator(_storable_instant)]
+
+
 class CommonFilters(BaseModel):
     is_active: bool | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: Instant | None = None
+    created_before: Instant | None = None
 
 
 IdList = Annotated[list[uuid.UUID], Field(max_length=100)]

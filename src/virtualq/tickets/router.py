@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from virtualq.auth.principal import (
     STAFF_ROLES,
@@ -20,7 +21,7 @@ from virtualq.kit.fastpath import fast_path, json_body, named_tenant, no_query, 
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.responses import fields_of, project, trusted_json
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS, error_responses
-from virtualq.kit.schemas import Page
+from virtualq.kit.schemas import Instant, Page
 from virtualq.queues.feed_cache import FeedCache
 from virtualq.tickets import items_service, line, service
 from virtualq.tickets.etag import IfMatch, check_if_match, etag, tag
@@ -69,21 +70,26 @@ async def _ticket_filters(
     customer_id: uuid.UUID | None = None,
     employee_id: uuid.UUID | None = None,
     type_definition_id: uuid.UUID | None = None,
-    created_after: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
-    created_before: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
-    expires_before: Annotated[datetime | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    created_after: Annotated[Instant | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    created_before: Annotated[Instant | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
+    expires_before: Annotated[Instant | None, Query(description="RFC 3339 timestamp, exclusive.")] = None,
 ) -> TicketFilters:
-    return TicketFilters(
-        queue_id=queue_id,
-        current_state=current_state,
-        state_category=state_category,
-        customer_id=customer_id,
-        employee_id=employee_id,
-        type_definition_id=type_definition_id,
-        created_after=created_after,
-        created_before=created_before,
-        expires_before=expires_before,
-    )
+    try:
+        return TicketFilters(
+            queue_id=queue_id,
+            current_state=current_state,
+            state_category=state_category,
+            customer_id=customer_id,
+            employee_id=employee_id,
+            type_definition_id=type_definition_id,
+            created_after=created_after,
+            created_before=created_before,
+            expires_before=expires_before,
+        )
+    except ValidationError as exc:  # what the model adds to the query's own checks (a blank state name)
+        raise RequestValidationError(
+            [{**error, "loc": ("query", *error["loc"])} for error in exc.errors(include_url=False)]
+        ) from None
 
 
 @router.post("/v1/tickets", status_code=201, response_model=Ticket, responses=TRANSITION_ERRORS)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
 
 from virtualq.fsm import Category
-from virtualq.kit.schemas import InputModel, JsonObject, OutputModel, PatchModel
+from virtualq.kit.schemas import InputModel, Instant, JsonObject, OutputModel, PatchModel
 
 TransitionName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=32)]
 Notes = Annotated[StrictStr, StringConstraints(max_length=2000)]
@@ -49,9 +49,9 @@ class TicketFilters(InputModel):
     customer_id: uuid.UUID | None = None
     employee_id: uuid.UUID | None = None
     type_definition_id: uuid.UUID | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    expires_before: datetime | None = None
+    created_after: Instant | None = None
+    created_before: Instant | None = None
+    expires_before: Instant | None = None
 
 
 class Ticket(OutputModel):

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import NoSuchResource, Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from virtualq.fsm import Machine
 
@@ -34,15 +39,26 @@ class CompiledType:
         problems = limit_errors(data)
         if problems or self.validator is None:
             return problems
+        try:
+            errors = sorted(self.validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+        except (Unresolvable, RecursionError):
+            # A schema stored before its references were checked (json_schema_problems) and found broken
+            # only now: the type must be fixed, the request cannot pass.
+            return [
+                {
+                    "path": "",
+                    "message": "this ticket type's custom_fields_schema has a reference that cannot be "
+                    "followed; an admin must correct the type",
+                    "validator": "$ref",
+                }
+            ]
         return [
             {
                 "path": "/".join(str(part) for part in error.absolute_path),
                 "message": error.message,
                 "validator": str(error.validator),
             }
-            for error in sorted(
-                self.validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))
-            )
+            for error in errors
         ]
 
 
@@ -92,7 +108,107 @@ def json_schema_problems(schema: Any) -> list[str]:
     except SchemaError as exc:
         where = "/".join(str(part) for part in exc.absolute_path)
         return [f"{where or 'schema'}: {exc.message}"]
+    return reference_problems(schema)
+
+
+# References stay inside the schema: "#" or a JSON pointer into it. Nothing is ever fetched (a `$ref` to a
+# URL would make the server request it, from inside the network, while the request waits).
+_UNSUPPORTED_REFERENCES = ("$dynamicRef", "$recursiveRef")
+
+
+def _subschemas(schema: Any) -> Iterator[dict[str, Any]]:
+    """`schema` and every schema inside it, by the keywords of Draft 2020-12 (not by key names: a property
+    called "$ref" is a property)."""
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(DRAFT202012.subresources_of(item))
+
+
+def _target(root: dict[str, Any], reference: str) -> Any:
+    """What a local reference ("#" or "#/json/pointer") points to; LookupError if nothing."""
+    if reference == "#":
+        return root
+    if not reference.startswith("#/"):
+        raise LookupError
+    node: Any = root
+    for raw in reference[2:].split("/"):
+        part = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise LookupError
+    return node
+
+
+def reference_problems(schema: dict[str, Any]) -> list[str]:
+    """References that point outside the schema or to nothing in it, and references that lead back to
+    themselves (validation would never end)."""
+    problems: list[str] = []
+    targets: dict[int, Any] = {}  # id of a referenced schema -> the schema
+    edges: dict[int, list[int]] = {}
+
+    def refs_in(node: Any) -> list[int]:
+        found = []
+        for sub in _subschemas(node):
+            for keyword in _UNSUPPORTED_REFERENCES:
+                if keyword in sub and f"{keyword} is not supported" not in problems:
+                    problems.append(f"{keyword} is not supported")
+            reference = sub.get("$ref")
+            if not isinstance(reference, str):
+                continue
+            try:
+                target = _target(schema, reference)
+            except LookupError:
+                problems.append(
+                    f'$ref {reference[:200]!r} must point inside this schema ("#" or "#/$defs/...")'
+                    if not reference.startswith("#")
+                    else f"$ref {reference[:200]!r} points to nothing in this schema"
+                )
+                continue
+            targets[id(target)] = target
+            found.append(id(target))
+        return found
+
+    refs_in(schema)
+    pending = list(targets)
+    while pending:
+        key = pending.pop()
+        if key not in edges:
+            edges[key] = refs_in(targets[key])
+            pending.extend(edges[key])
+    if problems:
+        return problems
+    # A reference cycle: a referenced schema reaches itself through the references inside it.
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+    for start in edges:
+        if state.get(start):
+            continue
+        path = [(start, iter(edges[start]))]
+        state[start] = 1
+        while path:
+            node, children = path[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                path.pop()
+            elif state.get(child) == 1:
+                return ["$ref must not lead back to a schema that contains it (recursion is not supported)"]
+            elif not state.get(child):
+                state[child] = 1
+                path.append((child, iter(edges[child])))
     return []
+
+
+def _no_retrieval(uri: str) -> Any:
+    raise NoSuchResource(uri)
+
+
+_LOCAL_ONLY: Registry[Any] = Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
 
 
 _cache: OrderedDict[tuple[uuid.UUID, int], CompiledType] = OrderedDict()
@@ -114,7 +230,11 @@ def compiled(type_id: uuid.UUID, version: int, fsm_schema: Any, custom_fields_sc
         _cache.move_to_end(key)
         return found
     machine = Machine.from_schema(fsm_schema) if fsm_schema is not None else None
-    validator = Draft202012Validator(custom_fields_schema) if custom_fields_schema is not None else None
+    validator = (
+        Draft202012Validator(custom_fields_schema, registry=_LOCAL_ONLY)
+        if custom_fields_schema is not None
+        else None
+    )
     result = CompiledType(type_id, version, machine, validator)
     _cache[key] = result
     if len(_cache) > CACHE_SIZE:

@@ -40,10 +40,22 @@ def check_url_shape(url: str) -> str:
     if parts.username or parts.password:
         raise TargetRefused("url may not carry credentials")
     try:
-        parts.port  # noqa: B018 - validates the port
+        port = parts.port
     except ValueError:
         raise TargetRefused("url has an invalid port") from None
-    return parts.hostname
+    if port == 0:
+        raise TargetRefused("url has an invalid port")
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise TargetRefused("url may not contain spaces or control characters")
+    host = parts.hostname
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:  # a name: each label 1 to 63 characters, as DNS (and the IDNA codec) requires
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise TargetRefused(f"url has an invalid host name ({host[:100]})") from None
+    return host
 
 
 async def check_target(url: str, allow_private: bool) -> None:
@@ -53,7 +65,7 @@ async def check_target(url: str, allow_private: bool) -> None:
         return
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
+    except (OSError, UnicodeError):
         raise TargetRefused(f"cannot resolve {host}") from None
     for info in infos:
         address = str(info[4][0])

@@ -1,0 +1,256 @@
+"""Hostile input that used to reach a 500 (or the network), found by a sweep of every operation on
+2026-12-01: unpaired surrogates in free-form JSON, times beyond year 9999 once in UTC, a blank state filter,
+JSON Schema references that lead nowhere, back to themselves or out to a URL, malformed webhook hosts, a
+request target that is no path, and lax integers. Each must be a 400 in the error envelope that changes
+nothing (PRODUCT §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY, LiveServer
+from tests.helpers import Api, assert_error, auth
+from tests.test_ticket_flows import coffee, ok, ticket_rows
+
+SURROGATE = "\\ud800"  # as JSON writes it: a lone high surrogate, no Unicode text
+
+
+def raw(body: str) -> dict[str, Any]:
+    """A body sent as written (httpx would refuse to encode a lone surrogate)."""
+    return {"content": body.encode(), "headers": {"content-type": "application/json"}}
+
+
+async def test_unpaired_surrogates_in_free_form_json_are_400(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    t, queue, order = await coffee(client, api)
+    ticket = await t.ticket(queue, order)
+    before = await ticket_rows(db, t.id)
+    cases = [
+        (
+            "POST",
+            "/v1/tickets",
+            f'{{"queue_id":"{queue}","type_definition_id":"{order}","custom_data":{{"k":"{SURROGATE}"}}}}',
+        ),
+        (
+            "POST",
+            "/v1/tickets",
+            f'{{"queue_id":"{queue}","type_definition_id":"{order}","custom_data":{{"{SURROGATE}":1}}}}',
+        ),
+        ("PATCH", f"/v1/tickets/{ticket['id']}", f'{{"custom_data":{{"a":["{SURROGATE}x"]}}}}'),
+        ("PATCH", f"/v1/tenants/{t.id}", f'{{"config":{{"{SURROGATE}":1}}}}'),
+        (
+            "POST",
+            "/v1/type-definitions",
+            f'{{"type_code":"zz1","type_name":"x","custom_fields_schema":{{"description":"{SURROGATE}"}}}}',
+        ),
+    ]
+    for method, path, body in cases:
+        payload = raw(body)
+        response = await client.request(
+            method, path, content=payload["content"], headers={**t.h, **payload["headers"]}
+        )
+        error = assert_error(response, 400, "validation_error")
+        assert "surrogate" in json.dumps(error), error
+    assert await ticket_rows(db, t.id) == before
+    fetched = ok(await client.get(f"/v1/tickets/{ticket['id']}", headers=t.h))
+    assert fetched["custom_data"] == ticket["custom_data"]
+    # A surrogate pair is one ordinary character: accepted and kept.
+    made = ok(
+        await client.post(
+            "/v1/tickets",
+            content=f'{{"queue_id":"{queue}","type_definition_id":"{order}","custom_data":{{"e":"\\ud83d\\ude00"}}}}'.encode(),
+            headers={**t.h, "content-type": "application/json"},
+        ),
+        201,
+    )
+    assert made["custom_data"] == {"e": "\U0001f600"}
+
+
+async def test_times_outside_the_storable_range_in_utc_are_400(client: httpx.AsyncClient, api: Api) -> None:
+    t, _, _ = await coffee(client, api)
+    for param, value in (
+        ("created_after", "0001-01-01T00:00:00+01:00"),
+        ("created_before", "9999-12-31T23:59:59-23:59"),
+        ("expires_before", "9999-12-31T23:59:59-01:00"),
+    ):
+        error = assert_error(
+            await client.get("/v1/tickets", params={param: value}, headers=t.h), 400, "validation_error"
+        )
+        assert [(p["location"], p["field"]) for p in error["details"]["errors"]] == [("query", param)]
+    counted = await client.post(
+        "/v1/tickets/count", json={"created_before": "9999-12-31T23:59:59-23:59"}, headers=t.h
+    )
+    assert_error(counted, 400, "validation_error")
+    # The edges themselves are fine.
+    assert ok(await client.get("/v1/tickets", params={"created_after": "0001-01-01T00:00:00Z"}, headers=t.h))
+    assert ok(await client.get("/v1/tickets", params={"created_before": "9999-12-31T23:59:59Z"}, headers=t.h))
+
+
+async def test_a_blank_state_filter_is_400(client: httpx.AsyncClient, api: Api) -> None:
+    t, _, _ = await coffee(client, api)
+    for blank in (" ", "\t"):
+        error = assert_error(
+            await client.get("/v1/tickets", params={"current_state": blank}, headers=t.h),
+            400,
+            "validation_error",
+        )
+        assert [(p["location"], p["field"]) for p in error["details"]["errors"]] == [
+            ("query", "current_state")
+        ]
+
+
+class Listener:
+    """A loopback TCP server that only counts who connects to it."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Listener:
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            writer.close()
+
+        self.server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/schema.json"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_schema_references_must_stay_inside_and_lead_somewhere(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """A `$ref` that points to nothing, back into itself, or out to a URL was accepted; tickets of the type
+    then failed with 500, and a URL was fetched by the server (from inside its network, while the event
+    loop waited). Now the type is refused and nothing is fetched."""
+    t, queue, _ = await coffee(client, api)
+    fsm = {"init": "a", "states": ["a"], "transitions": []}
+    async with Listener() as outside:
+        for number, schema in enumerate(
+            [
+                {"$ref": "#"},
+                {"$ref": "#/$defs/nope"},
+                {"$ref": "urn:x"},
+                {"$ref": outside.url},
+                {"$dynamicRef": "#nope"},
+                {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+                {
+                    "properties": {"x": {"$ref": "#/$defs/n"}},
+                    "$defs": {"n": {"items": {"$ref": "#/$defs/n"}}},
+                },
+            ]
+        ):
+            body = {
+                "type_code": f"bad{number}",
+                "type_name": "Bad",
+                "fsm_schema": fsm,
+                "custom_fields_schema": schema,
+            }
+            error = assert_error(
+                await client.post("/v1/type-definitions", json=body, headers=t.h), 400, "validation_error"
+            )
+            assert "$ref" in json.dumps(error) or "$dynamicRef" in json.dumps(error), error
+        assert outside.connections == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM type_definitions WHERE tenant_id = $1 AND type_code LIKE 'bad%'",
+            uuid.UUID(t.id),
+        )
+        == 0
+    )
+    # Local references that lead somewhere are fine, and are followed.
+    good = {
+        "type": "object",
+        "properties": {"size": {"$ref": "#/$defs/size"}, "$ref": {"type": "string"}},
+        "$defs": {"size": {"enum": ["S", "M", "L"]}},
+    }
+    kind = await t.type("sized", fsm, custom_fields_schema=good)
+    ok(
+        await client.post(
+            "/v1/tickets",
+            json={"queue_id": queue, "type_definition_id": kind["id"], "custom_data": {"size": "M"}},
+            headers=t.h,
+        ),
+        201,
+    )
+    refused = await client.post(
+        "/v1/tickets",
+        json={"queue_id": queue, "type_definition_id": kind["id"], "custom_data": {"size": "XL"}},
+        headers=t.h,
+    )
+    assert_error(refused, 400, "validation_error")
+    # A type stored with a broken reference before this check: its tickets are 400, not 500.
+    legacy = await t.type("legacy", fsm, custom_fields_schema={"type": "object"})
+    await db.execute(
+        """UPDATE type_definitions SET custom_fields_schema = '{"$ref": "#"}', version = version + 1
+            WHERE id = $1""",
+        uuid.UUID(legacy["id"]),
+    )
+    before = await ticket_rows(db, t.id)
+    response = await client.post(
+        "/v1/tickets", json={"queue_id": queue, "type_definition_id": legacy["id"]}, headers=t.h
+    )
+    assert_error(response, 400, "validation_error")
+    assert await ticket_rows(db, t.id) == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a..b/x",
+        "http://" + "a" * 300 + ".example/x",
+        "http://93.184.215.14/\r\nX: y",
+        "http://example.com:0/hook",
+        "http://exa mple.com/hook",
+    ],
+)
+async def test_malformed_webhook_urls_are_400(client: httpx.AsyncClient, api: Api, url: str) -> None:
+    t, _, _ = await coffee(client, api)
+    assert_error(await client.post("/v1/webhooks", json={"url": url}, headers=t.h), 400, "validation_error")
+    assert ok(await client.get("/v1/webhooks", headers=t.h))["data"] == []
+
+
+async def test_a_request_target_that_is_no_path_is_not_a_500(live_server: LiveServer) -> None:
+    host, port = live_server.url.split("//", 1)[1].rstrip("/").split(":")
+    for method in (b"OPTIONS", b"GET"):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(method + b" * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        assert status_line.split()[1] == b"404", status_line
+
+
+async def test_api_key_limits_take_integers_only(client: httpx.AsyncClient, api: Api) -> None:
+    world = await api.world()
+    keys = ok(
+        await client.get("/v1/api-keys", params={"tenant_id": world.tenant_id}, headers=auth(ADMIN_KEY))
+    )
+    key_id = keys["data"][0]["id"]
+    for body in ({"rate_limit_per_minute": True}, {"rate_limit_burst": "7"}, {"rate_limit_per_minute": 1.0}):
+        assert_error(
+            await client.patch(f"/v1/api-keys/{key_id}", json=body, headers=auth(ADMIN_KEY)),
+            400,
+            "validation_error",
+        )
+    after = ok(
+        await client.get("/v1/api-keys", params={"tenant_id": world.tenant_id}, headers=auth(ADMIN_KEY))
+    )
+    assert after["data"][0]["rate_limit_per_minute"] is None
+    assert after["data"][0]["rate_limit_burst"] is None

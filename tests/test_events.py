@@ -319,6 +319,41 @@ async def test_a_stream_resumed_from_a_cursor_its_hub_has_not_read_sends_nothing
         assert events_cursor.parse(got[0]["id"]) > events_cursor.parse(have[-1]["id"])  # type: ignore[operator]
 
 
+async def test_a_forward_reaches_the_queue_the_ticket_left(
+    client: httpx.AsyncClient, api: Api, base_url: str
+) -> None:
+    """ticket.forwarded is filed under the queue the ticket joined (its envelope's queue_id); filtering by
+    the queue it left finds it too, in the log and on the stream, or that queue's screens never hear that the
+    ticket went. Other queues' filters do not."""
+    t, queue, order = await coffee(client, api)
+    target, bystander = await t.queue("Target"), await t.queue("Bystander")
+    ticket = await t.ticket(queue, order)
+    key = t.world.tenant_admin
+    async with (
+        Stream(base_url, key, queue_id=queue) as left,
+        Stream(base_url, key, queue_id=target["id"]) as joined,
+        Stream(base_url, key, queue_id=bystander["id"]) as elsewhere,
+    ):
+        ok(
+            await client.post(
+                f"/v1/tickets/{ticket['id']}/forward", json={"target_queue_id": target["id"]}, headers=t.h
+            )
+        )
+        (gone,) = await left.wait_for(1)
+        (came,) = await joined.wait_for(1)
+        assert gone == came
+        assert (gone["type"], gone["queue_id"], gone["data"]["previous_queue_id"]) == (
+            "ticket.forwarded",
+            target["id"],
+            queue,
+        )
+        await asyncio.sleep(0.3)
+        assert elsewhere.events == []
+    logged = ok(await client.get("/v1/events", params={"queue_id": queue}, headers=t.h))["data"]
+    assert [e["type"] for e in logged] == ["ticket.created", "ticket.forwarded"]
+    assert ok(await client.get("/v1/events", params={"queue_id": bystander["id"]}, headers=t.h))["data"] == []
+
+
 async def test_stream_filters_and_display_payloads(
     client: httpx.AsyncClient, api: Api, base_url: str
 ) -> None:

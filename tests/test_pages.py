@@ -164,7 +164,9 @@ async def test_wall_display_comes_back_once_its_key_is_accepted_again(
     await page.clock.install()
     await page.goto(f"{live_server.url}/display/queues/{s.queue['id']}#key={s.keys['display']}")
     status = page.locator("#status")
-    await expect(status).to_contain_text("This key was refused: the account or tenant", timeout=5000)
+    await expect(status).to_contain_text(
+        "This key was refused: the account, tenant or employee", timeout=5000
+    )
     ok(await client.patch(f"/v1/tenants/{s.t.id}", json={"is_active": True}, headers=account))
     await asyncio.sleep(1.5)  # every process forgets the cached key within a second
     await page.clock.fast_forward(61_000)
@@ -217,6 +219,28 @@ async def test_several_queues_side_by_side(
     )
     await expect(page.locator("#queues h2")).to_have_text(["Main counter", "Pickup"], timeout=5000)
     await expect(page.locator("[data-code='P001']")).to_be_visible(timeout=FAST)
+
+
+async def test_a_ticket_forwarded_away_leaves_the_display_and_a_closed_queue_keeps_its_line(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    """A forward is filed under the queue the ticket joined: the display of the queue it left must drop it
+    at once all the same. Closing the queue keeps the line on the wall (those tickets are still served)."""
+    s = await shop(client, api)
+    elsewhere = await s.t.queue("Elsewhere", ticket_prefix="E")
+    leaving, staying = await s.ticket(), await s.ticket()
+    await page.goto(f"{live_server.url}/display/queues/{s.queue['id']}#key={s.keys['display']}")
+    waiting = page.locator(".column.waiting")
+    await expect(waiting.locator(f"[data-code='{leaving['display_code']}']")).to_be_visible(timeout=5000)
+    ok(
+        await client.post(
+            f"/v1/tickets/{leaving['id']}/forward", json={"target_queue_id": elsewhere["id"]}, headers=s.t.h
+        )
+    )
+    await expect(waiting.locator(f"[data-code='{leaving['display_code']}']")).to_have_count(0, timeout=FAST)
+    ok(await client.post(f"/v1/queues/{s.queue['id']}/disable", headers=s.t.h))
+    await expect(page.locator("#queues h2")).to_contain_text("closed to new tickets", timeout=FAST)
+    await expect(waiting.locator(f"[data-code='{staying['display_code']}']")).to_be_visible(timeout=FAST)
 
 
 async def test_staff_console_buttons_make_the_calls(

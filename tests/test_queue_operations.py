@@ -353,6 +353,101 @@ async def test_events_written_inside_the_changes_statement_carry_the_whole_paylo
     assert await db.fetchval("SELECT count(*) FROM events WHERE ticket_id = $1", uuid.UUID(ids[3])) == before
 
 
+async def test_call_next_and_transitions_that_assign_announce_it(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """An assignment made by call-next or by a transition's employee_id is a change like POST /assign's
+    (PRODUCT §5: every change has its event): ticket.assigned with the employee and the one before, after
+    the state change's own events; a change that keeps the assignee announces no assignment."""
+    t, queue_id, _, ids = await coffee(client, api, tickets=3)
+
+    async def employee(name: str) -> str:
+        body = {"fname": name, "lname": "X", "email": f"{name.lower()}@example.com"}
+        return str(ok(await client.post("/v1/employees", json=body, headers=t.h), 201)["id"])
+
+    ana, ben = await employee("Ana"), await employee("Ben")
+    staff = await api.key("tenant", "staff", key=t.world.tenant_admin, tenant_id=t.id, employee_id=ben)
+
+    async def events_of(ticket_id: str) -> list[tuple[str, Any, Any]]:
+        rows = await db.fetch(
+            "SELECT type, data FROM events WHERE ticket_id = $1 ORDER BY tx_id, id", uuid.UUID(ticket_id)
+        )
+        return [
+            (
+                row["type"],
+                json.loads(row["data"]).get("employee_id"),
+                json.loads(row["data"]).get("previous_employee_id"),
+            )
+            for row in rows
+        ]
+
+    first = ok(await call(client, t, queue_id, employee_id=ana))
+    assert await events_of(first["id"]) == [
+        ("ticket.created", None, None),
+        ("ticket.state_changed", None, None),
+        ("ticket.assigned", ana, None),
+    ]
+    assigned = next(
+        json.loads(row["data"])
+        for row in await db.fetch(
+            "SELECT type, data FROM events WHERE ticket_id = $1", uuid.UUID(first["id"])
+        )
+        if row["type"] == "ticket.assigned"
+    )
+    assert (assigned["current_state"], assigned["version"]) == (first["current_state"], first["version"])
+    # The key's own employee, when the body names none.
+    second = ok(await client.post(f"/v1/queues/{queue_id}/call-next", json={}, headers=auth(staff)))
+    assert (await events_of(second["id"]))[-1] == ("ticket.assigned", ben, None)
+    # A transition handing the ticket to someone else announces it; one keeping the assignee does not.
+    ok(
+        await client.post(
+            f"/v1/tickets/{first['id']}/transition",
+            json={"transition": "mark_ready", "employee_id": ben},
+            headers=t.h,
+        )
+    )
+    ok(
+        await client.post(
+            f"/v1/tickets/{first['id']}/transition",
+            json={"transition": "pickup", "employee_id": ben},
+            headers=t.h,
+        )
+    )
+    assert [e for e in await events_of(first["id"])][3:] == [
+        ("ticket.state_changed", None, None),
+        ("ticket.assigned", ben, ana),
+        ("ticket.state_changed", None, None),
+        ("ticket.completed", None, None),
+    ]
+    # Nobody named, nobody assigned: no assignment event.
+    ok(await call(client, t, queue_id))
+    assert [kind for kind, _, _ in await events_of(ids[2])] == ["ticket.created", "ticket.state_changed"]
+
+
+async def test_a_key_of_a_deactivated_employee_is_refused_until_they_are_active_again(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """A staff key attributes its calls to its employee, who must be active (PRODUCT §4): once the employee
+    is deactivated the key is refused (it would assign tickets to someone gone), at once in this process."""
+    t, queue_id, _, ids = await coffee(client, api, tickets=2)
+    body = {"fname": "Cy", "lname": "X", "email": "cy@example.com"}
+    cy = str(ok(await client.post("/v1/employees", json=body, headers=t.h), 201)["id"])
+    staff = await api.key("tenant", "staff", key=t.world.tenant_admin, tenant_id=t.id, employee_id=cy)
+    called = ok(await client.post(f"/v1/queues/{queue_id}/call-next", json={}, headers=auth(staff)))
+    assert called["employee_id"] == cy
+    assert (await client.delete(f"/v1/employees/{cy}", headers=t.h)).status_code == 204
+    for method, path, payload in (
+        ("POST", f"/v1/queues/{queue_id}/call-next", {}),
+        ("GET", f"/v1/tickets/{ids[1]}", None),
+    ):
+        refused = await client.request(method, path, json=payload, headers=auth(staff))
+        assert "employee" in assert_error(refused, 403, "forbidden")["message"]
+    assert await db.fetchval("SELECT employee_id FROM tickets WHERE id = $1", uuid.UUID(ids[1])) is None
+    ok(await client.patch(f"/v1/employees/{cy}", json={"is_active": True}, headers=t.h))
+    again = ok(await client.post(f"/v1/queues/{queue_id}/call-next", json={}, headers=auth(staff)))
+    assert (again["id"], again["employee_id"]) == (ids[1], cy)
+
+
 async def test_concurrent_reorders_and_calls_keep_positions_gap_free(
     client: httpx.AsyncClient, api: Api
 ) -> None:

@@ -315,8 +315,23 @@ async def test_webhooks_are_admin_only_and_tenant_isolated(client: httpx.AsyncCl
     ):
         assert_error(await client.request(method, path, json=body, headers=stranger.h), 404, "not_found")
     assert ok(await client.get("/v1/webhooks", headers=stranger.h))["data"] == []
+    # Staff read configuration (PRODUCT §6), webhooks and their deliveries included, and change none of it;
+    # display keys see none of it.
     staff = await api.key("tenant", "staff", key=t.world.tenant_admin, tenant_id=t.id)
-    assert_error(await client.get("/v1/webhooks", headers=auth(staff)), 403, "forbidden")
+    listed = ok(await client.get("/v1/webhooks", headers=auth(staff)))["data"]
+    assert [h["id"] for h in listed] == [hook["id"]]
+    assert "secret" not in listed[0]
+    ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=auth(staff)))
+    ok(await client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=auth(staff)))
+    for method, path, body in (
+        ("POST", "/v1/webhooks", {"url": "https://example.com/h"}),
+        ("PATCH", f"/v1/webhooks/{hook['id']}", {"is_active": False}),
+        ("DELETE", f"/v1/webhooks/{hook['id']}", None),
+        ("POST", f"/v1/webhooks/{hook['id']}/test", None),
+    ):
+        assert_error(await client.request(method, path, json=body, headers=auth(staff)), 403, "forbidden")
+    display = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id)
+    assert_error(await client.get("/v1/webhooks", headers=auth(display)), 403, "forbidden")
     for bad in ({"url": "http://127.0.0.1:9/", "event_types": ["ticket.exploded"]}, {"url": 5}, {"nope": 1}):
         assert_error(await client.post("/v1/webhooks", json=bad, headers=t.h), 400, "validation_error")
     assert ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))["is_active"] is True

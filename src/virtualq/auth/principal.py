@@ -111,14 +111,15 @@ async def authenticate(request: Request) -> Principal:
         cache: TtlCache = request.app.state.key_cache
         caller = cache.get(digest)
         if caller is MISSING:
-            async with acquire(get_pool(request), transaction=False, unscoped=True) as conn:
+            # Every tenant's rows: the key's employee is read too (once per key while it stays cached).
+            async with acquire(get_pool(request), transaction=False, system=True) as conn:
                 row = await repository.find_usable_key(conn, digest)
             if row is None:
                 raise Unauthorized("the API key is not valid or has been revoked")
             caller = _caller(row)
             cache.put(digest, caller)
         if not caller.active:
-            raise Forbidden("the account or tenant of this API key is deactivated")
+            raise Forbidden("the account, tenant or employee of this API key is deactivated")
     principal = caller.principal
     state = request_state(request)
     state["principal"] = principal

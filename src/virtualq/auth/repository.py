@@ -14,14 +14,17 @@ COLUMNS = (
 
 
 async def find_usable_key(conn: Connection, key_hash: bytes) -> Record | None:
-    """The unrevoked key with this digest, and whether its account (and tenant) are active."""
+    """The unrevoked key with this digest, and whether its account, tenant and employee are active (the
+    employee's row is under row security: `conn` must see every tenant's)."""
     row: Record | None = await conn.fetchrow(
         """SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
                   k.rate_limit_per_minute, k.rate_limit_burst,
-                  coalesce(a.is_active, true) AND coalesce(t.is_active, true) AS owner_active
+                  coalesce(a.is_active, true) AND coalesce(t.is_active, true)
+                      AND coalesce(e.is_active, k.employee_id IS NULL) AS owner_active
              FROM api_keys k
              LEFT JOIN accounts a ON a.id = k.account_id
              LEFT JOIN tenants t ON t.id = k.tenant_id
+             LEFT JOIN employees e ON e.id = k.employee_id
             WHERE k.key_hash = $1 AND k.revoked_at IS NULL""",
         key_hash,
     )

@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 
-from virtualq.auth.principal import StaffOrAdmin, TenantAdmin, TenantStaff, resolve_tenant
+from virtualq.auth.principal import StaffOrAdmin, TenantAdmin, TenantStaff, invalidate_keys, resolve_tenant
 from virtualq.db import ReadConn, WriteConn, use_tenant
 from virtualq.employees import service
 from virtualq.employees.schemas import Employee, EmployeeCreate, EmployeeQueues, EmployeeUpdate
@@ -66,15 +66,23 @@ async def get_employee(employee_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn)
 @router.patch("/v1/employees/{employee_id}", response_model=Employee, responses=WRITE_ERRORS)
 @router.put("/v1/employees/{employee_id}", response_model=Employee, responses=WRITE_ERRORS)
 async def update_employee(
-    employee_id: uuid.UUID, body: EmployeeUpdate, ctx: TenantAdmin, conn: WriteConn
+    employee_id: uuid.UUID, body: EmployeeUpdate, request: Request, ctx: TenantAdmin, conn: WriteConn
 ) -> Any:
-    """Partial update; PUT is accepted with the same meaning."""
-    return await service.update_employee(conn, ctx, employee_id, body)
+    """Partial update; PUT is accepted with the same meaning. API keys attributed to a deactivated
+    employee are refused (403) until the employee is active again."""
+    result = await service.update_employee(conn, ctx, employee_id, body)
+    if body.is_active is not None:
+        invalidate_keys(request)
+    return result
 
 
 @router.delete("/v1/employees/{employee_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
-async def deactivate_employee(employee_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -> Response:
+async def deactivate_employee(
+    employee_id: uuid.UUID, request: Request, ctx: TenantAdmin, conn: WriteConn
+) -> Response:
+    """Deactivate; API keys attributed to the employee are refused (403) from then on."""
     await service.deactivate_employee(conn, ctx, employee_id)
+    invalidate_keys(request)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -47,6 +47,14 @@ def envelope(row: Record) -> dict[str, Any]:
     }
 
 
+def concerns_queue(event: dict[str, Any], queue_id: str) -> bool:
+    """Whether `event` belongs to the queue: it is the event's queue, or the queue a forwarded ticket left
+    (a forward is filed under the queue the ticket joined; the one it left hears of it too)."""
+    if event["queue_id"] == queue_id:
+        return True
+    return bool(event["type"] == "ticket.forwarded" and event["data"].get("previous_queue_id") == queue_id)
+
+
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
 

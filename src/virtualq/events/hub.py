@@ -26,7 +26,7 @@ import structlog
 from virtualq.db import acquire
 from virtualq.events import repository
 from virtualq.events.cursor import Cursor
-from virtualq.events.envelope import cursor_of, display_safe, envelope, sse_message
+from virtualq.events.envelope import concerns_queue, cursor_of, display_safe, envelope, sse_message
 from virtualq.kit.metrics import Metrics
 from virtualq.pool import Pool
 
@@ -65,7 +65,7 @@ class Subscriber:
             return self.match(event)
         return (
             (not self.types or event["type"] in self.types)
-            and (self.queue_id is None or event["queue_id"] == str(self.queue_id))
+            and (self.queue_id is None or concerns_queue(event, str(self.queue_id)))
             and (self.ticket_id is None or event["ticket_id"] == str(self.ticket_id))
         )
 

@@ -91,7 +91,11 @@ async def read(
     where.add_constant(SETTLED)
     if types:
         where.add("type = ANY ({}::text[])", list(types))
-    where.add_if("queue_id = {}", queue_id)
+    # The queue's own events, and the forwards out of it (events/envelope.concerns_queue).
+    where.add_if(
+        "(queue_id = {0} OR (type = 'ticket.forwarded' AND data ->> 'previous_queue_id' = {0}::text))",
+        queue_id,
+    )
     where.add_if("ticket_id = {}", ticket_id)
     if plan_once:
         limit_sql = str(int(limit))

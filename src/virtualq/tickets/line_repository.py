@@ -61,14 +61,14 @@ CALL_FIRST_WAITING = f"""
 WITH q AS (
     SELECT id FROM queues WHERE tenant_id = $1 AND id = $2
 ), c AS (
-    SELECT t.id, t.type_definition_id, t.current_state, td.version AS type_version
+    SELECT t.id, t.type_definition_id, t.current_state, t.employee_id, td.version AS type_version
       FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
      WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category = 'waiting'
      ORDER BY t.sort_key
      LIMIT 1
        FOR UPDATE OF t SKIP LOCKED FOR SHARE OF td
 ), m AS (
-    SELECT c.id AS ticket_id, p.*
+    SELECT c.id AS ticket_id, c.employee_id AS previous_employee_id, p.*
       FROM c JOIN unnest($3::uuid[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[],
                          $9::bool[], $10::bool[], $11::bool[], $12::bool[])
                   AS p(type_id, type_version, from_state, via, to_state, to_category,
@@ -82,12 +82,12 @@ WITH q AS (
            version = version + 1, updated_at = now()
       FROM m
      WHERE tickets.tenant_id = $1 AND tickets.id = m.ticket_id
-    RETURNING tickets.*, m.via, m.from_state
+    RETURNING tickets.*, m.via, m.from_state, m.previous_employee_id
 ), h AS (
     INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
                                 employee_id, notes)
     SELECT tenant_id, $14, id, from_state, current_state, via, $13, $15 FROM t
-), {state_change_events("from_state", "via")}
+), {state_change_events("from_state", "via", "previous_employee_id")}
 SELECT EXISTS (SELECT 1 FROM q) AS queue_found, c.id AS candidate_id, c.type_definition_id AS candidate_type,
        c.type_version AS candidate_type_version, c.current_state AS candidate_state,
        {TICKET_COLUMNS}, {POSITION}, t.from_state AS previous_state

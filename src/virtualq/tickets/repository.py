@@ -53,11 +53,23 @@ NEW_TICKET_COLUMNS = """n int, id uuid, history_id uuid, type_definition_id uuid
     ttl_minutes int, custom_data jsonb, leaves bool, ready bool, done bool, cancelled bool, pace float8"""
 
 
-def state_change_events(previous_state: str, transition: str) -> str:
+def state_change_events(previous_state: str, transition: str, previous_employee: str | None = None) -> str:
     """CTEs `d`, `e` following a CTE `t` of changed tickets: ticket.state_changed for each, plus
-    ticket.completed or ticket.cancelled for those reaching such a state (arguments: SQL expressions)."""
+    ticket.completed or ticket.cancelled for those reaching such a state (arguments: SQL expressions); with
+    `previous_employee` (the assignee before the change), ticket.assigned for those the change assigned to
+    someone else, as POST /assign writes it."""
+    assigned = ""
+    if previous_employee is not None:
+        assigned = f"""
+        UNION ALL
+        SELECT tenant_id, 'ticket.assigned', queue_id, id,
+               jsonb_build_object({EVENT_SUMMARY}, 'employee_id', employee_id,
+                                  'previous_employee_id', previous_employee_id)
+          FROM d WHERE employee_id IS DISTINCT FROM previous_employee_id AND employee_id IS NOT NULL"""
     return f"""d AS (
-        SELECT tenant_id, queue_id, id, state_category,
+        SELECT tenant_id, queue_id, id, state_category, display_code, number, current_state,
+               type_definition_id, version, employee_id,
+               {previous_employee or "NULL::uuid"} AS previous_employee_id,
                jsonb_build_object({EVENT_SUMMARY}, 'previous_state', {previous_state},
                                   'transition', {transition}) AS data
           FROM t
@@ -67,7 +79,7 @@ def state_change_events(previous_state: str, transition: str) -> str:
         UNION ALL
         SELECT tenant_id, CASE state_category WHEN 'done' THEN 'ticket.completed' ELSE 'ticket.cancelled' END,
                queue_id, id, data
-          FROM d WHERE state_category IN ('done', 'cancelled')
+          FROM d WHERE state_category IN ('done', 'cancelled'){assigned}
     )"""
 
 
@@ -236,7 +248,7 @@ async def type_schemas(conn: Connection, type_id: uuid.UUID) -> Record | None:
     return row
 
 
-STATE_CHANGE_EVENTS = state_change_events("$5::text", "$12::text")
+STATE_CHANGE_EVENTS = state_change_events("$5::text", "$12::text", "(SELECT employee_id FROM o)")
 
 
 async def apply_transition(
@@ -265,7 +277,9 @@ async def apply_transition(
     timestamps = TIMESTAMP_ASSIGNMENTS.format(leaves="$6", ready="$7", done="$8", cancelled="$9")
     row: Record | None = await conn.fetchrow(
         f"""
-        WITH t AS (
+        WITH o AS (  -- the ticket as it was (a change since the statement's snapshot fails the version check)
+            SELECT employee_id FROM tickets WHERE tenant_id = $1 AND id = $2
+        ), t AS (
             UPDATE tickets SET current_state = $3, state_category = $4,
                    employee_id = coalesce($10, employee_id), {timestamps},
                    version = version + 1, updated_at = now()

@@ -15,6 +15,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  #
 
 from virtualq.db import SystemReadConn, acquire, get_pool
 from virtualq.errors import NotFound, not_found
+from virtualq.events.envelope import concerns_queue
 from virtualq.events.hub import EventHub
 from virtualq.kit.routing import error_responses
 from virtualq.kit.transport import end_on_stop
@@ -178,7 +179,7 @@ async def public_ticket_stream(
     subscriber = hub.subscribe(
         row["tenant_id"],
         display=True,
-        match=lambda event: event["ticket_id"] == ticket or event["queue_id"] == queue,
+        match=lambda event: event["ticket_id"] == ticket or concerns_queue(event, queue),
         ping_only=True,
     )
     end_on_stop(request.scope, lambda: hub.end(subscriber))

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from virtualq.auth.principal import TenantAdmin
+from virtualq.auth.principal import TenantAdmin, TenantStaff
 from virtualq.db import ReadConn, WriteConn
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS
@@ -30,13 +30,13 @@ async def create_webhook(body: WebhookCreate, request: Request, ctx: TenantAdmin
 
 
 @router.get("/v1/webhooks", response_model=Page[Webhook], responses=READ_ERRORS)
-async def list_webhooks(ctx: TenantAdmin, conn: ReadConn, page: PageQuery) -> Any:
+async def list_webhooks(ctx: TenantStaff, conn: ReadConn, page: PageQuery) -> Any:
     rows, total = await service.list_page(conn, ctx, page)
     return page_envelope(rows, total, page)
 
 
 @router.get("/v1/webhooks/{webhook_id}", response_model=Webhook, responses=READ_ERRORS)
-async def get_webhook(webhook_id: uuid.UUID, ctx: TenantAdmin, conn: ReadConn) -> Any:
+async def get_webhook(webhook_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
     return await service.get(conn, ctx, webhook_id)
 
 
@@ -58,7 +58,7 @@ async def deactivate_webhook(webhook_id: uuid.UUID, ctx: TenantAdmin, conn: Writ
 @router.get("/v1/webhooks/{webhook_id}/deliveries", response_model=Page[Delivery], responses=READ_ERRORS)
 async def list_deliveries(
     webhook_id: uuid.UUID,
-    ctx: TenantAdmin,
+    ctx: TenantStaff,
     conn: ReadConn,
     page: PageQuery,
     status_filter: Annotated[Literal["pending", "succeeded", "failed"] | None, Query(alias="status")] = None,
@@ -72,7 +72,7 @@ async def list_deliveries(
     "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}", response_model=Delivery, responses=READ_ERRORS
 )
 async def get_delivery(
-    webhook_id: uuid.UUID, delivery_id: uuid.UUID, ctx: TenantAdmin, conn: ReadConn
+    webhook_id: uuid.UUID, delivery_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn
 ) -> Any:
     return await service.get_delivery(conn, ctx, webhook_id, delivery_id)
 

@@ -60,8 +60,9 @@
 
   const later = VQ.debounce(refresh, 30);
   VQ.follow("/v1/events/stream", headers, (type, event) => {
-    if (!queueIds.includes(event.queue_id)) return;
     const data = event.data || {};
+    // A forward is filed under the queue the ticket joined: the queue it left must redraw too.
+    if (!queueIds.includes(event.queue_id) && !queueIds.includes(data.previous_queue_id)) return;
     if (type === "ticket.state_changed" && data.previous_state && (data.state_category === "in_service" || data.state_category === "ready")) {
       announce(data.display_code, data.current_state);
     }

@@ -7,14 +7,14 @@
 WITH q AS (
     SELECT id FROM queues WHERE tenant_id = :tenant_id AND id = :drain_queue
 ), c AS (
-    SELECT t.id, t.type_definition_id, t.current_state, td.version AS type_version
+    SELECT t.id, t.type_definition_id, t.current_state, t.employee_id, td.version AS type_version
       FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
      WHERE t.tenant_id = :tenant_id AND t.queue_id = :drain_queue AND t.state_category = 'waiting'
      ORDER BY t.sort_key
      LIMIT 1
        FOR UPDATE OF t SKIP LOCKED FOR SHARE OF td
 ), m AS (
-    SELECT c.id AS ticket_id, p.*
+    SELECT c.id AS ticket_id, c.employee_id AS previous_employee_id, p.*
       FROM c JOIN unnest(ARRAY[:type_id]::uuid[], ARRAY[1], ARRAY['waiting'], ARRAY['serve'], ARRAY['serving'],
                          ARRAY['in_service'], ARRAY[true], ARRAY[false], ARRAY[false], ARRAY[false])
                   AS p(type_id, type_version, from_state, via, to_state, to_category,
@@ -33,13 +33,14 @@ WITH q AS (
            version = version + 1, updated_at = now()
       FROM m
      WHERE tickets.tenant_id = :tenant_id AND tickets.id = m.ticket_id
-    RETURNING tickets.*, m.via, m.from_state
+    RETURNING tickets.*, m.via, m.from_state, m.previous_employee_id
 ), h AS (
     INSERT INTO ticket_history (tenant_id, id, ticket_id, previous_state, new_state, transition,
                                 employee_id, notes)
     SELECT tenant_id, uuidv7(), id, from_state, current_state, via, NULL, NULL FROM t
 ), d AS (
-    SELECT tenant_id, queue_id, id, state_category, jsonb_build_object(
+    SELECT tenant_id, queue_id, id, state_category, display_code, number, current_state, type_definition_id,
+           version, employee_id, previous_employee_id, jsonb_build_object(
                'display_code', display_code, 'number', number, 'current_state', current_state,
                'state_category', state_category, 'type_definition_id', type_definition_id,
                'version', version, 'previous_state', from_state, 'transition', via) AS data
@@ -51,6 +52,13 @@ WITH q AS (
     SELECT tenant_id, CASE state_category WHEN 'done' THEN 'ticket.completed' ELSE 'ticket.cancelled' END,
            queue_id, id, data
       FROM d WHERE state_category IN ('done', 'cancelled')
+    UNION ALL
+    SELECT tenant_id, 'ticket.assigned', queue_id, id,
+           jsonb_build_object('display_code', display_code, 'number', number, 'current_state', current_state,
+                              'state_category', state_category, 'type_definition_id', type_definition_id,
+                              'version', version, 'employee_id', employee_id,
+                              'previous_employee_id', previous_employee_id)
+      FROM d WHERE employee_id IS DISTINCT FROM previous_employee_id AND employee_id IS NOT NULL
 )
 SELECT EXISTS (SELECT 1 FROM q) AS queue_found, c.id AS candidate_id, c.type_definition_id AS candidate_type,
        c.type_version AS candidate_type_version, c.current_state AS candidate_state,

@@ -15,7 +15,9 @@ SELECT t.id AS ticket_id, t.employee_id, t.current_state, t.state_category, t.ty
  WHERE t.tenant_id = :tenant_id AND t.id = (SELECT ticket_id FROM bench_clients WHERE client_id = :client_id) \gset
 \endif
 -- tickets/repository.apply_transition
-WITH t AS (
+WITH o AS (
+    SELECT employee_id FROM tickets WHERE tenant_id = :tenant_id AND id = :ticket_id
+), t AS (
     UPDATE tickets SET current_state = CASE current_state WHEN 'waiting' THEN 'serving' ELSE 'waiting' END,
            state_category = CASE state_category WHEN 'waiting' THEN 'in_service' ELSE 'waiting' END,
            employee_id = coalesce(NULL::uuid, employee_id),
@@ -36,6 +38,11 @@ WITH t AS (
     SELECT tenant_id, 'ticket.state_changed', queue_id, id,
            jsonb_build_object('display_code', display_code, 'number', number, 'current_state', current_state,
                               'state_category', state_category, 'version', version) FROM t
+    UNION ALL
+    SELECT tenant_id, 'ticket.assigned', queue_id, id,
+           jsonb_build_object('display_code', display_code, 'employee_id', employee_id,
+                              'previous_employee_id', (SELECT employee_id FROM o))
+      FROM t WHERE employee_id IS DISTINCT FROM (SELECT employee_id FROM o) AND employee_id IS NOT NULL
 )
 SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,

@@ -254,3 +254,29 @@ async def test_api_key_limits_take_integers_only(client: httpx.AsyncClient, api:
     )
     assert after["data"][0]["rate_limit_per_minute"] is None
     assert after["data"][0]["rate_limit_burst"] is None
+
+
+async def test_routes_that_take_no_body_refuse_one_and_do_nothing(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """enable/disable, unassign, a webhook test, DELETE...: a malformed body was ignored and the action ran.
+    None, `{}` or `null` are fine; anything else is a 400 and nothing happens; a caller with no right to the
+    route hears that first."""
+    t, queue, _ = await coffee(client, api)
+    path = f"/v1/queues/{queue}/disable"
+    json_type = {"content-type": "application/json"}
+    for body in (b"{bad", b'{"force": true}', b"[]", b'"x"'):
+        response = await client.post(path, content=body, headers={**t.h, **json_type})
+        assert_error(response, 400, "validation_error")
+    assert await db.fetchval("SELECT is_active FROM queues WHERE id = $1", uuid.UUID(queue)) is True
+    display = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id)
+    refused = await client.post(path, content=b"{bad", headers={**auth(display), **json_type})
+    assert_error(refused, 403, "forbidden")
+    assert_error(await client.post(path, content=b"{bad", headers=json_type), 401, "unauthorized")
+    for body in (b"", b"{}", b"null", b" {} "):
+        ok(await client.post(path, content=body, headers={**t.h, **json_type}))
+    assert await db.fetchval("SELECT is_active FROM queues WHERE id = $1", uuid.UUID(queue)) is False
+    gone = await client.request(
+        "DELETE", f"/v1/queues/{queue}", content=b"{bad", headers={**t.h, **json_type}
+    )
+    assert_error(gone, 400, "validation_error")

@@ -21,6 +21,8 @@ from virtualq.kit.responses import error_body
 from virtualq.logging import get_logger
 
 log = get_logger("virtualq.errors")
+# The validation error of a body sent to a route that takes none (kit/routing.refuse_stray_bodies).
+NO_BODY = "body_not_taken"
 
 
 def _respond(
@@ -151,13 +153,17 @@ def _request_validation(caller_first: _CallerFirst) -> Handler:
     async def handler(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = _describe_validation_errors(exc)
-        if any(problem["type"] == "json_invalid" for problem in problems):
+        kinds = {problem["type"] for problem in problems}
+        if kinds & {"json_invalid", NO_BODY}:  # found before the route's dependencies ran
             refused = await caller_first.refusal(request)
             if refused is not None:
                 return refused
-            return _respond(
-                request, 400, "validation_error", "The request body is not valid JSON.", {"errors": problems}
+            message = (
+                "The request body is not valid JSON."
+                if "json_invalid" in kinds
+                else "This endpoint takes no body: send none, or {}."
             )
+            return _respond(request, 400, "validation_error", message, {"errors": problems})
         return _respond(
             request, 400, "validation_error", "The request does not match the schema.", {"errors": problems}
         )

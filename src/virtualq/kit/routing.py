@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from virtualq.kit.exception_handlers import NO_BODY
+from virtualq.kit.middleware import replay_body
 from virtualq.kit.schemas import CommonFilters, Instant
 
 
@@ -43,3 +50,69 @@ async def _common_filters(
 
 
 CommonFilterQuery = Annotated[CommonFilters, Depends(_common_filters)]
+
+
+BODYLESS_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def refuse_stray_bodies(routes: list[BaseRoute]) -> None:
+    """Routes that change something but take no body (enable, unassign, a webhook test, DELETE...) never
+    read one, so a malformed body was ignored and the action ran. Each now reads what was sent first: none,
+    `{}` or `null` is fine; anything else is a 400 and nothing happens."""
+    for route in routes:
+        if (
+            isinstance(route, APIRoute)
+            and route.body_field is None
+            and (route.methods or set()) & BODYLESS_METHODS
+        ):
+            route.app = _bodyless(route.app)
+
+
+def _bodyless(inner: ASGIApp) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: the route hears it as usual
+                await inner(scope, replay_message(message), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body.strip():
+            # Refused as FastAPI refuses a body it cannot parse (kit/exception_handlers: the caller is
+            # checked first, so that a caller with no right to the route hears that instead).
+            try:
+                sent = json.loads(body)
+            except ValueError as exc:
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "json_invalid",
+                            "loc": ("body", 0),
+                            "msg": "JSON decode error",
+                            "ctx": {"error": str(exc)},
+                        }
+                    ]
+                ) from None
+            if sent not in ({}, None):
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": NO_BODY,
+                            "loc": ("body",),
+                            "msg": "This endpoint takes no body: send none, or {}.",
+                        }
+                    ]
+                )
+        await inner(scope, replay_body(body, receive), send)
+
+    return app
+
+
+def replay_message(message: Message) -> Receive:
+    async def receive() -> Message:
+        return message
+
+    return receive

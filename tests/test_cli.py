@@ -792,6 +792,12 @@ def test_migrate_api_key_create_and_downgrade(tmp_path: Path, empty_database: st
     assert response.status_code == 200, response.text
 
     # Mistakes are one line each, without a traceback or pydantic's links.
+    for flag in ("--revision", "--downgrade"):
+        unknown = run_cli("migrate", flag, "9999", env=env)
+        assert unknown.returncode == 2, unknown.stderr
+        assert "Traceback" not in unknown.stderr
+        assert unknown.stderr.strip().splitlines()[-1].startswith("cannot migrate: "), unknown.stderr
+        assert "9999" in unknown.stderr
     bad_uuid = run_cli("api-key", "create", "--scope", "tenant", "--tenant-id", "nope", env=env)
     assert bad_uuid.returncode == 2
     assert bad_uuid.stderr.strip().splitlines()[-1].endswith("argument --tenant-id: not a UUID: 'nope'")

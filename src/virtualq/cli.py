@@ -259,12 +259,21 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         if (problem := _cannot_start_on(dsn, migrating=True)) is not None:
             print(problem, file=sys.stderr)
             return 2
-        if args.downgrade:
-            migrate.downgrade(dsn, args.downgrade)
-            print(f"downgraded to {args.downgrade}")
-        else:
-            migrate.upgrade(dsn, args.revision)
-            print(f"upgraded to {args.revision}")
+        from alembic.util.exc import CommandError
+
+        try:
+            if args.downgrade:
+                migrate.downgrade(dsn, args.downgrade)
+                print(f"downgraded to {args.downgrade}")
+            else:
+                migrate.upgrade(dsn, args.revision)
+                print(f"upgraded to {args.revision}")
+        except CommandError as exc:  # an unknown revision, most often: one line, as other refusals
+            print(
+                f"cannot migrate: {exc} (revisions: base, 0001 to {migrate.head_revision()}, head)",
+                file=sys.stderr,
+            )
+            return 2
     return 0
 
 

@@ -1215,7 +1215,7 @@ async def test_tenant_employee_lists_agree(client: httpx.AsyncClient, api: Api) 
         ("GET", "/v2/accounts"),
         ("POST", "/v1/accounts/{account}/nope"),
         ("DELETE", "/v1/customers/{customer}/extra/segments"),
-        ("GET", "/"),
+        ("GET", "/nowhere"),
     ],
 )
 @pytest.mark.parametrize("key", ["platform", "none"])
@@ -1226,6 +1226,16 @@ async def test_unknown_routes_are_404_in_the_envelope(
     body = assert_error(response, 404, "not_found")
     assert body["message"] == f"No route matches {method} {path.format(**ctx.ids)}."
     assert body["details"] == {}
+
+
+async def test_the_servers_address_says_where_things_are(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200, response.text
+    found = response.json()
+    assert (found["api"], found["docs"], found["openapi"]) == ("/v1", "/docs", "/openapi.json")
+    for path in found.values():
+        if path.startswith("/") and path != "/v1":
+            assert (await client.get(path)).status_code == 200, path
 
 
 WRONG_METHODS: list[tuple[str, str, set[str]]] = [

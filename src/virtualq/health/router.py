@@ -19,6 +19,20 @@ REDIS_PING_TIMEOUT_SECONDS = 1.0
 DATABASE_CHECK_TIMEOUT_SECONDS = 2.0
 
 
+@router.get("/", include_in_schema=False)
+async def root() -> dict[str, str]:
+    """Where things are, for whoever opens the server's address."""
+    return {
+        "name": "VirtualQ",
+        "api": "/v1",
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "health": "/healthz",
+        "ready": "/readyz",
+        "metrics": "/metrics",
+    }
+
+
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """The process is alive (no dependencies checked)."""

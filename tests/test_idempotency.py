@@ -212,6 +212,49 @@ async def test_claims_left_by_a_dead_request(
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE owner = $1", owner) == 0
 
 
+async def test_a_corrected_retry_waits_for_the_refused_first_request_to_free_its_key(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """A refused request (400) frees its key only after its answer has left, so a client correcting its body
+    and retrying at once could find the key still held under the first body and hear 409. A request with
+    another body now waits while the key's first request runs: once that one frees the key, it runs; once it
+    completes, it is the 409."""
+    from virtualq.auth import keys
+
+    t, queue, order = await coffee(client, api)
+    owner = keys.hash_key(t.world.tenant_admin)
+    body = {"queue_id": queue, "type_definition_id": order}
+
+    async def hold(key: str) -> None:  # as the first request holds its key while it runs
+        await db.execute(
+            """INSERT INTO idempotency_keys (owner, key, fingerprint, state, lease_until, expires_at)
+               VALUES ($1, $2, '\\x00', 'running', now() + interval '1 minute', now() + interval '1 day')""",
+            owner,
+            key,
+        )
+
+    async def then(seconds: float, sql: str, key: str) -> None:
+        await asyncio.sleep(seconds)
+        await db.execute(sql, owner, key)
+
+    await hold("fixed-body")
+    retry = asyncio.create_task(client.post("/v1/tickets", json=body, headers=with_key(t.h, "fixed-body")))
+    await then(0.3, "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2", "fixed-body")
+    assert (await retry).status_code == 201, (await retry).text
+    assert await count_tickets(db, queue) == 1
+
+    await hold("other-body")
+    other = asyncio.create_task(client.post("/v1/tickets", json=body, headers=with_key(t.h, "other-body")))
+    await then(
+        0.3,
+        """UPDATE idempotency_keys SET state = 'completed', response_status = 201, response_headers = '{}',
+                  response_body = '{}' WHERE owner = $1 AND key = $2""",
+        "other-body",
+    )
+    assert_error(await other, 409, "idempotency_conflict")
+    assert await count_tickets(db, queue) == 1
+
+
 async def test_other_methods_ignore_the_header(client: httpx.AsyncClient, api: Api) -> None:
     t, queue, order = await coffee(client, api)
     ticket = await t.ticket(queue, order)

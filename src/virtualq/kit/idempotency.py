@@ -140,8 +140,11 @@ class IdempotencyMiddleware:
                 return
             late = time.monotonic() > deadline
             settled = row["state"] == "completed" or (row["state"] == "committed" and row["lapsed"])
-            if row["fingerprint"] == fingerprint and not settled and not late:
-                await asyncio.sleep(POLL_SECONDS)  # the first request is still running: wait for its answer
+            if not settled and not late:
+                # The first request is still running: wait for its answer, whatever this one asks. One with
+                # another body waits too: the first may yet fail and free the key (its refusal reaches the
+                # client a moment before the key is freed, and the corrected retry must not hear a 409).
+                await asyncio.sleep(POLL_SECONDS)
                 continue
             # The answer comes from the store, or is a 409 about the key: the caller is authenticated first.
             if not await _admitted(scope, send):

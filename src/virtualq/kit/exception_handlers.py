@@ -23,6 +23,8 @@ from virtualq.logging import get_logger
 log = get_logger("virtualq.errors")
 # The validation error of a body sent to a route that takes none (kit/routing.refuse_stray_bodies).
 NO_BODY = "body_not_taken"
+UNREADABLE_BODY = "There was an error parsing the body"
+UNREADABLE_REASON = "the body could not be read as JSON: not UTF-8, nested too deeply, or a number too long"
 
 
 def _respond(
@@ -183,6 +185,16 @@ def _http_error(caller_first: _CallerFirst) -> Handler:
                 return refused
             code = "validation_error"
             message = str(exc.detail) if isinstance(exc.detail, str) else message
+            if message == UNREADABLE_BODY:  # FastAPI's words for a body Python's JSON parser gave up on
+                problem = {
+                    "location": "body",
+                    "field": "",
+                    "message": UNREADABLE_REASON,
+                    "type": "json_invalid",
+                }
+                return _respond(
+                    request, 400, code, "The request body is not valid JSON.", {"errors": [problem]}
+                )
         headers = dict(exc.headers) if exc.headers else {}
         if exc.status_code == 405:
             # Starlette names only the first matching route's methods; the resource may have several routes.

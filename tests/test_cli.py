@@ -303,6 +303,7 @@ def test_serve_on_a_port_in_use_says_so_before_its_banner(tmp_path: Path) -> Non
     assert lines[0] == f"cannot listen on 127.0.0.1:{port} {taken_message}"
     assert "VirtualQ http" not in result.stdout
     assert not (data_dir / "pgdata").exists()  # refused before the database was started
+    assert not (data_dir / "admin_api_key").exists()  # and before anything was written
 
 
 # --- the embedded database -------------------------------------------------------------------------------

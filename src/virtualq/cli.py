@@ -82,10 +82,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     workers = args.workers or settings.web_concurrency
-    settings, key_file = _development_admin_key(settings)
-    if (problem := _port_taken(host, port)) is not None:
+    if (problem := _port_taken(host, port)) is not None:  # before anything is written
         print(problem, file=sys.stderr)
         return 2
+    settings, key_file = _development_admin_key(settings)
     with database(settings) as dsn:
         if (problem := _cannot_start_on(dsn, settings.auto_migrate)) is not None:
             print(problem, file=sys.stderr)

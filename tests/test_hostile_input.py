@@ -154,6 +154,17 @@ async def test_schema_references_must_stay_inside_and_lead_somewhere(
                     "properties": {"x": {"$ref": "#/$defs/n"}},
                     "$defs": {"n": {"items": {"$ref": "#/$defs/n"}}},
                 },
+                # To a value inside the schema, not a schema: every ticket of the type was a 500.
+                {"properties": {"a": {"const": 5}, "b": {"$ref": "#/properties/a/const"}}},
+                {"enum": [{"type": "nonsense"}], "properties": {"b": {"$ref": "#/enum/0"}}},
+                # "%2F" is decoded before the pointer is split, as the validator reads it.
+                {"$defs": {"a/b": {}}, "properties": {"a": {"$ref": "#/$defs/a%2Fb"}}},
+                # A new base or a named place below the root would change what "#/..." means.
+                {
+                    "properties": {"a": {"$id": "https://x.example/y", "$ref": "#/$defs/z"}},
+                    "$defs": {"z": {}},
+                },
+                {"properties": {"a": {"$anchor": "here"}}, "$ref": "#here"},
             ]
         ):
             body = {
@@ -165,7 +176,7 @@ async def test_schema_references_must_stay_inside_and_lead_somewhere(
             error = assert_error(
                 await client.post("/v1/type-definitions", json=body, headers=t.h), 400, "validation_error"
             )
-            assert "$ref" in json.dumps(error) or "$dynamicRef" in json.dumps(error), error
+            assert any(word in json.dumps(error) for word in ("$ref", "$dynamicRef", "$id", "$anchor")), error
         assert outside.connections == 0
     assert (
         await db.fetchval(
@@ -177,8 +188,13 @@ async def test_schema_references_must_stay_inside_and_lead_somewhere(
     # Local references that lead somewhere are fine, and are followed.
     good = {
         "type": "object",
-        "properties": {"size": {"$ref": "#/$defs/size"}, "$ref": {"type": "string"}},
-        "$defs": {"size": {"enum": ["S", "M", "L"]}},
+        "$id": "https://types.example/sized",
+        "properties": {
+            "size": {"$ref": "#/$defs/size"},
+            "$ref": {"type": "string"},
+            "note": {"$ref": "#/$defs/free%20text"},
+        },
+        "$defs": {"size": {"enum": ["S", "M", "L"]}, "free text": {"type": "string"}},
     }
     kind = await t.type("sized", fsm, custom_fields_schema=good)
     ok(
@@ -189,25 +205,37 @@ async def test_schema_references_must_stay_inside_and_lead_somewhere(
         ),
         201,
     )
-    refused = await client.post(
-        "/v1/tickets",
-        json={"queue_id": queue, "type_definition_id": kind["id"], "custom_data": {"size": "XL"}},
-        headers=t.h,
-    )
-    assert_error(refused, 400, "validation_error")
-    # A type stored with a broken reference before this check: its tickets are 400, not 500.
-    legacy = await t.type("legacy", fsm, custom_fields_schema={"type": "object"})
-    await db.execute(
-        """UPDATE type_definitions SET custom_fields_schema = '{"$ref": "#"}', version = version + 1
-            WHERE id = $1""",
-        uuid.UUID(legacy["id"]),
-    )
-    before = await ticket_rows(db, t.id)
-    response = await client.post(
-        "/v1/tickets", json={"queue_id": queue, "type_definition_id": legacy["id"]}, headers=t.h
-    )
-    assert_error(response, 400, "validation_error")
-    assert await ticket_rows(db, t.id) == before
+    for custom_data in ({"size": "XL"}, {"size": "S", "note": 7}):
+        refused = await client.post(
+            "/v1/tickets",
+            json={"queue_id": queue, "type_definition_id": kind["id"], "custom_data": custom_data},
+            headers=t.h,
+        )
+        assert_error(refused, 400, "validation_error")
+    # Types stored with a broken reference before these checks: their tickets are 400, not 500, whatever
+    # the validator raises (a cycle, an unresolvable pointer, a TypeError inside a non-schema target).
+    for number, stored in enumerate(
+        [
+            {"$ref": "#"},
+            {"properties": {"a": {"const": 5}, "b": {"$ref": "#/properties/a/const"}}},
+            {"enum": [{"type": "nonsense"}], "properties": {"b": {"$ref": "#/enum/0"}}},
+        ]
+    ):
+        legacy = await t.type(f"legacy{number}", fsm, custom_fields_schema={"type": "object"})
+        await db.execute(
+            """UPDATE type_definitions SET custom_fields_schema = $2::jsonb, version = version + 1
+                WHERE id = $1""",
+            uuid.UUID(legacy["id"]),
+            json.dumps(stored),
+        )
+        before = await ticket_rows(db, t.id)
+        response = await client.post(
+            "/v1/tickets",
+            json={"queue_id": queue, "type_definition_id": legacy["id"], "custom_data": {"b": 1}},
+            headers=t.h,
+        )
+        assert_error(response, 400, "validation_error")
+        assert await ticket_rows(db, t.id) == before
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
-from referencing.exceptions import NoSuchResource, Unresolvable
+from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT202012
 
 from virtualq.fsm import Machine
@@ -41,7 +41,7 @@ class CompiledType:
             return problems
         try:
             errors = sorted(self.validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-        except (Unresolvable, RecursionError):
+        except Exception:
             # A schema stored before its references were checked (json_schema_problems) and found broken
             # only now: the type must be fixed, the request cannot pass.
             return [
@@ -114,6 +114,9 @@ def json_schema_problems(schema: Any) -> list[str]:
 # References stay inside the schema: "#" or a JSON pointer into it. Nothing is ever fetched (a `$ref` to a
 # URL would make the server request it, from inside the network, while the request waits).
 _UNSUPPORTED_REFERENCES = ("$dynamicRef", "$recursiveRef")
+# Keywords that would make a "#/..." reference mean something other than a pointer from the root: an `$id`
+# below the root starts a new base, an `$anchor` names a place. Only the root may carry `$id`.
+_UNSUPPORTED_BELOW_ROOT = ("$id", "$anchor", "$dynamicAnchor")
 
 
 def _subschemas(schema: Any) -> Iterator[dict[str, Any]]:
@@ -134,14 +137,17 @@ def _target(root: dict[str, Any], reference: str) -> Any:
     if not reference.startswith("#/"):
         raise LookupError
     node: Any = root
-    for raw in reference[2:].split("/"):
-        part = unquote(raw).replace("~1", "/").replace("~0", "~")
+    # As the validator reads it: the whole fragment is percent-decoded first, then split into tokens.
+    for raw in unquote(reference[1:]).split("/")[1:]:
+        part = raw.replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
             raise LookupError
+    if not isinstance(node, dict | bool):
+        raise LookupError  # a value inside the schema, not a schema
     return node
 
 
@@ -152,12 +158,19 @@ def reference_problems(schema: dict[str, Any]) -> list[str]:
     targets: dict[int, Any] = {}  # id of a referenced schema -> the schema
     edges: dict[int, list[int]] = {}
 
+    def note(problem: str) -> None:
+        if problem not in problems:
+            problems.append(problem)
+
     def refs_in(node: Any) -> list[int]:
         found = []
         for sub in _subschemas(node):
             for keyword in _UNSUPPORTED_REFERENCES:
-                if keyword in sub and f"{keyword} is not supported" not in problems:
-                    problems.append(f"{keyword} is not supported")
+                if keyword in sub:
+                    note(f"{keyword} is not supported")
+            for keyword in _UNSUPPORTED_BELOW_ROOT:
+                if keyword in sub and (sub is not schema or keyword != "$id"):
+                    note(f"{keyword} is not supported" + (" below the root" if keyword == "$id" else ""))
             reference = sub.get("$ref")
             if not isinstance(reference, str):
                 continue
@@ -167,9 +180,18 @@ def reference_problems(schema: dict[str, Any]) -> list[str]:
                 problems.append(
                     f'$ref {reference[:200]!r} must point inside this schema ("#" or "#/$defs/...")'
                     if not reference.startswith("#")
-                    else f"$ref {reference[:200]!r} points to nothing in this schema"
+                    else f"$ref {reference[:200]!r} points to no schema in this schema"
                 )
                 continue
+            if isinstance(target, dict):
+                try:
+                    Draft202012Validator.check_schema(target)
+                except SchemaError as exc:
+                    note(
+                        f"$ref {reference[:200]!r} points to something that is not a valid schema: "
+                        + exc.message
+                    )
+                    continue
             targets[id(target)] = target
             found.append(id(target))
         return found

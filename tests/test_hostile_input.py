@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import ADMIN_KEY, LiveServer
 from tests.helpers import Api, assert_error, auth
 from tests.test_ticket_flows import coffee, ok, ticket_rows
+from virtualq.kit.routing import refuse_stray_bodies
 
 SURROGATE = "\\ud800"  # as JSON writes it: a lone high surrogate, no Unicode text
 
@@ -308,3 +309,41 @@ async def test_routes_that_take_no_body_refuse_one_and_do_nothing(
         "DELETE", f"/v1/queues/{queue}", content=b"{bad", headers={**t.h, **json_type}
     )
     assert_error(gone, 400, "validation_error")
+
+
+async def test_a_stray_body_the_parser_gives_up_on_is_a_400_not_a_500(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """A stray body nested beyond the parser's stack raised RecursionError past the check: a 500, even with
+    no key. Now it is the answer any unreadable body gets, after the caller's own checks; a malformed one
+    names the character where parsing stopped."""
+    t, queue, _ = await coffee(client, api)
+    path = f"/v1/queues/{queue}/disable"
+    json_type = {"content-type": "application/json"}
+    for body in (b"[" * 100_000, b"[" * 5_000 + b"]" * 5_000, b'{"a": "\xff"}', b"9" * 5_000):
+        response = await client.post(path, content=body, headers={**t.h, **json_type})
+        error = assert_error(response, 400, "validation_error")
+        assert error["message"] == "The request body is not valid JSON.", error
+        assert [problem["type"] for problem in error["details"]["errors"]] == ["json_invalid"]
+        assert_error(await client.post(path, content=body, headers=json_type), 401, "unauthorized")
+    assert await db.fetchval("SELECT is_active FROM queues WHERE id = $1", uuid.UUID(queue)) is True
+    malformed = await client.post(path, content=b'{"a": 1,, }', headers={**t.h, **json_type})
+    problem = assert_error(malformed, 400, "validation_error")["details"]["errors"][0]
+    assert problem["type"] == "json_invalid"
+    assert "8" in json.dumps(problem), problem  # the position of the second comma
+
+
+def test_refusing_stray_bodies_twice_wraps_each_route_once() -> None:
+    """Building a second app on the same routes must not read (and check) each body twice."""
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.post("/thing/{name}/enable")
+    async def enable(name: str) -> dict[str, str]:
+        return {"name": name}
+
+    refuse_stray_bodies(router.routes)
+    first = router.routes[0].app  # type: ignore[attr-defined]
+    refuse_stray_bodies(router.routes)
+    assert router.routes[0].app is first  # type: ignore[attr-defined]

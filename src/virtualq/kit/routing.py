@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import Depends, Query
+from fastapi import Depends, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from virtualq.kit.exception_handlers import NO_BODY
+from virtualq.kit.exception_handlers import NO_BODY, UNREADABLE_BODY
 from virtualq.kit.middleware import replay_body
 from virtualq.kit.schemas import CommonFilters, Instant
 
@@ -64,8 +64,13 @@ def refuse_stray_bodies(routes: list[BaseRoute]) -> None:
             isinstance(route, APIRoute)
             and route.body_field is None
             and (route.methods or set()) & BODYLESS_METHODS
+            and not getattr(route, _WRAPPED, False)
         ):
             route.app = _bodyless(route.app)
+            setattr(route, _WRAPPED, True)  # a second call (another app built on these routes) wraps nothing
+
+
+_WRAPPED = "vq_refuses_stray_body"
 
 
 def _bodyless(inner: ASGIApp) -> ASGIApp:
@@ -85,17 +90,19 @@ def _bodyless(inner: ASGIApp) -> ASGIApp:
             # checked first, so that a caller with no right to the route hears that instead).
             try:
                 sent = json.loads(body)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise RequestValidationError(
                     [
                         {
                             "type": "json_invalid",
-                            "loc": ("body", 0),
+                            "loc": ("body", exc.pos),
                             "msg": "JSON decode error",
-                            "ctx": {"error": str(exc)},
+                            "ctx": {"error": exc.msg},
                         }
                     ]
                 ) from None
+            except (ValueError, RecursionError):  # not UTF-8, nested too deeply, a number too long
+                raise HTTPException(400, UNREADABLE_BODY) from None
             if sent not in ({}, None):
                 raise RequestValidationError(
                     [

@@ -428,14 +428,19 @@ async def test_a_key_of_a_deactivated_employee_is_refused_until_they_are_active_
     client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
 ) -> None:
     """A staff key attributes its calls to its employee, who must be active (PRODUCT §4): once the employee
-    is deactivated the key is refused (it would assign tickets to someone gone), at once in this process."""
-    t, queue_id, _, ids = await coffee(client, api, tickets=2)
+    is deactivated the key is refused (it would assign tickets to someone gone), at once in this process.
+    An admin key attributed to them keeps working (its authority is the tenant's, and the admin who
+    deactivated them may be holding it) but no longer assigns anyone."""
+    t, queue_id, _, ids = await coffee(client, api, tickets=3)
     body = {"fname": "Cy", "lname": "X", "email": "cy@example.com"}
     cy = str(ok(await client.post("/v1/employees", json=body, headers=t.h), 201)["id"])
     staff = await api.key("tenant", "staff", key=t.world.tenant_admin, tenant_id=t.id, employee_id=cy)
+    admin = await api.key("tenant", "admin", key=t.world.tenant_admin, tenant_id=t.id, employee_id=cy)
     called = ok(await client.post(f"/v1/queues/{queue_id}/call-next", json={}, headers=auth(staff)))
     assert called["employee_id"] == cy
-    assert (await client.delete(f"/v1/employees/{cy}", headers=t.h)).status_code == 204
+    assert (await client.delete(f"/v1/employees/{cy}", headers=auth(admin))).status_code == 204
+    by_admin = ok(await client.post(f"/v1/queues/{queue_id}/call-next", json={}, headers=auth(admin)))
+    assert (by_admin["id"], by_admin["employee_id"]) == (ids[1], None)
     for method, path, payload in (
         ("POST", f"/v1/queues/{queue_id}/call-next", {}),
         ("GET", f"/v1/tickets/{ids[1]}", None),
@@ -445,7 +450,7 @@ async def test_a_key_of_a_deactivated_employee_is_refused_until_they_are_active_
     assert await db.fetchval("SELECT employee_id FROM tickets WHERE id = $1", uuid.UUID(ids[1])) is None
     ok(await client.patch(f"/v1/employees/{cy}", json={"is_active": True}, headers=t.h))
     again = ok(await client.post(f"/v1/queues/{queue_id}/call-next", json={}, headers=auth(staff)))
-    assert (again["id"], again["employee_id"]) == (ids[1], cy)
+    assert (again["id"], again["employee_id"]) == (ids[2], cy)
 
 
 async def test_concurrent_reorders_and_calls_keep_positions_gap_free(

@@ -88,7 +88,9 @@ def _caller(row: Record) -> _Caller:
         role=Role(row["role"]),
         account_id=row["account_id"],
         tenant_id=row["tenant_id"],
-        employee_id=row["employee_id"],
+        # An admin key attributed to an employee who has left still works (its authority is the tenant's),
+        # but no longer acts as that employee: call-next must not assign someone inactive.
+        employee_id=row["employee_id"] if row["employee_active"] else None,
     )
     limits = (row["rate_limit_per_minute"], row["rate_limit_burst"])
     return _Caller(principal, row["owner_active"], str(row["id"]), limits)

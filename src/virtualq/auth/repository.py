@@ -14,13 +14,15 @@ COLUMNS = (
 
 
 async def find_usable_key(conn: Connection, key_hash: bytes) -> Record | None:
-    """The unrevoked key with this digest, and whether its account, tenant and employee are active (the
-    employee's row is under row security: `conn` must see every tenant's)."""
+    """The unrevoked key with this digest, whether its owner is active (account, tenant, and for a staff key
+    its employee) and whether its employee is (the employee's row is under row security: `conn` must see
+    every tenant's)."""
     row: Record | None = await conn.fetchrow(
         """SELECT k.id, k.scope, k.role, k.account_id, k.tenant_id, k.employee_id,
                   k.rate_limit_per_minute, k.rate_limit_burst,
                   coalesce(a.is_active, true) AND coalesce(t.is_active, true)
-                      AND coalesce(e.is_active, k.employee_id IS NULL) AS owner_active
+                      AND (k.role <> 'staff' OR coalesce(e.is_active, k.employee_id IS NULL)) AS owner_active,
+                  coalesce(e.is_active, false) AS employee_active
              FROM api_keys k
              LEFT JOIN accounts a ON a.id = k.account_id
              LEFT JOIN tenants t ON t.id = k.tenant_id

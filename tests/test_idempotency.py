@@ -135,6 +135,26 @@ async def test_a_revoked_key_cannot_replay(client: httpx.AsyncClient, api: Api) 
     assert_error(replay, 401, "unauthorized")
 
 
+async def test_a_key_of_a_deactivated_tenant_cannot_replay(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """A stored answer is given only to a caller who may still call: with the tenant deactivated, the retry
+    hears 403 (not the stored 201), and no replay header; reactivated, it gets the first answer again."""
+    t, queue, order = await coffee(client, api)
+    body = {"queue_id": queue, "type_definition_id": order}
+    first = ok(await client.post("/v1/tickets", json=body, headers=with_key(t.h, "d")), 201)
+    account_admin = auth(t.world.account_admin)
+    assert (await client.delete(f"/v1/tenants/{t.id}", headers=account_admin)).status_code == 204
+    refused = await client.post("/v1/tickets", json=body, headers=with_key(t.h, "d"))
+    assert_error(refused, 403, "forbidden")
+    assert "idempotent-replayed" not in refused.headers
+    ok(await client.patch(f"/v1/tenants/{t.id}", json={"is_active": True}, headers=account_admin))
+    again = await client.post("/v1/tickets", json=body, headers=with_key(t.h, "d"))
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (201, "true")
+    assert again.json() == first
+    assert await count_tickets(db, queue) == 1
+
+
 async def test_twenty_concurrent_retries_run_once_and_all_get_the_same_answer(
     client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, live_server: LiveServer
 ) -> None:

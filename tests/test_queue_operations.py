@@ -913,3 +913,21 @@ async def test_opening_and_closing_a_queue_is_announced_however_it_is_done(
         ("queue.updated", ["show_wait_time"]),
     ]
     assert ok(await client.get(path, headers=t.h))["name"] == "Counter (closing)"
+
+
+async def test_concurrent_closes_of_one_queue_announce_it_once(client: httpx.AsyncClient, api: Api) -> None:
+    """Each change compared against a row it had not locked: ten admins closing an open queue at once all
+    saw it open, and all announced `queue.disabled`. Now the first closes it and the rest find it closed."""
+    t, counter_id, _order_id, _ids = await coffee(client, api, tickets=0)
+    path = f"/v1/queues/{counter_id}"
+    for _round in range(3):
+        closes = [client.post(f"{path}/disable", headers=t.h) for _ in range(5)]
+        closes += [client.patch(path, json={"is_active": False}, headers=t.h) for _ in range(5)]
+        for response in await asyncio.gather(*closes):
+            assert ok(response)["is_active"] is False
+        opens = [client.post(f"{path}/enable", headers=t.h) for _ in range(10)]
+        for response in await asyncio.gather(*opens):
+            assert ok(response)["is_active"] is True
+    page = ok(await client.get("/v1/events", params={"queue_id": counter_id, "limit": 1000}, headers=t.h))
+    announced = [e["type"] for e in page["data"] if e["type"].startswith("queue.")]
+    assert announced == ["queue.disabled", "queue.enabled"] * 3

@@ -39,9 +39,14 @@ async def insert(
     )
 
 
-async def get(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
+async def get(
+    conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID, *, for_change: bool = False
+) -> Record | None:
+    """The queue; `for_change` locks its row (as the UPDATE would, so tickets can still join) until the
+    transaction ends, so that two changes compare against what the other wrote."""
+    lock = " FOR NO KEY UPDATE" if for_change else ""
     row: Record | None = await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM queues WHERE tenant_id = $1 AND id = $2", tenant_id, queue_id
+        f"SELECT {COLUMNS} FROM queues WHERE tenant_id = $1 AND id = $2{lock}", tenant_id, queue_id
     )
     return row
 

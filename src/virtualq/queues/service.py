@@ -37,8 +37,10 @@ async def create_queue(conn: Connection, ctx: TenantContext, body: QueueCreate) 
     return await repository.insert(conn, ctx.tenant_id, new_id(), fields)
 
 
-async def get_queue(conn: Connection, ctx: TenantContext, queue_id: uuid.UUID) -> Record:
-    row = await repository.get(conn, ctx.tenant_id, queue_id)
+async def get_queue(
+    conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, *, for_change: bool = False
+) -> Record:
+    row = await repository.get(conn, ctx.tenant_id, queue_id, for_change=for_change)
     if row is None:
         raise not_found("queue")
     return row
@@ -53,7 +55,7 @@ async def list_queues(
 async def update_queue(
     conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, body: QueueUpdate
 ) -> Record:
-    current = await get_queue(conn, ctx, queue_id)
+    current = await get_queue(conn, ctx, queue_id, for_change=True)
     changes = body.changes()
     if not changes:
         return current
@@ -78,7 +80,7 @@ async def update_queue(
 
 
 async def set_queue_active(conn: Connection, ctx: TenantContext, queue_id: uuid.UUID, active: bool) -> Record:
-    current = await get_queue(conn, ctx, queue_id)
+    current = await get_queue(conn, ctx, queue_id, for_change=True)
     if current["is_active"] == active:
         return current
     row = await repository.update(conn, ctx.tenant_id, queue_id, {"is_active": active})

@@ -31,13 +31,15 @@ async def create_webhook(body: WebhookCreate, request: Request, ctx: TenantAdmin
 
 @router.get("/v1/webhooks", response_model=Page[Webhook], responses=READ_ERRORS)
 async def list_webhooks(ctx: TenantStaff, conn: ReadConn, page: PageQuery) -> Any:
+    """Staff see each URL with its password and query values replaced by `redacted`."""
     rows, total = await service.list_page(conn, ctx, page)
-    return page_envelope(rows, total, page)
+    return page_envelope([service.for_reader(row, ctx) for row in rows], total, page)
 
 
 @router.get("/v1/webhooks/{webhook_id}", response_model=Webhook, responses=READ_ERRORS)
 async def get_webhook(webhook_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn) -> Any:
-    return await service.get(conn, ctx, webhook_id)
+    """Staff see the URL with its password and query values replaced by `redacted`."""
+    return service.for_reader(await service.get(conn, ctx, webhook_id), ctx)
 
 
 @router.patch("/v1/webhooks/{webhook_id}", response_model=Webhook, responses=WRITE_ERRORS)

@@ -3,8 +3,9 @@ from __future__ import annotations
 import secrets
 import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from virtualq.auth.principal import TenantContext
+from virtualq.auth.principal import Role, TenantContext
 from virtualq.db import Connection, Record
 from virtualq.errors import ValidationFailed, not_found
 from virtualq.kit import clock
@@ -13,6 +14,8 @@ from virtualq.kit.pagination import PageParams
 from virtualq.webhooks import repository
 from virtualq.webhooks.schemas import WebhookCreate, WebhookUpdate
 from virtualq.webhooks.ssrf import TargetRefused, check_target
+
+REDACTED = "redacted"
 
 
 async def _check_url(url: str, allow_private: bool) -> None:
@@ -38,6 +41,24 @@ async def get(conn: Connection, ctx: TenantContext, webhook_id: uuid.UUID) -> Re
     if row is None:
         raise not_found("webhook")
     return row
+
+
+def redact_url(url: str) -> str:
+    """`url` with its query's values replaced (a receiver's token is often there; credentials before the host
+    are refused when the URL is set). Staff read subscriptions; only admins, who can change them, see the
+    whole URL."""
+    parts = urlsplit(url)
+    query = "&".join(
+        f"{name}={REDACTED}" if value or sep else name
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def for_reader(row: Record, ctx: TenantContext) -> Record | dict[str, Any]:
+    if ctx.principal.role is Role.ADMIN:
+        return row
+    return {**dict(row), "url": redact_url(row["url"])}
 
 
 async def update(

@@ -21,6 +21,7 @@ from virtualq.errors import Unavailable
 from virtualq.kit.ids import new_id
 from virtualq.kit.metrics import Metrics
 from virtualq.tickets.batching import Batching
+from virtualq.tickets.repository import TypeChanged
 
 # A type whose tickets start being served (walk-ins): in a batch they take a number but no place in line.
 WALK_IN_FSM: dict[str, Any] = {
@@ -118,6 +119,7 @@ def new_ticket(type_id: uuid.UUID) -> dict[str, Any]:
         "id": new_id(),
         "history_id": new_id(),
         "type_definition_id": type_id,
+        "type_version": 1,
         "current_state": "received",
         "state_category": "waiting",
         "customer_id": None,
@@ -163,7 +165,7 @@ async def test_a_refused_batch_runs_again_one_create_at_a_time(
     tenant, queue_id, type_id = await a_queue(client, api)
     batching = Batching(max_batch=64, metrics=Metrics())
     tickets = [new_ticket(type_id) for _ in range(6)]
-    tickets[3]["type_definition_id"] = uuid.uuid4()  # no such type: the foreign key refuses the batch
+    tickets[3]["customer_id"] = uuid.uuid4()  # no such customer: the foreign key refuses the batch
 
     async def create(n: int) -> Any:
         return await batching.insert(
@@ -190,6 +192,38 @@ async def test_a_refused_batch_runs_again_one_create_at_a_time(
     assert batching.metrics is not None
     statements = batching.metrics.registry.get_sample_value("virtualq_ticket_create_statements_total")
     assert statements == 5  # the leader's, then each of the four others alone (the refused one counts none)
+
+
+async def test_a_batch_with_a_changed_type_writes_nothing_and_runs_again_one_create_at_a_time(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, connections: list[asyncpg.Connection]
+) -> None:
+    # One create read its type at a version that is gone (the type changed since): its start state may be
+    # one the type no longer has, so the statement writes nothing and the others run again alone.
+    tenant, queue_id, type_id = await a_queue(client, api)
+    batching = Batching(max_batch=64, metrics=Metrics())
+    tickets = [new_ticket(type_id) for _ in range(4)]
+    tickets[2]["type_version"] = 0
+
+    async def create(n: int) -> Any:
+        return await batching.insert(
+            connections[n], tenant_id=tenant, queue_id=queue_id, timezone="UTC", prefix="B", ticket=tickets[n]
+        )
+
+    await db.execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", str(queue_id))
+    tasks = [asyncio.create_task(create(n)) for n in range(4)]
+    await leading(db, queue_id, connections[0])
+    await db.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))", str(queue_id))
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert isinstance(results[2], TypeChanged), results
+    rows = [result for n, result in enumerate(results) if n != 2]
+    assert sorted(row["number"] for row in rows) == [1, 2, 3]  # nothing numbered for the stale batch
+    assert await db.fetchval("SELECT count(*) FROM tickets WHERE queue_id = $1", queue_id) == 3
+    assert await db.fetchval("SELECT count(*) FROM events WHERE queue_id = $1", queue_id) == 3
+    assert batching.metrics is not None
+    statements = batching.metrics.registry.get_sample_value("virtualq_ticket_create_statements_total")
+    assert statements == 3  # the leader's, then the other two alone (the stale batch and create count none)
 
 
 async def test_a_batch_of_unknown_outcome_fails_as_unavailable_and_the_line_goes_on(
@@ -240,7 +274,7 @@ async def test_a_refused_create_alone_in_its_batch_lets_the_line_go_on(
     tenant, queue_id, type_id = await a_queue(client, api)
     batching = Batching(max_batch=64)
     tickets = [new_ticket(type_id) for _ in range(4)]
-    tickets[0]["type_definition_id"] = uuid.uuid4()
+    tickets[0]["customer_id"] = uuid.uuid4()
 
     async def create(n: int) -> Any:
         return await batching.insert(

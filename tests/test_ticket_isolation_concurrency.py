@@ -974,6 +974,131 @@ async def test_a_type_cannot_drop_a_state_a_concurrent_transition_is_entering(
         assert final["current_state"] == "busy"
 
 
+RACE_FSM_NEW_START: dict[str, Any] = {  # RACE_FSM with its start state `idle` replaced by `ready`
+    "init": "ready",
+    "states": ["ready", "busy", "extra", "done"],
+    "transitions": [
+        {"name": "go", "from": "ready", "to": "busy"},
+        {"name": "detour", "from": "busy", "to": "extra"},
+        {"name": "finish", "from": ["busy", "extra"], "to": "done"},
+    ],
+}
+
+
+@pytest.mark.parametrize("subject", ["ticket", "item"])
+async def test_a_type_cannot_drop_the_start_state_a_concurrent_create_is_entering(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, database_dsn: str, subject: str
+) -> None:
+    """As above, for a create: it has read the type's start state and is held just before writing; an admin
+    replaces that state. Before the fix the change answered 200 and the create then wrote its ticket (or
+    item) in the dropped state, where no transition, cancel or call-next could move it again.
+
+    A ticket's create (one statement) is held before it runs, so the change goes first and the create
+    starts again from the new machine. An item's create share-locks its type inside its transaction
+    before it is held, so the change waits for it and is then refused (the item is in `idle`).
+    """
+    s = await build_shop(client, await api.world())
+    race_type = ok(
+        await client.post(
+            "/v1/type-definitions",
+            json={"type_code": f"race_new_{subject}", "type_name": "Race", "fsm_schema": RACE_FSM},
+            headers=s.h,
+        ),
+        201,
+    )
+    if subject == "ticket":
+        url, history_table = "/v1/tickets", "ticket_history"
+        body = {"queue_id": s.queue["id"], "type_definition_id": race_type["id"]}
+        # This process has the type's machine compiled (a first create reads the type's schemas); that
+        # ticket then leaves the start state, so that only the held create can be in it.
+        first = ok(await client.post(url, json=body, headers=s.h), 201)
+        for step in ("go", "finish"):
+            ok(
+                await client.post(
+                    f"/v1/tickets/{first['id']}/transition", json={"transition": step}, headers=s.h
+                )
+            )
+    else:
+        host = ok(
+            await client.post(
+                "/v1/type-definitions",
+                json={
+                    "type_code": "race_new_host",
+                    "type_name": "Host",
+                    "fsm_schema": FOOD_ORDER_FSM,
+                    "item_definition_ids": [race_type["id"]],
+                },
+                headers=s.h,
+            ),
+            201,
+        )
+        parent = {"queue_id": s.queue["id"], "type_definition_id": host["id"]}
+        ticket = ok(await client.post("/v1/tickets", json=parent, headers=s.h), 201)
+        url, history_table = f"/v1/tickets/{ticket['id']}/items", "item_history"
+        body = {"item_type_definition_id": race_type["id"]}
+    numbers_before = await db.fetchval(
+        "SELECT coalesce(max(number), 0) FROM tickets WHERE queue_id = $1", s.queue["id"]
+    )
+
+    holder = await asyncpg.connect(database_dsn)
+    hold = holder.transaction()
+    await hold.start()
+    released = False
+    try:
+        await holder.execute(f"LOCK TABLE {history_table} IN SHARE MODE")
+        create = asyncio.create_task(client.post(url, json=body, headers=s.h))
+        await wait_for_lock_wait(db, history_table)
+        # Two more creates of the ticket read the old machine too, then wait in this process for the held
+        # one's statement: after it, they go together in one statement (tickets/batching.py).
+        more = [
+            asyncio.create_task(client.post(url, json=body, headers=s.h))
+            for _ in range(2 * (subject == "ticket"))
+        ]
+        await asyncio.sleep(0.2)
+        change = asyncio.create_task(
+            client.patch(
+                f"/v1/type-definitions/{race_type['id']}",
+                json={"fsm_schema": RACE_FSM_NEW_START},
+                headers=s.h,
+            )
+        )
+        await asyncio.wait([change], timeout=1.0)
+        await hold.commit()
+        released = True
+        created, changed, *others = await asyncio.wait_for(asyncio.gather(create, change, *more), timeout=10)
+    finally:
+        if not released:
+            await hold.rollback()
+        await holder.close()
+
+    new = ok(created, 201)
+    machine = ok(await client.get(f"/v1/type-definitions/{race_type['id']}", headers=s.h))["fsm_schema"]
+    assert new["current_state"] in machine["states"], (
+        f"the new {subject} is in {new['current_state']!r}, a state its type no longer has "
+        f"(type change {changed.status_code})"
+    )
+    if subject == "ticket":
+        ok(changed)
+        assert new["current_state"] == "ready"
+        # The attempts from the old machine wrote nothing: no number was used up.
+        assert new["number"] == numbers_before + 1
+        assert sorted((ok(r, 201)["number"], r.json()["current_state"]) for r in others) == [
+            (numbers_before + 2, "ready"),
+            (numbers_before + 3, "ready"),
+        ]
+        assert (
+            ok(
+                await client.post(
+                    f"/v1/tickets/{new['id']}/transition", json={"transition": "go"}, headers=s.h
+                )
+            )["current_state"]
+            == "busy"
+        )
+    else:
+        assert assert_error(changed, 409, "conflict")["details"] == {"states_in_use": ["idle"]}
+        assert new["current_state"] == "idle"
+
+
 # --- 3. display keys --------------------------------------------------------------------------------------
 
 

@@ -18,15 +18,20 @@ WITH queued AS (
     SELECT pg_advisory_xact_lock(hashtextextended((:create_queue)::uuid::text, 0))
 ), x AS (
     SELECT * FROM jsonb_to_recordset(jsonb_build_array(jsonb_build_object(
-        'n', 1, 'id', uuidv7(), 'history_id', uuidv7(), 'type_definition_id', (:type_id)::uuid,
+        'n', 1, 'id', uuidv7(), 'history_id', uuidv7(), 'type_definition_id', (:type_id)::uuid, 'type_version', 1,
         'current_state', 'waiting', 'state_category', 'waiting', 'custom_data', '{"name": "Ann"}'::jsonb,
         'leaves', false, 'ready', false, 'done', false, 'cancelled', false, 'pace', 5.0)))
-        AS x(n int, id uuid, history_id uuid, type_definition_id uuid, current_state text,
+        AS x(n int, id uuid, history_id uuid, type_definition_id uuid, type_version int, current_state text,
              state_category text, customer_id uuid, references_ticket_id uuid, estimated_wait_minutes int,
              ttl_minutes int, custom_data jsonb, leaves bool, ready bool, done bool, cancelled bool, pace float8)
+), types AS (
+    SELECT td.id, td.version FROM type_definitions td WHERE td.id IN (SELECT x.type_definition_id FROM x) FOR SHARE
+), fresh AS (
+    SELECT WHERE NOT EXISTS (SELECT FROM x LEFT JOIN types ON types.id = x.type_definition_id
+                              WHERE types.version IS DISTINCT FROM x.type_version)
 ), counter AS (
     INSERT INTO queue_day_counters AS c (tenant_id, queue_id, local_date, last_number)
-    SELECT :tenant_id, :create_queue, (now() AT TIME ZONE 'UTC')::date, 1 FROM queued
+    SELECT :tenant_id, :create_queue, (now() AT TIME ZONE 'UTC')::date, 1 FROM queued, fresh
     ON CONFLICT (tenant_id, queue_id, local_date) DO UPDATE SET last_number = c.last_number + excluded.last_number
     RETURNING local_date, last_number - 1 AS before
 ), base AS (

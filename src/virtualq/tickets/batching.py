@@ -12,7 +12,8 @@ waiting (up to `max_batch`) to the first waiter, which becomes the next leader a
 statement on its own connection, then hands over in turn. Numbers and positions follow arrival order.
 
 If a batch's statement fails with an error from PostgreSQL (the statement was rolled back: autocommit), no
-create of the batch stands, and each runs again alone, so that each request gets its own error. If the
+create of the batch stands, and each runs again alone, so that each request gets its own error; likewise
+when one of the batch's types changed after its create read it (nothing is written then). If the
 outcome is unknown (the connection was lost, the leader was cancelled), the others answer 503 like a lost
 reply of their own.
 """
@@ -82,10 +83,11 @@ class Batching:
                 rows = await self._run(conn, queue, [entry.item for entry in batch])
             finally:
                 self._lines.hand_over((queue.tenant_id, queue.queue_id))  # the next batch goes ahead
-        except asyncpg.PostgresError:
+        except (asyncpg.PostgresError, repository.TypeChanged):
             if len(batch) == 1:
                 raise
-            # Rolled back as a whole: each create runs again alone and gets its own answer.
+            # Rolled back (or, a type having changed, not written) as a whole: each create runs again alone
+            # and gets its own answer.
             for other in batch[1:]:
                 settle(other, ALONE)
             return (await self._run(conn, queue, [mine.item]))[0]

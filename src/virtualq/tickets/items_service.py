@@ -29,7 +29,9 @@ async def add_item(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, b
     )
     if ticket_type is None:
         raise not_found("ticket")
-    item_type = await types.get_visible(conn, ctx.tenant_id, body.item_type_definition_id)
+    # Share-locked until the item is written (this runs in a transaction): a change of the item type's
+    # machine that drops the start state waits, then finds the item in it and is refused.
+    item_type = await types.get_visible(conn, ctx.tenant_id, body.item_type_definition_id, for_share=True)
     if item_type is None or not item_type["is_active"]:
         raise ValidationFailed(
             "item_type_definition_id names no active type of this tenant",

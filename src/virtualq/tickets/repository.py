@@ -47,10 +47,16 @@ def ticket_event(event_type: str, extra: str, source: str = "t") -> str:
 
 
 # One new ticket, as insert_tickets reads it from its JSON array: `n` orders the list (1, 2, ...); the
-# booleans are the init state's effects (tickets/rules.Effects); `pace` is the line's minutes per ticket.
-NEW_TICKET_COLUMNS = """n int, id uuid, history_id uuid, type_definition_id uuid, current_state text,
-    state_category text, customer_id uuid, references_ticket_id uuid, estimated_wait_minutes int,
-    ttl_minutes int, custom_data jsonb, leaves bool, ready bool, done bool, cancelled bool, pace float8"""
+# booleans are the init state's effects (tickets/rules.Effects); `pace` is the line's minutes per ticket;
+# `type_version` the version of the type whose machine gave the start state.
+NEW_TICKET_COLUMNS = """n int, id uuid, history_id uuid, type_definition_id uuid, type_version int,
+    current_state text, state_category text, customer_id uuid, references_ticket_id uuid,
+    estimated_wait_minutes int, ttl_minutes int, custom_data jsonb, leaves bool, ready bool, done bool,
+    cancelled bool, pace float8"""
+
+
+class TypeChanged(Exception):
+    """A new ticket's type changed after its start state was read: nothing was inserted."""
 
 
 def state_change_events(previous_state: str, transition: str, previous_employee: str | None = None) -> str:
@@ -106,7 +112,7 @@ async def insert_tickets(
     positions' original estimates, their first history rows and their ticket.created events, in one
     statement; each row comes back with its `position`.
 
-    `tickets`: dicts with the keys of NEW_TICKET_KEYS (tickets/batching.new_ticket builds them).
+    `tickets`: dicts with the keys of NEW_TICKET_COLUMNS but `n` (tickets/service.create_ticket builds them).
 
     The counter upsert row-locks (queue, day) until commit, so concurrent creates in one queue get
     consecutive numbers and sort keys in the same order. They first queue on a transaction advisory lock
@@ -118,6 +124,11 @@ async def insert_tickets(
     0010: kept by triggers, so it costs no count of the line; its fresh snapshot sees every create
     committed before ours, which the statement's own snapshot, taken before it waited, would miss).
     Run in autocommit, the lock lasts one round trip.
+
+    Each ticket's type is share-locked at the version its start state was read from (as a transition's
+    type is): a type change dropping that state either waits for this statement (and then finds the new
+    tickets in it, so it is refused) or comes first, and then nothing is inserted, no number is used, and
+    TypeChanged is raised for the caller to read the type again.
     """
     EVENTS_WRITTEN.set(True)
     rows: list[Record] = await conn.fetch(
@@ -126,9 +137,15 @@ async def insert_tickets(
             SELECT pg_advisory_xact_lock(hashtextextended($2::uuid::text, 0))
         ), x AS (
             SELECT * FROM jsonb_to_recordset($5::jsonb) AS x({NEW_TICKET_COLUMNS})
+        ), types AS (
+            SELECT td.id, td.version FROM type_definitions td
+             WHERE td.id IN (SELECT x.type_definition_id FROM x) FOR SHARE
+        ), fresh AS (
+            SELECT WHERE NOT EXISTS (SELECT FROM x LEFT JOIN types ON types.id = x.type_definition_id
+                                      WHERE types.version IS DISTINCT FROM x.type_version)
         ), counter AS (
             INSERT INTO queue_day_counters AS c (tenant_id, queue_id, local_date, last_number)
-            SELECT $1, $2, (now() AT TIME ZONE $3)::date, jsonb_array_length($5::jsonb) FROM queued
+            SELECT $1, $2, (now() AT TIME ZONE $3)::date, jsonb_array_length($5::jsonb) FROM queued, fresh
             ON CONFLICT (tenant_id, queue_id, local_date)
                 DO UPDATE SET last_number = c.last_number + excluded.last_number
             RETURNING local_date, last_number - jsonb_array_length($5::jsonb) AS before
@@ -175,6 +192,8 @@ async def insert_tickets(
         prefix,
         tickets,
     )
+    if len(rows) != len(tickets):
+        raise TypeChanged
     return rows
 
 

@@ -59,7 +59,23 @@ async def check_employee(conn: Connection, tenant_id: uuid.UUID, employee_id: uu
         )
 
 
+# How often a create starts again because its ticket's type changed after it was read (each time, someone
+# changed the type's machine within one round trip).
+CREATE_ATTEMPTS = 5
+
+
 async def create_ticket(
+    conn: Connection, ctx: TenantContext, body: TicketCreate, batching: Batching
+) -> dict[str, Any]:
+    for _ in range(CREATE_ATTEMPTS):
+        try:
+            return await _create_ticket(conn, ctx, body, batching)
+        except repository.TypeChanged:
+            continue  # read the queue and the type again: the start state may be another one now
+    raise Conflict("the ticket's type kept changing while the ticket was being created; retry")
+
+
+async def _create_ticket(
     conn: Connection, ctx: TenantContext, body: TicketCreate, batching: Batching
 ) -> dict[str, Any]:
     if body.tenant_id is not None and body.tenant_id != ctx.tenant_id:
@@ -136,6 +152,7 @@ async def create_ticket(
             "id": new_id(),
             "history_id": new_id(),
             "type_definition_id": fields["type_definition_id"],
+            "type_version": compiled_type.version,
             "current_state": machine.init,
             "state_category": category.value,
             "customer_id": fields.get("customer_id"),

@@ -36,10 +36,15 @@ async def insert(
     )
 
 
-async def get_visible(conn: Connection, tenant_id: uuid.UUID | None, type_id: uuid.UUID) -> Record | None:
-    """A type of `tenant_id` or a system type; with `tenant_id` None, system types only."""
+async def get_visible(
+    conn: Connection, tenant_id: uuid.UUID | None, type_id: uuid.UUID, *, for_share: bool = False
+) -> Record | None:
+    """A type of `tenant_id` or a system type; with `tenant_id` None, system types only. With `for_share`,
+    share-locked until the transaction ends: its machine cannot change (a change waits) while something
+    is written in one of its states."""
     row: Record | None = await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM type_definitions WHERE id = $1 AND (tenant_id IS NULL OR tenant_id = $2)",
+        f"SELECT {COLUMNS} FROM type_definitions WHERE id = $1 AND (tenant_id IS NULL OR tenant_id = $2)"
+        + (" FOR SHARE" if for_share else ""),
         type_id,
         tenant_id,
     )

@@ -402,3 +402,96 @@ async def test_a_worker_cancelled_right_after_a_wake_up_stops(app: Any) -> None:
             await assert_cancel_right_after_a_wake_up_stops(worker._task, worker.wake, settle)
         finally:
             await worker.stop()
+
+
+async def test_a_receiver_that_hangs_holds_up_no_other_delivery(
+    client: httpx.AsyncClient, api: Api, database_dsn: str
+) -> None:
+    """One tenant's receiver taking its whole timeout must not delay another tenant's deliveries. The worker
+    attempted a claimed batch as a whole and claimed nothing more until its slowest attempt ended."""
+    hanging, healthy = Receiver(script=["timeout"]), Receiver()
+    await hanging.start()
+    await healthy.start()
+    try:
+        a, b = await Tenant.create(client, api), await Tenant.create(client, api)
+        hook_a, hook_b = await subscribe(client, a, hanging.url), await subscribe(client, b, healthy.url)
+        async with delivering(database_dsn, webhook_timeout_seconds=3.0, webhook_retry_window_seconds=60):
+            ok(await client.post(f"/v1/webhooks/{hook_a['id']}/test", headers=a.h), 201)
+            await hanging.wait_for(1)  # in flight for 3 s
+            sent = time.monotonic()
+            ok(await client.post(f"/v1/webhooks/{hook_b['id']}/test", headers=b.h), 201)
+            (received,) = await healthy.wait_for(1, timeout=5)
+            assert received.at - sent < 1.5, f"held up for {received.at - sent:.2f} s behind another receiver"
+            (done,) = await settled(client, b, hook_b, 1)
+            assert done["status"] == "succeeded"
+            (still,) = await deliveries(client, a, hook_a)
+            assert (still["status"], still["attempt_log"]) == ("pending", [])  # its attempt is still running
+    finally:
+        await hanging.stop()
+        await healthy.stop()
+
+
+async def test_a_redelivery_asked_for_during_an_attempt_is_not_lost(
+    client: httpx.AsyncClient, api: Api, database_dsn: str
+) -> None:
+    """The attempt in flight ends (here: a final failure, its retry window being over) after an admin asked
+    for a redelivery: its outcome must not overwrite the redelivery, which is sent as promised."""
+    receiver = Receiver(script=["timeout"], default=200)
+    await receiver.start()
+    try:
+        t = await Tenant.create(client, api)
+        hook = await subscribe(client, t, receiver.url)
+        delivery = ok(await client.post(f"/v1/webhooks/{hook['id']}/test", headers=t.h), 201)
+        await asyncio.sleep(0.6)  # older than the retry window below: its next failure is final
+        async with delivering(database_dsn, webhook_retry_window_seconds=0.5):
+            await receiver.wait_for(1)  # attempt 1 in flight (it times out after 1 s)
+            path = f"/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}"
+            assert ok(await client.post(f"{path}/redeliver", headers=t.h))["status"] == "pending"
+            await receiver.wait_for(2, timeout=5)
+            deadline = time.monotonic() + 5
+            while True:  # until the overtaken attempt has ended too (its timeout is 1 s)
+                (final,) = await settled(client, t, hook, 1)
+                if len(final["attempt_log"]) == 2 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await receiver.stop()
+    assert final["status"] == "succeeded", final
+    assert len(receiver.requests) == 2
+    assert {r.headers["x-virtualq-delivery"] for r in receiver.requests} == {delivery["id"]}
+    # Both attempts are in its log, the one the redelivery overtook included.
+    assert {(a["status_code"], a["error"]) for a in final["attempt_log"]} == {
+        (200, None),
+        (None, "timed out"),
+    }
+
+
+async def test_retries_back_off_and_a_redelivery_starts_again_from_the_first_step(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, receiver: Receiver
+) -> None:
+    """Waits double per failed attempt (each between half and all of its step); a redelivery starts its
+    window again, so its first retry waits the first step, not the step its count of attempts had reached
+    (with the defaults, 30-60 min for a delivery that failed for 24 h)."""
+    receiver.default = 500
+    t = await Tenant.create(client, api)
+    hook = await subscribe(client, t, receiver.url)
+    base = 0.3
+    async with delivering(
+        database_dsn,
+        webhook_retry_base_seconds=base,
+        webhook_retry_max_seconds=30,
+        webhook_retry_window_seconds=60,
+    ):
+        delivery = ok(await client.post(f"/v1/webhooks/{hook['id']}/test", headers=t.h), 201)
+        first = await receiver.wait_for(4, timeout=10)
+        gaps = [b.at - a.at for a, b in itertools.pairwise(first)]
+        for n, gap in enumerate(gaps):  # steps 0.3, 0.6, 1.2 s; the worker polls every 0.2 s
+            assert base * 2**n / 2 - 0.05 < gap < base * 2**n + 0.5, gaps
+        path = f"/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}"
+        await asyncio.sleep(0.1)  # the fourth failure recorded (its retry waits 1.2-2.4 s)
+        ok(await client.post(f"{path}/redeliver", headers=t.h))
+        again = await receiver.wait_for(6, timeout=10)
+    after_redelivery = again[5].at - again[4].at
+    assert after_redelivery < base + 0.5, (
+        f"the first retry after a redelivery waited {after_redelivery:.2f} s"
+    )

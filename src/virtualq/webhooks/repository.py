@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from virtualq.db import Connection, Record, fetch_returning
@@ -137,14 +138,15 @@ UPDATE webhook_deliveries d
    SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
   FROM due, webhooks w
  WHERE d.tenant_id = due.tenant_id AND d.id = due.id AND w.tenant_id = d.tenant_id AND w.id = d.webhook_id
-RETURNING d.tenant_id, d.id, d.webhook_id, d.event_type, d.payload, d.attempts,
+RETURNING d.tenant_id, d.id, d.webhook_id, d.event_type, d.payload, d.attempts, d.next_attempt_at AS lease,
           extract(epoch FROM now() - d.created_at)::float8 AS age_seconds, w.url, w.secret, w.is_active
 """
 
 
 async def claim(conn: Connection, limit: int, lease_seconds: float) -> list[Record]:
     """Take due deliveries for this process: each is leased (pushed into the future) in the same statement,
-    so a process that dies mid-delivery leaves it to be retried when the lease runs out."""
+    so a process that dies mid-delivery leaves it to be retried when the lease runs out. `lease` is the
+    time written: record_attempt changes the delivery only if it still holds it."""
     return await conn.fetch(CLAIM, limit, lease_seconds)
 
 
@@ -158,19 +160,40 @@ async def record_attempt(
     status_code: int | None,
     error: str | None,
     duration_ms: int,
-    retry_in_seconds: float | None,
-) -> None:
-    await conn.execute(
-        """WITH d AS (
+    retry_base_seconds: float,
+    retry_max_seconds: float,
+    jitter: float,
+    lease: datetime,
+) -> bool:
+    """Log the attempt, and set the delivery's outcome unless it changed since the claim that wrote `lease`
+    (a redelivery asked for meanwhile is due now and stays so: the outcome of an attempt it overtook must
+    not end it). True if the outcome was set.
+
+    A `pending` outcome is retried after `retry_base_seconds` doubled for each attempt logged since the
+    delivery's `created_at` (its event, or its last redelivery: a redelivery starts again from the base), at
+    most `retry_max_seconds`, times `jitter` (0.5 to 1: "equal jitter", half the step fixed, half random)."""
+    updated: bool | None = await conn.fetchval(
+        """WITH prior AS (
+               SELECT count(*) AS n FROM webhook_attempts a
+                WHERE a.tenant_id = $1 AND a.delivery_id = $2
+                  AND a.created_at >= (SELECT created_at FROM webhook_deliveries
+                                        WHERE tenant_id = $1 AND id = $2)
+           ), d AS (
                UPDATE webhook_deliveries
                   SET status = $4, last_status_code = $5, last_error = $6, last_duration_ms = $7,
-                      next_attempt_at = CASE WHEN $4 = 'pending' THEN now() + make_interval(secs => $8)
-                                             ELSE next_attempt_at END,
+                      next_attempt_at = CASE WHEN $4 = 'pending' THEN now() + make_interval(secs =>
+                              least($9::float8, $8::float8 * power(2, least((SELECT n FROM prior), 60)))
+                              * $10::float8)
+                          ELSE next_attempt_at END,
                       updated_at = now()
-                WHERE tenant_id = $1 AND id = $2
-               RETURNING tenant_id, id)
-           INSERT INTO webhook_attempts (tenant_id, delivery_id, attempt, status_code, error, duration_ms)
-           SELECT tenant_id, id, $3, $5, $6, $7 FROM d""",
+                WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND next_attempt_at = $11
+               RETURNING id
+           ), a AS (
+               INSERT INTO webhook_attempts (tenant_id, delivery_id, attempt, status_code, error, duration_ms)
+               SELECT $1, $2, $3, $5, $6, $7
+                WHERE EXISTS (SELECT FROM webhook_deliveries WHERE tenant_id = $1 AND id = $2)
+           )
+           SELECT EXISTS (SELECT FROM d)""",
         tenant_id,
         delivery_id,
         attempt,
@@ -178,8 +201,12 @@ async def record_attempt(
         status_code,
         error,
         duration_ms,
-        retry_in_seconds or 0.0,
+        retry_base_seconds,
+        retry_max_seconds,
+        jitter,
+        lease,
     )
+    return bool(updated)
 
 
 # The sweeper prunes finished deliveries a batch at a time, oldest first (webhook_deliveries_finished_idx,

@@ -53,14 +53,11 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def backoff_seconds(attempt: int, base: float, cap: float) -> float:
-    """Exponential with "equal jitter": half the step fixed, half random."""
-    step: float = min(cap, base * 2.0 ** max(0, attempt - 1))
-    return step / 2 + random.uniform(0, step / 2)
-
-
 @dataclass
 class WebhookWorker:
+    """Up to CONCURRENCY attempts at a time. A slot that frees is filled at once from what is due, so a
+    receiver that takes its whole timeout holds one slot, not the others' deliveries (every tenant's)."""
+
     pool: Pool
     settings: Settings
     metrics: Metrics
@@ -68,7 +65,7 @@ class WebhookWorker:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
-    _busy: bool = False  # attempting a batch (claimed, leased): a stop lets it finish
+    _inflight: set[asyncio.Task[None]] = field(default_factory=set)  # claimed (leased) and being attempted
 
     def wake(self) -> None:
         self._wake.set()
@@ -87,61 +84,67 @@ class WebhookWorker:
         WEBHOOK_TIMEOUT_SECONDS + 1 s), then stop. An attempt cut off mid-call would stay leased and be sent
         again once its lease ran out, although the receiver may well have had it."""
         self._stopping = True
+        deadline = time.monotonic() + self.settings.webhook_timeout_seconds + 1
         task = self._task
         if task is not None:
-            if self._busy:
-                done, _ = await asyncio.wait({task}, timeout=self.settings.webhook_timeout_seconds + 1)
-                if not done:  # outcomes not recorded in time (the database slow or away)
-                    log.warning("webhook_attempts_cut", hint="sent again once their lease ends")
+            # A claim in progress ends and starts its attempts (its deliveries are leased); a wait ends.
+            self._wake.set()
+            await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._inflight:
+            _, cut = await asyncio.wait(set(self._inflight), timeout=max(0.0, deadline - time.monotonic()))
+            if cut:  # outcomes not recorded in time (the database slow or away)
+                log.warning(
+                    "webhook_attempts_cut", attempts=len(cut), hint="sent again when their lease ends"
+                )
+                for attempt in cut:
+                    attempt.cancel()
+                await asyncio.gather(*cut, return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
 
     async def _run(self) -> None:
         while not self._stopping:
-            self._busy = True
+            free = CONCURRENCY - len(self._inflight)
+            if free <= 0:  # every slot busy: claim again as soon as one frees
+                await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
-                worked = await self.run_once()
+                started = await self.run_once(free)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("webhook_worker_failed", exc_info=True)
-                worked = 0
-            finally:
-                self._busy = False
+                started = 0
             if self._stopping:
                 return
-            if worked < BATCH:
+            if started < free:  # nothing more due now: until woken, or the next poll
                 # asyncio.timeout, not wait_for, which can swallow stop()'s cancellation on Python 3.11.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.event_poll_seconds):
                         await self._wake.wait()
                 self._wake.clear()
 
-    async def run_once(self) -> int:
-        """Claim and attempt one batch of due deliveries; returns how many."""
+    async def run_once(self, limit: int = BATCH) -> int:
+        """Claim up to `limit` due deliveries and start attempting each; returns how many."""
         lease = self.settings.webhook_timeout_seconds + 30
         async with acquire(self.pool, transaction=False, system=True) as conn:
             if self._stopping:  # a stop began while waiting for the connection: claim nothing more
                 return 0
-            claimed = await repository.claim(conn, BATCH, lease)
-        if not claimed:
-            return 0
+            claimed = await repository.claim(conn, limit, lease)
         lease_ends = time.monotonic() + lease - 1
-        semaphore = asyncio.Semaphore(CONCURRENCY)
-
-        async def one(row: Any) -> None:
-            async with semaphore:
-                await self._attempt(row, lease_ends)
-
-        # Every attempt runs to its end even if another fails (none is left running unobserved).
-        outcomes = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                log.warning("webhook_attempt_failed", exc_info=outcome)
+        for row in claimed:
+            attempt = asyncio.create_task(self._attempt(row, lease_ends), name="virtualq-webhook-attempt")
+            self._inflight.add(attempt)
+            attempt.add_done_callback(self._attempt_ended)
         return len(claimed)
+
+    def _attempt_ended(self, attempt: asyncio.Task[None]) -> None:
+        self._inflight.discard(attempt)
+        if not attempt.cancelled() and (error := attempt.exception()) is not None:
+            log.warning("webhook_attempt_failed", exc_info=error)
 
     async def _attempt(self, row: Any, lease_ends: float) -> None:
         assert self.client is not None
@@ -170,14 +173,11 @@ class WebhookWorker:
         duration_ms = round((time.perf_counter() - started) * 1000)
         settings = self.settings
         if error is None:
-            status, retry_in = "succeeded", None
+            status = "succeeded"
         elif permanent or row["age_seconds"] >= settings.webhook_retry_window_seconds:
-            status, retry_in = "failed", None
+            status = "failed"
         else:
-            status = "pending"
-            retry_in = backoff_seconds(
-                row["attempts"], settings.webhook_retry_base_seconds, settings.webhook_retry_max_seconds
-            )
+            status = "pending"  # retried with exponential backoff (repository.record_attempt)
         self.metrics.webhook_attempts.labels("retry" if status == "pending" else status).inc()
         outcome = {
             "tenant_id": row["tenant_id"],
@@ -187,7 +187,10 @@ class WebhookWorker:
             "status_code": status_code,
             "error": error,
             "duration_ms": duration_ms,
-            "retry_in_seconds": retry_in,
+            "retry_base_seconds": settings.webhook_retry_base_seconds,
+            "retry_max_seconds": settings.webhook_retry_max_seconds,
+            "jitter": random.uniform(0.5, 1.0),
+            "lease": row["lease"],
         }
         await self._record(outcome, lease_ends)
 

@@ -248,6 +248,12 @@ def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tm
     assert problem.startswith(
         f"the database is at revision {migrate.head_revision()}, but the role virtualq_app it needs does not"
     )
+    # With AUTO_MIGRATE on (the default) too: migrating cannot make the role there. It said so only with
+    # AUTO_MIGRATE=false, and otherwise printed its banner, then a traceback.
+    restored = run_cli("serve", env=base_env(data_dir, PORT=str(free_port()), LOG_LEVEL="warning"))
+    assert restored.returncode == 2, restored
+    assert restored.stderr.strip() == problem
+    assert "VirtualQ http" not in restored.stdout
 
     # A database that cannot be reached: one line too.
     with socket.socket() as closed:
@@ -262,6 +268,23 @@ def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tm
     migrated = run_cli("migrate", env=env)
     assert (migrated.returncode, migrated.stderr.count("\n")) == (2, 1), migrated.stderr
     assert migrated.stderr.startswith("cannot connect to the database: ")
+    created = run_cli("api-key", "create", env=env)  # was a traceback of 131 lines
+    assert (created.returncode, created.stderr.count("\n")) == (2, 1), created.stderr
+    assert created.stderr.startswith("cannot connect to the database: ")
+
+    # A DATABASE_URL that asyncpg cannot read (a port that is no number, an unknown sslmode): one line, and
+    # nothing written (the development admin key was written first).
+    for unreadable in ("postgresql://u:p@@host:notaport/db", f"{nowhere}?sslmode=bogus"):
+        unused = tmp_path / "unreadable"
+        env = base_env(unused, DATABASE_URL=unreadable, LOG_LEVEL="warning")
+        for command in (["serve"], ["migrate"], ["api-key", "create"]):
+            result = run_cli(*command, env={**env, "PORT": str(free_port())})
+            assert result.returncode == 2, result
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, result.stderr
+            assert lines[0].startswith(("DATABASE_URL cannot be used: ", "cannot connect to the database: "))
+            assert ":p@" not in lines[0]
+        assert not unused.exists()
 
 
 def _cannot_start(data_dir: Path, first: str | None = None) -> str | None:
@@ -769,7 +792,13 @@ def test_migrate_api_key_create_and_downgrade(tmp_path: Path, empty_database: st
 
     migrated = run_cli("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
-    assert "upgraded to head" in migrated.stdout
+    assert migrated.stdout.strip() == f"upgraded from base to {migrate.head_revision()}"
+    # Asked for a revision it is already past: it says so (it said "upgraded to 0006" and changed nothing).
+    again = run_cli("migrate", "--revision", "0006", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == (
+        f"already at {migrate.head_revision()}, nothing to do; asked for 0006 (--downgrade goes back)"
+    )
     assert public_tables(empty_database) >= FOUNDATION_TABLES | {"alembic_version"}
     # DATABASE_URL is set, so no embedded server was started.
     assert not (tmp_path / "unused" / "pgdata").exists()

@@ -85,11 +85,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if (problem := _port_taken(host, port)) is not None:  # before anything is written
         print(problem, file=sys.stderr)
         return 2
-    settings, key_file = _development_admin_key(settings)
     with database(settings) as dsn:
         if (problem := _cannot_start_on(dsn, settings.auto_migrate)) is not None:
             print(problem, file=sys.stderr)
             return 2
+        settings, key_file = _development_admin_key(settings)  # only once the server can start
         if settings.auto_migrate:
             migrate.upgrade(dsn)
         os.environ[RESOLVED_DSN_ENV] = dsn
@@ -150,10 +150,11 @@ ROLE_REVISION = "0008"  # the migration that creates the application role every 
 
 
 def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
-    """Why no server can start on this database, or None: it cannot be reached; or, when it is not to be
-    migrated at start (AUTO_MIGRATE=false), it is before migration 0008 (the application role, row
-    security), with nothing to serve. From 0008 on the server starts, and `/readyz` answers 503 until the
-    database is at this build's revision."""
+    """Why no server can start on this database, or None: it cannot be reached (or DATABASE_URL cannot be
+    read); it is from migration 0008 on but lacks the application role that migration made (a dump restored
+    on another server); or, when it is not to be migrated at start (AUTO_MIGRATE=false), it is before 0008
+    (the application role, row security), with nothing to serve. From 0008 on the server starts, and
+    `/readyz` answers 503 until the database is at this build's revision."""
     import asyncpg
 
     from virtualq import migrate
@@ -161,15 +162,14 @@ def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
 
     async def check() -> str | None:
         conn = await asyncpg.connect(dsn)
-        if migrating:
-            await conn.close()
-            return None
         try:
             revision = await migrate.current_revision(conn)
             role = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", APP_ROLE)
         finally:
             await conn.close()
         if revision is None or revision < ROLE_REVISION:
+            if migrating:  # the migrations make the role
+                return None
             return (
                 f"the database is not migrated (at revision {revision or 'none'}; this build needs "
                 f"{migrate.head_revision()}): run `virtualq migrate`, or start without AUTO_MIGRATE=false"
@@ -184,8 +184,10 @@ def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
 
     try:
         return asyncio.run(check())
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return f"cannot connect to the database: {exc}"
+    except ValueError as exc:  # DATABASE_URL that asyncpg cannot read: a port that is no number, say
+        return f"DATABASE_URL cannot be used: {exc}"
 
 
 def _port_taken(host: str, port: int) -> str | None:
@@ -266,8 +268,14 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
                 migrate.downgrade(dsn, args.downgrade)
                 print(f"downgraded to {args.downgrade}")
             else:
+                before = _revision_of(dsn)
                 migrate.upgrade(dsn, args.revision)
-                print(f"upgraded to {args.revision}")
+                after = _revision_of(dsn)
+                if after == before:
+                    wanted = "" if args.revision == "head" else f"; asked for {args.revision}"
+                    print(f"already at {after or 'base'}, nothing to do{wanted} (--downgrade goes back)")
+                else:
+                    print(f"upgraded from {before or 'base'} to {after}")
         except CommandError as exc:  # an unknown revision, most often: one line, as other refusals
             print(
                 f"cannot migrate: {exc} (revisions: base, 0001 to {migrate.head_revision()}, head)",
@@ -275,6 +283,21 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 2
     return 0
+
+
+def _revision_of(dsn: str) -> str | None:
+    import asyncpg
+
+    from virtualq import migrate
+
+    async def read() -> str | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await migrate.current_revision(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
 
 
 def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -306,6 +329,9 @@ def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> int:
     with database(settings) as dsn:
         from virtualq import migrate
 
+        if (problem := _cannot_start_on(dsn, migrating=True)) is not None:
+            print(problem, file=sys.stderr)
+            return 2
         migrate.upgrade(dsn)
         row, secret = asyncio.run(create(dsn))
     print(f"id     {row['id']}\nscope  {row['scope']}\nrole   {row['role']}\nkey    {secret}")

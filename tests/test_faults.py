@@ -553,6 +553,57 @@ async def test_postgres_restart_under_load_fails_fast_loses_nothing_and_recovers
         await pg.stop()
 
 
+async def test_a_database_outage_is_logged_once_per_loop_and_its_end_too(tmp_path: Path) -> None:
+    """While PostgreSQL is away every background loop fails at each pass. Each logged a traceback every
+    time (~2.7 KB a line; polling every 0.2 s here, every 1 s by default: about 500 MB a day per process).
+    Now: the first failure of each loop with its traceback, a repeat at most once a minute, and one line
+    when the loop works again."""
+    pg = Postgres(tmp_path / "pg")
+    await pg.start()
+    await pg.migrate()
+    env = {
+        "LOG_LEVEL": "info",
+        "ENV": "production",  # JSON lines
+        "EVENT_POLL_SECONDS": "0.2",
+        "SWEEPER_INTERVAL_SECONDS": "0.2",
+        "WEBHOOK_DELIVERY": "true",
+    }
+    server = ServerProcess(pg.dsn, tmp_path, "outage", **env)
+    try:
+        await server.start()
+        await asyncio.sleep(0.5)
+        await pg.stop()
+        await asyncio.sleep(4.0)  # ~20 passes of each loop
+        await pg.start()
+        deadline = time.monotonic() + 15
+        while True:
+            async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "not ready again within 15 s"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # each loop passes again (the listener reconnects within its poll)
+    finally:
+        server.stop()
+        await pg.stop()
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+    counts = Counter(line["event"] for line in lines)
+    failures = {"event_hub_read_failed", "event_listener_lost", "webhook_worker_failed", "sweep_failed"}
+    assert failures <= set(counts), counts  # each loop noticed
+    assert all(counts[event] == 1 for event in failures), {event: counts[event] for event in failures}
+    for event in failures:
+        (first,) = (line for line in lines if line["event"] == event)
+        assert "exception" in first, first  # the first with its traceback
+    recovered = {
+        f"{event.rsplit('_', 1)[0]}_recovered" for event in failures
+    }  # event_hub_read_recovered, ...
+    assert recovered <= set(counts), counts
+    for event in recovered:
+        (line,) = (line for line in lines if line["event"] == event)
+        assert line["failures"] >= 1, line
+        assert line["failing_seconds"] > 0, line
+
+
 # --- 2. Redis stopped and restarted -----------------------------------------------------------------------
 
 

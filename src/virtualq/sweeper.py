@@ -28,6 +28,7 @@ from virtualq.db import Connection, acquire, fetch_returning
 from virtualq.events import repository as events
 from virtualq.fsm import Category
 from virtualq.kit import clock
+from virtualq.kit.failing import Failing
 from virtualq.kit.ids import new_id
 from virtualq.kit.sql import delete_oldest, oldest_first_delete
 from virtualq.pool import Pool
@@ -225,6 +226,7 @@ async def run_forever(
     At the first pass and once an hour, also prune (`prune`), and again at every pass while a backlog is
     left. `on_events` is called after a pass that changed tickets (and so wrote events)."""
     last_prune = -math.inf  # the first pass prunes
+    failing = Failing(log, "sweep_failed", level="error")
     while True:
         try:
             if settings is not None and time.monotonic() - last_prune >= PRUNE_EVERY_SECONDS:
@@ -250,10 +252,11 @@ async def run_forever(
                     escalated=result.escalated,
                     wait_exceeded=result.wait_exceeded,
                 )
+            failing.succeeded()
         except asyncio.CancelledError:
             raise
-        except Exception:  # the database may be down; the next pass tries again
-            log.exception("sweep_failed")
+        except Exception as exc:  # the database may be down; the next pass tries again
+            failing.failed(exc)
         await asyncio.sleep(interval_seconds)
 
 

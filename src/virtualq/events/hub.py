@@ -27,6 +27,7 @@ from virtualq.db import acquire
 from virtualq.events import repository
 from virtualq.events.cursor import Cursor
 from virtualq.events.envelope import concerns_queue, cursor_of, display_safe, envelope, sse_message
+from virtualq.kit.failing import Failing
 from virtualq.kit.metrics import Metrics
 from virtualq.pool import Pool
 
@@ -197,6 +198,7 @@ class EventHub:
     # --- the loop -------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        failing = Failing(log, "event_hub_read_failed")
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns instead of raising when it is
             # cancelled just as the wake-up completes, and stop() would wait for this loop for ever.
@@ -208,10 +210,11 @@ class EventHub:
                 behind = await self._drain()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database may be away; the next wake or poll tries again
-                log.warning("event_hub_read_failed", exc_info=True)
+            except Exception as exc:  # the database may be away; the next wake or poll tries again
+                failing.failed(exc)
                 await asyncio.sleep(self.poll_seconds)
                 continue
+            failing.succeeded()
             if behind:
                 # Committed events the read could not take (behind an older transaction still running, or
                 # settled just after it): look again shortly.
@@ -273,16 +276,17 @@ class EventHub:
 
     async def _listen(self) -> None:
         """Wake on notifications; reconnect with a pause when the source goes away."""
+        failing = Failing(log, "event_listener_lost")
         while True:
             try:
                 if self.redis is not None:
-                    await self._listen_redis()
+                    await self._listen_redis(failing.succeeded)
                 else:
-                    await self._listen_postgres()
+                    await self._listen_postgres(failing.succeeded)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("event_listener_lost", exc_info=True)
+            except Exception as exc:
+                failing.failed(exc)
             await asyncio.sleep(self.poll_seconds)
 
     def _notified(self, payload: bytes) -> None:
@@ -294,6 +298,7 @@ class EventHub:
 
     async def _notify_others(self) -> None:
         """One NOTIFY at a time: commits made while one is sent are announced by the next."""
+        failing = Failing(log, "event_notify_failed")
         while True:
             await self._notify.wait()
             self._notify.clear()
@@ -302,26 +307,30 @@ class EventHub:
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.token.decode())
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the others' polls deliver; try again with the next commit
-                log.warning("event_notify_failed", exc_info=True)
+            except Exception as exc:  # the others' polls deliver; try again with the next commit
+                failing.failed(exc)
                 await asyncio.sleep(self.poll_seconds)
+            else:
+                failing.succeeded()
 
-    async def _listen_postgres(self) -> None:
+    async def _listen_postgres(self, listening: Callable[[], None]) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "virtualq-listener"})
         lost = asyncio.Event()
         try:
             await conn.add_listener(CHANNEL, lambda _c, _p, _ch, payload: self._notified(payload.encode()))
             conn.add_termination_listener(lambda _: lost.set())
+            listening()
             self._wake.set()  # catch up on anything committed while we were not listening
             await lost.wait()
         finally:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
 
-    async def _listen_redis(self) -> None:
+    async def _listen_redis(self, listening: Callable[[], None]) -> None:
         pubsub = self.redis.pubsub()
         try:
             await pubsub.subscribe(REDIS_CHANNEL)
+            listening()
             self._wake.set()
             async for message in pubsub.listen():
                 if message.get("type") == "message":
@@ -339,5 +348,11 @@ async def publish(redis: Any, message: bytes = b"1") -> None:
     try:
         async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
             await redis.publish(REDIS_CHANNEL, message)
-    except Exception:  # a lost notification only delays delivery until the next poll
-        log.warning("event_publish_failed", exc_info=True)
+    except Exception as exc:  # a lost notification only delays delivery until the next poll
+        _publishing.failed(exc)
+    else:
+        _publishing.succeeded()
+
+
+# Every write publishes: while Redis is away, one line a minute, not a traceback per request.
+_publishing = Failing(log, "event_publish_failed")

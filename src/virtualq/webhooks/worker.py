@@ -26,6 +26,7 @@ from virtualq import __version__
 from virtualq.config import Settings
 from virtualq.db import CONNECTION_ERRORS, acquire
 from virtualq.errors import Unavailable
+from virtualq.kit.failing import Failing
 from virtualq.kit.metrics import Metrics
 from virtualq.pool import Pool
 from virtualq.webhooks import repository
@@ -106,6 +107,7 @@ class WebhookWorker:
             await self.client.aclose()
 
     async def _run(self) -> None:
+        failing = Failing(log, "webhook_worker_failed")
         while not self._stopping:
             free = CONCURRENCY - len(self._inflight)
             if free <= 0:  # every slot busy: claim again as soon as one frees
@@ -115,9 +117,11 @@ class WebhookWorker:
                 started = await self.run_once(free)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("webhook_worker_failed", exc_info=True)
+            except Exception as exc:
+                failing.failed(exc)
                 started = 0
+            else:
+                failing.succeeded()
             if self._stopping:
                 return
             if started < free:  # nothing more due now: until woken, or the next poll

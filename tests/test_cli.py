@@ -496,6 +496,38 @@ def test_serve_restart_on_the_same_data_dir_keeps_data(tmp_path: Path, serve: An
     assert admin_key not in server.output()
 
 
+@pytest.mark.slow
+def test_one_server_per_data_dir_and_a_crashed_servers_database_is_taken_over(
+    tmp_path: Path, serve: Any
+) -> None:
+    """A second `virtualq serve` on the same data dir used to share the first one's embedded PostgreSQL and
+    lose it when the first stopped; and a PostgreSQL left running by a killed server ran for ever, even
+    after the next server's clean stop."""
+    data_dir = tmp_path / "vq"
+    first = serve(data_dir, "first")
+    first.wait_ready()
+    second = serve(data_dir, "second")
+    assert second.process.wait(timeout=STOP_TIMEOUT) == 2
+    lines = second.stderr.read_text().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"another virtualq serve (pid {first.process.pid}) is using {data_dir}"), lines
+    assert "VirtualQ http" not in second.stdout.read_text()
+    assert httpx.get(first.base + "/readyz", timeout=5).status_code == 200  # untouched
+
+    pgdata = data_dir / "pgdata"
+    first.process.kill()  # no clean stop: its PostgreSQL stays
+    first.process.wait(timeout=STOP_TIMEOUT)
+    orphan = postmaster_pid(pgdata)
+    assert pid_alive(orphan)
+    third = serve(data_dir, "third")
+    third.wait_ready()
+    assert postmaster_pid(pgdata) == orphan  # taken over, not restarted
+    assert "embedded_postgres_taken_over" in third.output()
+    assert third.terminate() == 0
+    assert gone_soon(orphan), "the PostgreSQL taken over was not stopped with its server"
+    assert no_postgres_soon(pgdata) == []
+
+
 def _environment_of_children(pid: int) -> list[dict[str, str]]:
     """The initial environment of each process whose parent is `pid`."""
     found = []

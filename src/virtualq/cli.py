@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import os
 import secrets
@@ -28,26 +29,74 @@ RESOLVED_DSN_ENV = "VIRTUALQ_RESOLVED_DSN"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multi-process mode (kit/metrics.py)
 METRICS_DIR_PREFIX = "virtualq-metrics-"  # + the pid of the server that made it (shared_metrics)
 ADMIN_KEY_FILE = "admin_api_key"
+SERVE_LOCK_FILE = "serve.lock"
 
 log = get_logger("virtualq.cli")
 
 
 @contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """Yield a DSN: DATABASE_URL if set, else the embedded server (stopped afterwards if we started it)."""
+def database(settings: Settings, *, serving: bool = False) -> Iterator[str]:
+    """Yield a DSN: DATABASE_URL if set, else the embedded server (stopped afterwards if we started it).
+
+    `serving` (`virtualq serve`): the data dir is this process's alone (a lock, DataDirInUse if another
+    server holds it), so an embedded PostgreSQL already running there was left by a server that did not
+    stop (killed, crashed): it is taken over, said so, and stopped with this server. Other commands use a
+    running one as they find it and leave it running."""
     if settings.database_url:
         yield settings.database_url
         return
     from virtualq.embedded_pg import EmbeddedPostgres
 
-    embedded = EmbeddedPostgres(settings.virtualq_data_dir)
-    dsn = embedded.start()
-    try:
-        yield dsn
-    finally:
-        if embedded.started_here:
-            embedded.stop()
-            log.info("embedded PostgreSQL stopped", data_dir=str(settings.virtualq_data_dir))
+    data_dir = settings.virtualq_data_dir
+    with _serve_lock(data_dir) if serving else contextlib.nullcontext():
+        embedded = EmbeddedPostgres(data_dir)
+        left_running = serving and embedded.is_initialised and embedded.is_running()
+        dsn = embedded.start()
+        if left_running:
+            log.warning(
+                "embedded_postgres_taken_over",
+                data_dir=str(data_dir),
+                hint="left running by a server that did not stop; stopped with this one",
+            )
+        try:
+            yield dsn
+        finally:
+            if embedded.started_here or left_running:
+                embedded.stop()
+                log.info("embedded PostgreSQL stopped", data_dir=str(data_dir))
+
+
+class DataDirInUse(Exception):
+    pass
+
+
+@contextmanager
+def _serve_lock(data_dir: Path) -> Iterator[None]:
+    """Hold `<data_dir>/serve.lock` (with this process's pid in it) while serving: two servers on one data
+    dir shared its embedded PostgreSQL, and the first to stop stopped it under the other."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / SERVE_LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise DataDirInUse(
+                f"another virtualq serve (pid {holder}) is using {data_dir}: stop it first, or give this "
+                "one its own VIRTUALQ_DATA_DIR (or a DATABASE_URL)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _development_admin_key(settings: Settings) -> tuple[Settings, Path | None]:
@@ -85,7 +134,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if (problem := _port_taken(host, port)) is not None:  # before anything is written
         print(problem, file=sys.stderr)
         return 2
-    with database(settings) as dsn:
+    with contextlib.ExitStack() as stack:
+        try:
+            dsn = stack.enter_context(database(settings, serving=True))
+        except DataDirInUse as exc:
+            print(exc, file=sys.stderr)
+            return 2
         if (problem := _cannot_start_on(dsn, settings.auto_migrate)) is not None:
             print(problem, file=sys.stderr)
             return 2

@@ -7,6 +7,8 @@ Each test session gets a fresh database. Tests isolate themselves by creating th
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import os
 import secrets
 import tempfile
@@ -18,11 +20,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import structlog
 
 from virtualq import migrate
 from virtualq.app import create_app
 from virtualq.config import Settings
 from virtualq.embedded_pg import EmbeddedPostgres
+from virtualq.logging import configure_logging
 
 pytest_plugins = ["tests.watchdog"]
 
@@ -185,3 +189,26 @@ async def live_server(app: Any) -> AsyncIterator[LiveServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """Configure logging as production does (JSON lines) and capture everything the root logger writes."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    saved_disabled = uvicorn_access.disabled
+    alembic_logger = logging.getLogger("alembic")
+    saved_alembic_level = alembic_logger.level
+    saved_structlog = structlog.get_config()
+    buffer = io.StringIO()
+    configure_logging("info", json=True, stream=buffer)
+    try:
+        yield buffer
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        uvicorn_access.disabled = saved_disabled
+        alembic_logger.setLevel(saved_alembic_level)
+        structlog.configure(**saved_structlog)
+        structlog.contextvars.clear_contextvars()

@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -18,7 +18,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
-import structlog
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,7 +26,6 @@ from tests.helpers import Api, auth
 from virtualq import migrate
 from virtualq.app import create_app
 from virtualq.health import router as health
-from virtualq.logging import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT_ROUTE = "/v1/accounts/{account_id}"
@@ -99,29 +97,6 @@ def drift(committed: dict[str, Any], served: dict[str, Any]) -> str:
     if changed_top := [k for k in rest if committed.get(k) != served.get(k)]:
         parts.append(f"top-level keys changed: {changed_top}")
     return "; ".join(parts) or "components other than schemas differ"
-
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """Configure logging as production does (JSON lines) and capture everything the root logger writes."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    uvicorn_access = logging.getLogger("uvicorn.access")
-    saved_disabled = uvicorn_access.disabled
-    alembic_logger = logging.getLogger("alembic")
-    saved_alembic_level = alembic_logger.level
-    saved_structlog = structlog.get_config()
-    buffer = io.StringIO()
-    configure_logging("info", json=True, stream=buffer)
-    try:
-        yield buffer
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        uvicorn_access.disabled = saved_disabled
-        alembic_logger.setLevel(saved_alembic_level)
-        structlog.configure(**saved_structlog)
-        structlog.contextvars.clear_contextvars()
 
 
 def access_lines(text: str) -> list[dict[str, Any]]:
@@ -297,16 +272,31 @@ async def test_access_log_has_one_line_per_request_with_route_template(
     assert world.tenant_id not in line["route"]
 
 
+async def test_probes_and_scrapes_that_succeed_stay_out_of_the_access_log(
+    client: httpx.AsyncClient, json_logs: io.StringIO
+) -> None:
+    """Orchestrators probe every few seconds and Prometheus scrapes: at info, those lines drowned the
+    requests that matter. A probe that fails is logged (and any other request)."""
+    json_logs.truncate(0)
+    json_logs.seek(0)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await client.get(path)).status_code == 200
+    missing = await client.get("/healthzz")
+    assert missing.status_code == 404
+    lines = access_lines(json_logs.getvalue())
+    assert [(line["route"], line["status"]) for line in lines] == [("<unmatched>", 404)], lines
+
+
 async def test_access_log_for_each_of_several_requests(
     client: httpx.AsyncClient, api: Api, json_logs: io.StringIO
 ) -> None:
     supplied = f"req-{uuid.uuid4().hex}"
     responses = [
-        await client.get("/healthz", headers={"X-Request-ID": supplied}),
+        await client.get("/v1/nowhere", headers={"X-Request-ID": supplied}),
         await client.get("/v1/accounts"),
         await client.get("/v1/accounts", headers=auth(api.admin_key)),
     ]
-    assert [r.status_code for r in responses] == [200, 401, 200]
+    assert [r.status_code for r in responses] == [404, 401, 200]
     assert responses[0].headers["x-request-id"] == supplied
     ids = [r.headers["x-request-id"] for r in responses]
     assert len(set(ids)) == 3
@@ -315,7 +305,7 @@ async def test_access_log_for_each_of_several_requests(
     by_id = {line["request_id"]: line for line in lines if line.get("request_id") in ids}
     assert len([line for line in lines if line.get("request_id") in ids]) == 3
     assert [(by_id[i]["route"], by_id[i]["status"]) for i in ids] == [
-        ("/healthz", 200),
+        ("<unmatched>", 404),
         ("/v1/accounts", 401),
         ("/v1/accounts", 200),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import itertools
 import json
 import socket
@@ -495,3 +496,28 @@ async def test_retries_back_off_and_a_redelivery_starts_again_from_the_first_ste
     assert after_redelivery < base + 0.5, (
         f"the first retry after a redelivery waited {after_redelivery:.2f} s"
     )
+
+
+async def test_failed_attempts_are_logged_for_the_operator(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, receiver: Receiver, json_logs: io.StringIO
+) -> None:
+    """Failures were only in the metric and the delivery's log: a retry is an info line, the final failure
+    a warning, each with the tenant, webhook and delivery, never the URL (its query may hold a token)."""
+    receiver.default = 500
+    t = await Tenant.create(client, api)
+    hook = await subscribe(client, t, receiver.url + "?token=s3cr3t")
+    async with delivering(database_dsn, webhook_retry_window_seconds=0.5):
+        delivery = ok(await client.post(f"/v1/webhooks/{hook['id']}/test", headers=t.h), 201)
+        (final,) = await settled(client, t, hook, 1)
+    assert final["status"] == "failed"
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines() if line.strip()]
+    logged = [line for line in lines if line.get("delivery_id") == delivery["id"]]
+    assert [line["event"] for line in logged] == ["webhook_retry_scheduled"] * (len(logged) - 1) + [
+        "webhook_delivery_failed"
+    ]
+    assert len(logged) == final["attempts"]
+    assert {line["level"] for line in logged} == {"info", "warning"} or len(logged) == 1
+    for line in logged:
+        assert (line["tenant_id"], line["webhook_id"], line["status_code"]) == (t.id, hook["id"], 500)
+        assert line["error"] == "HTTP 500"
+    assert "s3cr3t" not in json_logs.getvalue()

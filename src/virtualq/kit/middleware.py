@@ -29,6 +29,7 @@ error_log = get_logger("virtualq.error")
 # Both logging configurations (logging.py) drop the access log below the root logger's level: asked once
 # per request here, it costs a cached lookup instead of structlog's processors refusing the line.
 _access_logging = logging.getLogger("virtualq.access")
+PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class _RequestIds:
@@ -264,8 +265,12 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             duration = time.perf_counter() - started
             self.metrics.observe_request(scope["method"], template, status, duration)
-            if _access_logging.isEnabledFor(logging.INFO):
-                access_log.info(
+            # Probes and scrapes that succeed (every few seconds, from every orchestrator and Prometheus)
+            # are routine: debug. A failing one (a 503 from /readyz) is logged like any request.
+            level = logging.DEBUG if template in PROBE_ROUTES and status < 400 else logging.INFO
+            if _access_logging.isEnabledFor(level):
+                access_log.log(
+                    level,
                     "request",
                     tenant_id=state.get("tenant_id"),
                     method=scope["method"],

@@ -148,7 +148,7 @@ class WebhookWorker:
     def _attempt_ended(self, attempt: asyncio.Task[None]) -> None:
         self._inflight.discard(attempt)
         if not attempt.cancelled() and (error := attempt.exception()) is not None:
-            log.warning("webhook_attempt_failed", exc_info=error)
+            log.warning("webhook_attempt_crashed", exc_info=error)
 
     async def _attempt(self, row: Any, lease_ends: float) -> None:
         assert self.client is not None
@@ -183,6 +183,16 @@ class WebhookWorker:
         else:
             status = "pending"  # retried with exponential backoff (repository.record_attempt)
         self.metrics.webhook_attempts.labels("retry" if status == "pending" else status).inc()
+        if error is not None:  # the tenant's receiver, not the server: info, and warning once it is final
+            (log.info if status == "pending" else log.warning)(
+                "webhook_retry_scheduled" if status == "pending" else "webhook_delivery_failed",
+                tenant_id=str(row["tenant_id"]),
+                webhook_id=str(row["webhook_id"]),
+                delivery_id=str(row["id"]),
+                attempt=row["attempts"],
+                status_code=status_code,
+                error=error,
+            )
         outcome = {
             "tenant_id": row["tenant_id"],
             "delivery_id": row["id"],

@@ -431,3 +431,37 @@ async def test_a_waiter_promised_a_slot_just_before_close_opens_nothing(make_poo
             await waiting
     assert opener.opened == 1
     assert pool.get_size() == 0
+
+
+async def test_waits_for_a_connection_are_measured_and_takes_that_find_one_are_not(
+    make_pool: Callable[..., Any],
+) -> None:
+    """Pool.on_wait feeds virtualq_db_pool_wait_seconds and _timeouts_total (kit/metrics.py): only a take
+    that had to wait reports, with how long it waited and whether it gave up."""
+    from virtualq.kit.metrics import Metrics
+
+    pool, _ = await make_pool(max_size=1)
+    metrics = Metrics()
+    pool.on_wait = metrics.pool_waited
+    held = await pool.take()
+    pool.give_back(held)
+    again = await pool.take()  # an idle one: no wait, nothing reported
+
+    async def give_back_later() -> None:
+        await asyncio.sleep(0.15)
+        pool.give_back(again)
+
+    handing = asyncio.create_task(give_back_later())
+    waited = await pool.take(wait_seconds=5)
+    await handing
+    with pytest.raises(TimeoutError):
+        await pool.take(wait_seconds=0.05)
+    pool.give_back(waited)
+
+    def value(name: str) -> float:
+        return metrics.registry.get_sample_value(name) or 0.0
+
+    assert value("virtualq_db_pool_wait_seconds_count") == 2  # the wait that got one, the one that gave up
+    assert 0.15 + 0.05 <= value("virtualq_db_pool_wait_seconds_sum") < 1.0
+    assert value("virtualq_db_pool_wait_timeouts_total") == 1
+    assert "virtualq_db_pool_wait_timeouts_created" not in metrics.exposition().decode()

@@ -86,6 +86,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, database_dsn, query_logger, on_connect=forget_versions)
+        app.state.pool.on_wait = app.state.metrics.pool_waited
         # The background work that spans tenants (event hub, webhook worker, sweeper) has its own few
         # connections: it never waits behind requests, and the request pool's connections keep their
         # tenant scope instead of flipping to 'system' and back (a round trip each way).

@@ -105,6 +105,9 @@ class Pool:
         self._all_back: asyncio.Event | None = None
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Called when a take had to wait for a connection to be given back: the seconds it waited, and
+        # whether it gave up (the metrics' pool wait histogram). Takes that found one free never call it.
+        self.on_wait: Callable[[float, bool], None] | None = None
 
     # -- sizes (the metrics' gauges) ------------------------------------------------------------------------
 
@@ -290,11 +293,14 @@ class Pool:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Connection | None] = loop.create_future()
         self._waiters.append(waiter)
-        deadline = None if wait_seconds is None else loop.time() + wait_seconds
+        started = loop.time()
+        deadline = None if wait_seconds is None else started + wait_seconds
         try:
             async with asyncio.timeout_at(deadline):
                 conn = await waiter
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError) and self.on_wait is not None:
+                self.on_wait(loop.time() - started, True)
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 handed = waiter.result()  # given to this task just as it stopped waiting: pass it on
                 if handed is None:
@@ -307,6 +313,8 @@ class Pool:
                 with contextlib.suppress(ValueError):  # already taken off by give_back or _slot_freed
                     self._waiters.remove(waiter)
             raise
+        if self.on_wait is not None:
+            self.on_wait(loop.time() - started, False)
         if conn is not None:
             return conn
         # A slot opened (a connection was dropped) and was reserved for this task: open one in it.

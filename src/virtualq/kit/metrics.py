@@ -23,6 +23,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
     values,
@@ -34,6 +35,11 @@ from virtualq.pool import Pool
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 POOL_REFRESH_SECONDS = 1.0
+# Counters and histograms without their `_created` series (one more series each, read by nobody here).
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+
+POOL_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 POOL_GAUGES = (
     ("virtualq_db_pool_size", "Open connections in the pool."),
     ("virtualq_db_pool_idle", "Idle connections in the pool."),
@@ -208,6 +214,24 @@ class Metrics:
             "Stream clients dropped because they fell too far behind.",
             registry=self.registry,
         )
+        self.pool_wait = Histogram(
+            "virtualq_db_pool_wait_seconds",
+            "Time a request waited for a database connection, counting only the requests that found none "
+            "free (the others take one at once).",
+            buckets=POOL_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.pool_wait_timeouts = Counter(
+            "virtualq_db_pool_wait_timeouts_total",
+            "Requests that gave up waiting for a database connection (answered 503).",
+            registry=self.registry,
+        )
+        self.webhook_duration = Histogram(
+            "virtualq_webhook_attempt_duration_seconds",
+            "Webhook delivery attempts, from the request to the receiver's answer (or the timeout).",
+            buckets=WEBHOOK_BUCKETS,
+            registry=self.registry,
+        )
         self.webhook_attempts = Counter(
             "virtualq_webhook_attempts_total",
             "Webhook delivery attempts by outcome (succeeded, retry, failed).",
@@ -261,6 +285,12 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def pool_waited(self, seconds: float, gave_up: bool) -> None:
+        """Pool.on_wait."""
+        self.pool_wait.observe(seconds)
+        if gave_up:
+            self.pool_wait_timeouts.inc()
 
     def fast_path(self, endpoint: str, fast: bool) -> None:
         key = (endpoint, fast)

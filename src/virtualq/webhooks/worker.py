@@ -174,7 +174,10 @@ class WebhookWorker:
                 error = "timed out"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"[:500]
-        duration_ms = round((time.perf_counter() - started) * 1000)
+        duration = time.perf_counter() - started
+        duration_ms = round(duration * 1000)
+        if row["is_active"]:
+            self.metrics.webhook_duration.observe(duration)
         settings = self.settings
         if error is None:
             status = "succeeded"

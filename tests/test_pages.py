@@ -274,14 +274,171 @@ async def test_staff_console_buttons_make_the_calls(
     await expect(page.locator(f"tr[data-code='{b['display_code']}']")).to_have_count(0, timeout=FAST)
     assert (await s.t.get(f"/v1/tickets/{b['id']}"))["state_category"] == "cancelled"
 
-    # A refused action is shown plainly: "ready" has no cancel transition.
-    await page.locator(f"tr[data-code='{a['display_code']}'] button.cancel").click()
-    await expect(page.locator("#message")).to_contain_text("cancel", timeout=FAST)
-    await expect(page.locator("#message")).to_have_class("error")
+    # Only the actions the state machine allows: "ready" has no way to a cancelled state, so no cancel.
+    await expect(page.locator(f"tr[data-code='{a['display_code']}'] button.cancel")).to_have_count(0)
+    await expect(page.locator(f"tr[data-code='{c['display_code']}'] button.cancel")).to_have_count(1)
 
     # The line also follows changes made elsewhere.
     d = await s.ticket()
     await expect(page.locator(f"tr[data-code='{d['display_code']}']")).to_be_visible(timeout=FAST)
+
+    # A refused action is shown plainly, and says whom a call called.
+    await page.get_by_role("button", name="Call next").click()
+    await expect(page.locator("#message")).to_have_text(f"Called {c['display_code']}", timeout=FAST)
+    await s.t.move(d["id"], "start")
+    await expect(page.locator(f"tr[data-code='{d['display_code']}'] .state")).to_have_text(
+        "preparing", timeout=FAST
+    )
+    await page.get_by_role("button", name="Call next").click()
+    await expect(page.locator("#message")).to_have_text("nobody is waiting in this queue", timeout=FAST)
+    await expect(page.locator("#message")).to_have_class("error")
+
+
+async def test_console_keeps_a_half_made_choice_and_the_focus_through_live_updates(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    """Every change in the queue redraws the line: it reset a chosen employee to "nobody" and sent the
+    keyboard focus to the page's start, so in a busy queue staff could not finish an assign."""
+    s = await shop(client, api)
+    ben = ok(
+        await client.post(
+            "/v1/employees",
+            json={"fname": "Ben", "lname": "Okafor", "email": "ben@example.com"},
+            headers=s.t.h,
+        ),
+        201,
+    )
+    first = await s.ticket()
+    await page.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={s.keys['staff']}")
+    row = page.locator(f"tr[data-code='{first['display_code']}']")
+    await expect(row).to_be_visible(timeout=5000)
+    assign = row.get_by_label(f"Assign {first['display_code']} to")
+    await assign.focus()  # as a click that opens the list does
+    await assign.select_option(label="Ben Okafor")
+    arrived = await s.ticket()  # a live update while the choice is half made
+    await page.keyboard.press("Tab")  # on to the "assign" button: the redraw happens now
+    newcomer = page.locator(f"tr[data-code='{arrived['display_code']}']")
+    await expect(newcomer).to_be_visible(timeout=FAST)
+    await expect(row.get_by_label(f"Assign {first['display_code']} to")).to_have_value(ben["id"])
+    assert await page.evaluate("document.activeElement.dataset.focus") == "assign"
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#message")).to_have_text(f"Assigned {first['display_code']}", timeout=FAST)
+    assert (await s.t.get(f"/v1/tickets/{first['id']}"))["employee_id"] == ben["id"]
+
+    # Keyboard use: after an action the focus stays on the row's control, not the page's start.
+    await row.locator("button[data-transition='start']").focus()
+    await page.keyboard.press("Enter")
+    await expect(row.locator(".state")).to_have_text("preparing", timeout=FAST)
+    assert await page.evaluate("document.activeElement.closest('tr')?.dataset.code") == first["display_code"]
+
+
+async def test_console_says_when_it_is_offline_and_a_refused_key_leads_back_to_the_key_form(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    s = await shop(client, api)
+    await s.ticket()
+    await page.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={s.keys['staff']}")
+    await expect(page.locator("#line tr")).to_have_count(1, timeout=5000)
+    offline = page.locator("#offline")
+    await expect(offline).to_be_hidden()
+    await live_server.stop()
+    await expect(offline).to_be_visible(timeout=5000)
+    await live_server.start()
+    await expect(offline).to_be_hidden(timeout=8000)
+
+    # A wrong key, and a display key (which may not act): the key form again, saying why.
+    for wrong in (f"vq_{'w' * 43}", s.keys["display"]):
+        await page.goto("about:blank")  # a new load (a change of the fragment alone loads nothing)
+        await page.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={wrong}")
+        await expect(page.locator("#refused")).to_contain_text("This key was refused", timeout=5000)
+        await expect(page.locator("#login")).to_be_visible()
+        await expect(page.locator("#console")).to_be_hidden()
+    await page.locator("#key").fill(s.keys["staff"])
+    await page.get_by_role("button", name="Open").click()
+    await expect(page.locator("#line tr")).to_have_count(1, timeout=5000)
+
+
+async def test_console_on_a_phone_scrolls_the_table_not_the_page(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, browser: Browser
+) -> None:
+    s = await shop(client, api)
+    await s.ticket()
+    context = await browser.new_context(viewport={"width": 375, "height": 667})
+    try:
+        phone = await context.new_page()
+        await phone.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={s.keys['staff']}")
+        await expect(phone.locator("#line tr")).to_have_count(1, timeout=5000)
+        assert await phone.evaluate("document.documentElement.scrollWidth") <= 375
+    finally:
+        await context.close()
+
+
+async def test_a_long_line_fits_the_wall_and_now_calling_lists_each_call_once(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, browser: Browser
+) -> None:
+    s = await shop(client, api)
+    other = await s.t.queue("Pickup", ticket_prefix="P")
+    tickets = [await s.ticket() for _ in range(30)]
+    await s.t.ticket(other["id"], s.order["id"])
+    context = await browser.new_context(viewport={"width": 1920, "height": 1080})
+    try:
+        wall = await context.new_page()
+        await wall.goto(
+            f"{live_server.url}/display/queues/{s.queue['id']}?queues={other['id']}#key={s.keys['display']}"
+        )
+        await expect(wall.locator(".column.waiting").first.locator("li.more")).to_have_text(
+            "+ 22 more", timeout=5000
+        )
+        await expect(wall.locator(".column.waiting").first.locator("li.ticket")).to_have_count(8)
+        assert await wall.evaluate("document.documentElement.scrollHeight") <= 1080  # both queues on the wall
+        await expect(wall.locator("[data-code='P001']")).to_be_in_viewport()
+        await shot(wall, "display-long-line")
+
+        a, b = tickets[0], tickets[1]
+        await s.t.move(a["id"], "start")
+        await s.t.move(b["id"], "start")
+        await s.t.move(a["id"], "mark_ready")  # called, then ready: once in the strip, at the front
+        await expect(wall.locator("#calling li")).to_have_text(
+            [a["display_code"], b["display_code"]], timeout=FAST
+        )
+        await s.t.move(a["id"], "pick_up")  # served: it leaves the strip
+        await expect(wall.locator("#calling li")).to_have_text([b["display_code"]], timeout=FAST)
+    finally:
+        await context.close()
+
+
+async def test_customer_page_recovers_from_a_failed_first_load_and_words_long_waits(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    """A page whose first load failed (a tunnel, a flaky network) showed the error for ever, and never
+    learnt that its number was called."""
+    t = await Tenant.create(client, api)
+    order = await t.type("food_order", ORDER_FSM)
+    queue = await t.queue("Slow", ticket_prefix="S", wait_estimation_method="manual", manual_wait_minutes=45)
+    await t.ticket(queue["id"], order["id"])
+    mine = await t.ticket(queue["id"], order["id"])
+    failed: list[str] = []
+
+    async def fail_once(route: Any) -> None:
+        if not failed:
+            failed.append(route.request.url)
+            await route.abort()
+        else:
+            await route.continue_()
+
+    await page.route("**/v1/public/tickets/*", fail_once)
+    await page.goto(live_server.url + mine["customer_page"])
+    await expect(page.locator("#status")).to_contain_text("trying again", timeout=5000)
+    await expect(page.locator("#code")).to_have_text(mine["display_code"], timeout=5000)
+    assert failed
+    await expect(page.locator("#place")).to_have_text("Number 2 in line · about 1 h 30 min", timeout=FAST)
+    await expect(page.locator("#status")).to_have_text("")
+    await client.post(f"/v1/queues/{queue['id']}/call-next", json={}, headers=t.h)
+    await expect(page.locator("#place")).to_have_text("You are next · about 45 min", timeout=FAST)
+
+    # A link cut short (in a text message, say): the page, saying so, not a JSON error.
+    await page.goto(f"{live_server.url}/t/{mine['id'][:20]}?token=abc")
+    await expect(page.locator("#status")).to_have_text("This ticket link is not valid.", timeout=5000)
 
 
 async def test_customer_page_shows_the_moment_it_is_their_turn(

@@ -56,7 +56,9 @@ async def console_page(queue_id: uuid.UUID) -> FileResponse:
 
 
 @pages.get("/t/{ticket_id}")
-async def ticket_page(ticket_id: uuid.UUID) -> FileResponse:
+async def ticket_page(ticket_id: str) -> FileResponse:
+    # Any id: a link cut short in a text message gets the page, which says the link is not valid, rather
+    # than a JSON error.
     return _page("ticket.html")
 
 

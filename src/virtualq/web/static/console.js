@@ -3,37 +3,73 @@
 "use strict";
 (() => {
   const queueId = location.pathname.split("/").pop();
+  const LIMIT = 100;
   let key = VQ.takeKey("console");
   const line = document.getElementById("line");
   const message = document.getElementById("message");
   const title = document.getElementById("title");
   const login = document.getElementById("login");
+  const offline = document.getElementById("offline");
+  const shown = document.getElementById("shown");
+  const callNext = document.getElementById("call-next");
   const types = new Map();
+  // What a member of staff has chosen in a row's Forward or Assign list and not sent yet: kept across the
+  // redraws that every change in the queue causes ("<ticket id>:forward" -> queue id).
+  const pending = new Map();
   let queues = [];
   let employees = [];
+  let stream = null;
+  let deferred = false;
 
   function say(text, isError) {
     message.textContent = text;
     message.className = isError ? "error" : "info";
   }
 
+  function refusedKey(error) {
+    return error.status === 401 || error.status === 403;
+  }
+
+  // A key the server refuses (wrong, revoked, a display key): back to the key form, saying why.
+  function backToLogin(error) {
+    if (stream) stream.stop();
+    stream = null;
+    sessionStorage.removeItem("vq-key-console");
+    key = null;
+    document.getElementById("console").hidden = true;
+    login.hidden = false;
+    document.getElementById("refused").textContent = "This key was refused: " + error.message + ".";
+    document.getElementById("key").focus();
+  }
+
   async function act(label, fn) {
     try {
-      await fn();
-      say(label, false);
+      const result = await fn();
+      say(typeof label === "function" ? label(result) : label, false);
     } catch (error) {
+      if (refusedKey(error) && error.code === "unauthorized") return backToLogin(error);
       say(error.message, true);
     }
     await refresh();
   }
 
+  function fromList(t, state) {
+    return t.from === "*" ? [state] : Array.isArray(t.from) ? t.from : [t.from];
+  }
+
   function transitionsFrom(fsm, state) {
     const names = [];
     for (const t of (fsm && fsm.transitions) || []) {
-      const from = t.from === "*" ? [state] : Array.isArray(t.from) ? t.from : [t.from];
-      if (from.includes(state) && !names.includes(t.name)) names.push(t.name);
+      if (fromList(t, state).includes(state) && !names.includes(t.name)) names.push(t.name);
     }
     return names;
+  }
+
+  // Whether some transition from `state` leads to a cancelled state (what DELETE applies).
+  function cancellable(type, state) {
+    const categories = type.state_categories || {};
+    return ((type.fsm_schema && type.fsm_schema.transitions) || []).some((t) =>
+      fromList(t, state).includes(state) && (categories[t.to] === "cancelled" || (!type.state_categories && t.name === "cancel")));
   }
 
   async function typeOf(id) {
@@ -41,56 +77,113 @@
     return types.get(id);
   }
 
-  function row(ticket, fsm) {
+  function remembered(select, ticket, role) {
+    const name = ticket.id + ":" + role;
+    if (pending.has(name)) select.value = pending.get(name);
+    select.addEventListener("change", () => pending.set(name, select.value));
+    return select;
+  }
+
+  function row(ticket, type) {
     const post = (path, body) => VQ.api(path, { key, method: "POST", body });
+    const code = ticket.display_code;
     // "cancel" has its own button (DELETE applies whichever transition cancels from this state).
-    const buttons = transitionsFrom(fsm, ticket.current_state).filter((name) => name !== "cancel").map((name) =>
-      VQ.el("button", { type: "button", "data-transition": name, text: name.replace(/_/g, " "),
-        onclick: () => act(ticket.display_code + ": " + name, () => post("/v1/tickets/" + ticket.id + "/transition", { transition: name })) }));
-    const forwardTo = VQ.el("select", { "aria-label": "Forward " + ticket.display_code + " to" },
-      ...queues.filter((q) => q.id !== queueId).map((q) => VQ.el("option", { value: q.id, text: q.name })));
-    const assignTo = VQ.el("select", { "aria-label": "Assign " + ticket.display_code + " to" },
+    const buttons = transitionsFrom(type.fsm_schema, ticket.current_state).filter((name) => name !== "cancel").map((name) =>
+      VQ.el("button", { type: "button", "data-transition": name, "data-focus": "t:" + name, text: name.replace(/_/g, " "),
+        onclick: () => act(code + ": " + name.replace(/_/g, " "), () => post("/v1/tickets/" + ticket.id + "/transition", { transition: name })) }));
+    // Only the queues this ticket can go to: open, and taking its type.
+    const targets = queues.filter((q) => q.id !== queueId && q.is_active
+      && (!q.allowed_type_definition_ids || !q.allowed_type_definition_ids.length || q.allowed_type_definition_ids.includes(ticket.type_definition_id)));
+    const forwardTo = remembered(VQ.el("select", { "aria-label": "Forward " + code + " to", "data-focus": "forward-to" },
+      ...targets.map((q) => VQ.el("option", { value: q.id, text: q.name }))), ticket, "forward");
+    const assignTo = remembered(VQ.el("select", { "aria-label": "Assign " + code + " to", "data-focus": "assign-to" },
       VQ.el("option", { value: "", text: "— nobody —" }),
-      ...employees.map((e) => VQ.el("option", { value: e.id, text: e.fname + " " + e.lname, selected: e.id === ticket.employee_id })));
+      ...employees.map((e) => VQ.el("option", { value: e.id, text: e.fname + " " + e.lname, selected: e.id === ticket.employee_id }))), ticket, "assign");
     const moves = ticket.position ? [
-      VQ.el("button", { type: "button", class: "up", "aria-label": "Move " + ticket.display_code + " up", text: "▲",
-        onclick: () => act("Moved " + ticket.display_code, () => post("/v1/tickets/" + ticket.id + "/reorder", { position: Math.max(1, ticket.position - 1) })) }),
-      VQ.el("button", { type: "button", class: "down", "aria-label": "Move " + ticket.display_code + " down", text: "▼",
-        onclick: () => act("Moved " + ticket.display_code, () => post("/v1/tickets/" + ticket.id + "/reorder", { position: ticket.position + 1 })) }),
+      VQ.el("button", { type: "button", class: "up", "data-focus": "up", "aria-label": "Move " + code + " up", text: "▲",
+        onclick: () => act("Moved " + code, () => post("/v1/tickets/" + ticket.id + "/reorder", { position: Math.max(1, ticket.position - 1) })) }),
+      VQ.el("button", { type: "button", class: "down", "data-focus": "down", "aria-label": "Move " + code + " down", text: "▼",
+        onclick: () => act("Moved " + code, () => post("/v1/tickets/" + ticket.id + "/reorder", { position: ticket.position + 1 })) }),
     ] : [];
-    return VQ.el("tr", { "data-ticket": ticket.id, "data-code": ticket.display_code },
+    const cancel = cancellable(type, ticket.current_state)
+      ? VQ.el("button", { type: "button", class: "cancel", "data-focus": "cancel", text: "cancel",
+        onclick: () => act("Cancelled " + code, () => VQ.api("/v1/tickets/" + ticket.id, { key, method: "DELETE" })) })
+      : null;
+    return VQ.el("tr", { "data-ticket": ticket.id, "data-code": code },
       VQ.el("td", { text: ticket.position || "" }),
-      VQ.el("th", { scope: "row", text: ticket.display_code }),
+      VQ.el("th", { scope: "row", text: code }),
       VQ.el("td", { class: "state", text: ticket.current_state.replace(/_/g, " ") }),
-      VQ.el("td", { class: "actions" }, ...buttons,
-        VQ.el("button", { type: "button", class: "cancel", text: "cancel",
-          onclick: () => act("Cancelled " + ticket.display_code, () => VQ.api("/v1/tickets/" + ticket.id, { key, method: "DELETE" })) })),
+      VQ.el("td", { class: "actions" }, ...buttons, cancel),
       VQ.el("td", {}, ...moves),
-      VQ.el("td", {}, ...(queues.length > 1 ? [forwardTo, VQ.el("button", { type: "button", text: "forward",
-        onclick: () => act("Forwarded " + ticket.display_code, () => post("/v1/tickets/" + ticket.id + "/forward", { target_queue_id: forwardTo.value })) })] : [])),
-      VQ.el("td", {}, assignTo, VQ.el("button", { type: "button", text: "assign",
-        onclick: () => act("Assigned " + ticket.display_code, () => assignTo.value
-          ? post("/v1/tickets/" + ticket.id + "/assign", { employee_id: assignTo.value })
-          : post("/v1/tickets/" + ticket.id + "/unassign")) })));
+      VQ.el("td", {}, ...(targets.length ? [forwardTo, VQ.el("button", { type: "button", "data-focus": "forward", text: "forward",
+        onclick: () => act("Forwarded " + code, async () => {
+          await post("/v1/tickets/" + ticket.id + "/forward", { target_queue_id: forwardTo.value });
+          pending.delete(ticket.id + ":forward");
+        }) })] : [])),
+      VQ.el("td", {}, assignTo, VQ.el("button", { type: "button", "data-focus": "assign", text: "assign",
+        onclick: () => act("Assigned " + code, async () => {
+          await (assignTo.value
+            ? post("/v1/tickets/" + ticket.id + "/assign", { employee_id: assignTo.value })
+            : post("/v1/tickets/" + ticket.id + "/unassign"));
+          pending.delete(ticket.id + ":assign");
+        }) })));
+  }
+
+  // Where the keyboard focus is in the table, to put it back after a redraw: the row (ticket) and the
+  // control in it; if that ticket has left the line, the row that took its place.
+  function focusPlace() {
+    const active = document.activeElement;
+    const tr = active && active.closest ? active.closest("#line tr") : null;
+    if (!tr) return null;
+    return { ticket: tr.dataset.ticket, control: active.dataset.focus, index: [...line.children].indexOf(tr) };
+  }
+
+  function restoreFocus(place) {
+    if (!place) return;
+    let tr = line.querySelector("tr[data-ticket='" + place.ticket + "']");
+    if (!tr) tr = line.children[Math.min(place.index, line.children.length - 1)] || null;
+    if (!tr) return callNext.focus();
+    const control = tr.querySelector("[data-focus='" + place.control + "']") || tr.querySelector("button, select");
+    if (control) control.focus();
   }
 
   async function refresh() {
+    // A list open in a row (choosing whom to assign, where to forward) is not redrawn under the hand that
+    // is choosing: the redraw waits until it closes.
+    if (document.activeElement && document.activeElement.tagName === "SELECT" && line.contains(document.activeElement)) {
+      deferred = true;
+      return;
+    }
     try {
       const [queue, page] = await Promise.all([
         VQ.api("/v1/queues/" + queueId, { key }),
-        VQ.api("/v1/queues/" + queueId + "/tickets?limit=100", { key }),
+        VQ.api("/v1/queues/" + queueId + "/tickets?limit=" + LIMIT, { key }),
       ]);
       title.textContent = queue.name + (queue.is_active ? "" : " (closed to new tickets)");
       const rows = [];
-      for (const ticket of page.data) rows.push(row(ticket, (await typeOf(ticket.type_definition_id)).fsm_schema));
+      for (const ticket of page.data) rows.push(row(ticket, await typeOf(ticket.type_definition_id)));
+      const place = focusPlace();
       line.replaceChildren(...rows);
+      restoreFocus(place);
+      const total = page.pagination.total;
+      shown.textContent = total > page.data.length ? "Showing the first " + page.data.length + " of " + total + " tickets." : "";
+      const left = new Set(page.data.map((t) => t.id));
+      for (const name of pending.keys()) if (!left.has(name.split(":")[0])) pending.delete(name);
     } catch (error) {
-      say(error.message, true);
+      if (refusedKey(error) && error.code === "unauthorized") return backToLogin(error);
+      say(error.status ? error.message : "Cannot reach the server.", true);
     }
   }
+  line.addEventListener("focusout", () => {
+    if (deferred) {
+      deferred = false;
+      setTimeout(refresh, 0);
+    }
+  });
 
   async function start() {
     login.hidden = true;
+    document.getElementById("refused").textContent = "";
     document.getElementById("console").hidden = false;
     try {
       [queues, employees] = await Promise.all([
@@ -98,16 +191,33 @@
         VQ.api("/v1/employees?limit=100&is_active=true", { key }).then((p) => p.data),
       ]);
     } catch (error) {
+      if (refusedKey(error)) return backToLogin(error);
       say(error.message, true);
     }
-    document.getElementById("call-next").addEventListener("click", () => act("Called next", async () => {
-      const ticket = await VQ.api("/v1/queues/" + queueId + "/call-next", { key, method: "POST", body: {} });
-      say("Called " + ticket.display_code, false);
-    }));
-    VQ.follow("/v1/events/stream?queue_id=" + queueId, { Authorization: "Bearer " + key }, VQ.debounce(refresh, 30),
-      { onOpen: (reconnected) => { if (reconnected) refresh(); }, onRefused: (error) => say(error.message, true) });
+    stream = VQ.follow("/v1/events/stream?queue_id=" + queueId, { Authorization: "Bearer " + key }, VQ.debounce(refresh, 30), {
+      onOpen: (reconnected) => {
+        if (!offline.hidden) {
+          offline.hidden = true;
+          if (message.className === "error") say("", false);  // the failure it showed is over
+        }
+        if (reconnected) refresh();
+      },
+      onDown: () => { offline.hidden = false; },
+      onRefused: (error) => backToLogin(error),
+    });
     refresh();
   }
+
+  // One call at a time: a double click must not call two people.
+  callNext.addEventListener("click", async () => {
+    if (callNext.disabled) return;
+    callNext.disabled = true;
+    try {
+      await act((ticket) => "Called " + ticket.display_code, () => VQ.api("/v1/queues/" + queueId + "/call-next", { key, method: "POST", body: {} }));
+    } finally {
+      callNext.disabled = false;
+    }
+  });
 
   login.addEventListener("submit", (event) => {
     event.preventDefault();

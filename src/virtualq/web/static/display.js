@@ -19,9 +19,13 @@
     return;
   }
 
+  // A wall shows the head of each column and how many more there are: a long line must not push the other
+  // queues off the screen.
+  const SHOWN = { waiting: 8, in_service: 6, ready: 6 };
+
   function ticketItem(ticket, showWait) {
     const wait = showWait && ticket.state_category === "waiting" && ticket.estimated_wait_minutes !== null && ticket.estimated_wait_minutes !== undefined
-      ? VQ.el("span", { class: "wait", text: "~" + ticket.estimated_wait_minutes + " min" }) : null;
+      ? VQ.el("span", { class: "wait", text: VQ.waitText(ticket.estimated_wait_minutes, true) }) : null;
     return VQ.el("li", { class: "ticket", "data-code": ticket.display_code, "data-state": ticket.state },
       VQ.el("span", { class: "code", text: ticket.display_code }),
       VQ.el("span", { class: "name", text: ticket.display_name }),
@@ -30,31 +34,57 @@
 
   async function refresh() {
     try {
-      const feeds = await Promise.all(queueIds.map((id) => VQ.api("/v1/queues/" + id + "/monitor", { key })));
+      const feeds = await Promise.all(queueIds.map((id) => VQ.api("/v1/queues/" + id + "/monitor?limit=" + SHOWN.waiting, { key })));
       main.replaceChildren(...feeds.map((feed) => {
-        const columns = COLUMNS.map(([category, title]) => VQ.el("section", { class: "column " + category, "aria-label": title },
-          VQ.el("h3", { text: title + " (" + feed.counts[category] + ")" }),
-          VQ.el("ol", {}, ...feed.groups[category].map((t) => ticketItem(t, feed.show_wait_time)))));
+        const columns = COLUMNS.map(([category, title]) => {
+          const shown = feed.groups[category].slice(0, SHOWN[category]);
+          const more = feed.counts[category] - shown.length;
+          return VQ.el("section", { class: "column " + category, "aria-label": title },
+            VQ.el("h3", { text: title + " (" + feed.counts[category] + ")" }),
+            VQ.el("ol", {}, ...shown.map((t) => ticketItem(t, feed.show_wait_time)),
+              more > 0 ? VQ.el("li", { class: "more", text: "+ " + more + " more" }) : null));
+        });
         return VQ.el("article", { class: "queue", "data-queue": feed.queue_id },
           VQ.el("h2", { text: feed.queue_name + (feed.is_active ? "" : " — closed to new tickets") }),
           VQ.el("div", { class: "columns" }, ...columns));
       }));
-      if (!recent.length) {  // on first load, the tickets already called stand in for the latest calls
-        for (const feed of feeds) for (const t of [...feed.groups.ready, ...feed.groups.in_service]) recent.push(t.display_code);
-        recent.splice(5);
-        calling.replaceChildren(...recent.map((c) => VQ.el("li", { text: c })));
-      }
+      // "Now calling" holds tickets still called (in service or ready), most recent call first: one that
+      // has been served since leaves it. On first load (and after a reconnect) the tickets already called
+      // stand in, ready ones first, in line order.
+      const called = new Set();
+      for (const feed of feeds) for (const t of [...feed.groups.ready, ...feed.groups.in_service]) called.add(t.display_code);
+      const kept = recent.filter((c) => called.has(c));
+      for (const c of called) if (!kept.includes(c)) kept.push(c);
+      recent.splice(0, recent.length, ...kept.slice(0, 5));
+      drawCalling();
       status.textContent = "";
     } catch (error) {
-      refused = refused || error.status === 401 || error.status === 403;
-      status.textContent = VQ.problem(error, "display");
+      refuse(error);
     }
   }
 
+  // A refused key (revoked, tenant deactivated) or a queue that is not there: no stale board for the
+  // customers to read, only the message.
+  function refuse(error) {
+    if (error.status) {
+      refused = refused || error.status === 401 || error.status === 403;
+      main.replaceChildren();
+      recent.splice(0);
+      drawCalling();
+    }
+    status.textContent = VQ.problem(error, "display");
+  }
+
+  function drawCalling() {
+    calling.replaceChildren(...recent.map((c, i) => VQ.el("li", { class: i === 0 ? "latest" : "", text: c })));
+  }
+
   function announce(code, state) {
+    const known = recent.indexOf(code);
+    if (known >= 0) recent.splice(known, 1);  // called again, or moved on to ready: once, at the front
     recent.unshift(code);
     recent.splice(5);
-    calling.replaceChildren(...recent.map((c, i) => VQ.el("li", { class: i === 0 ? "latest" : "", text: c })));
+    drawCalling();
     announcer.textContent = "Now calling " + code + (state ? " — " + state.replace(/_/g, " ") : "");
   }
 
@@ -70,7 +100,7 @@
   }, {
     onOpen: (reconnected) => { refused = false; status.textContent = ""; if (reconnected) refresh(); },
     onDown: () => { if (!refused) status.textContent = "Reconnecting…"; },
-    onRefused: (error) => { refused = true; status.textContent = VQ.problem(error, "display"); },
+    onRefused: (error) => { refuse(error); },
   });
   refresh();
 })();

@@ -12,16 +12,20 @@
   const status = document.getElementById("status");
   let following = null;
   let queueId = null;
+  let retries = 0;
+  let retry = null;
 
   async function refresh() {
+    clearTimeout(retry);
     try {
       const ticket = await VQ.api("/v1/public/tickets/" + id, { headers });
+      retries = 0;
       code.textContent = ticket.display_code;
       queue.textContent = ticket.queue_name;
       state.textContent = ticket.current_state.replace(/_/g, " ");
       document.body.dataset.category = ticket.state_category;
       if (ticket.state_category === "waiting") {
-        const wait = ticket.show_wait_time && ticket.estimated_wait_minutes !== null ? " · about " + ticket.estimated_wait_minutes + " min" : "";
+        const wait = ticket.show_wait_time && ticket.estimated_wait_minutes !== null ? " · " + VQ.waitText(ticket.estimated_wait_minutes) : "";
         place.textContent = (ticket.position === 1 ? "You are next" : "Number " + ticket.position + " in line") + wait;
         turn.textContent = "";
       } else if (ticket.state_category === "in_service" || ticket.state_category === "ready") {
@@ -41,7 +45,17 @@
         });
       }
     } catch (error) {
-      status.textContent = error.status === 404 ? "This ticket link is not valid." : "Cannot reach the server: " + error.message;
+      if (error.status === 404 || error.status === 400) {  // a link cut short, or not this ticket's
+        status.textContent = "This ticket link is not valid.";
+        return;
+      }
+      status.textContent = VQ.problem(error, "ticket page");
+      // Until the stream is followed (it resynchronises on reconnecting), the page asks again by itself:
+      // a customer must not miss their turn because the first load failed.
+      if (!following) {
+        retries += 1;
+        retry = setTimeout(refresh, Math.min(10000, 500 * 2 ** retries));
+      }
     }
   }
   const later = VQ.debounce(refresh, 30);

@@ -116,13 +116,29 @@ const VQ = (() => {
     return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
   }
 
-  // What a page shows for an API error: a refused key says so and how to open the page again.
+  // What a page shows for an API error: a refused key says so and how to open the page again; an answer
+  // from the server (a queue that does not exist, ...) is its message; no answer at all is the network.
   function problem(error, page) {
     if (error.status === 401 || error.status === 403) {
       return "This key was refused: " + error.message + ". Open the " + page + " again with a valid key (…#key=vq_…).";
     }
-    return "Cannot reach the server: " + error.message;
+    if (error.status) return error.message.charAt(0).toUpperCase() + error.message.slice(1) + ".";
+    return "Cannot reach the server; trying again…";
   }
 
-  return { takeKey, api, follow, el, debounce, problem };
+  // A wait in words: "about 12 min", "about 1 h 15 min", "about 27 h"; under a minute "any minute now".
+  // `short` for the wall: "~12 min", "~1 h 15", "~27 h", "soon".
+  function waitText(minutes, short = false) {
+    if (minutes === null || minutes === undefined) return "";
+    const about = short ? "~" : "about ";
+    if (minutes < 1) return short ? "soon" : "any minute now";
+    if (minutes < 60) return about + minutes + " min";
+    const hours = Math.floor(minutes / 60);
+    const rest = Math.round((minutes % 60) / 5) * 5;
+    if (minutes >= 600 || rest === 0) return about + Math.round(minutes / 60) + " h";
+    if (rest === 60) return about + (hours + 1) + " h";
+    return about + hours + " h " + rest + (short ? "" : " min");
+  }
+
+  return { takeKey, api, follow, el, debounce, problem, waitText };
 })();

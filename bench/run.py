@@ -472,6 +472,9 @@ def pgbench_ceiling(
         "create_queue": setup.create_queue,
         "drain_queue": setup.sql_drain_queue,
         "version": "0",  # transition.sql reads its ticket while it has no version from its last update
+        # The bench's type is created once and never changed. create_ticket.sql checks it, as the app does:
+        # at another version its statement would insert nothing, and pgbench would count that as a create.
+        "type_version": "1",
         "line_offset": "0",  # get_ticket.sql reads bench_line's rows line_offset .. line_offset + 999
         **extra,
     }

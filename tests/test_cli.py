@@ -274,7 +274,15 @@ def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tm
 
     # A DATABASE_URL that asyncpg cannot read (a port that is no number, an unknown sslmode): one line, and
     # nothing written (the development admin key was written first).
-    for unreadable in ("postgresql://u:p@@host:notaport/db", f"{nowhere}?sslmode=bogus"):
+    # Nor is any part of the password repeated: asyncpg's own message quotes the piece it choked on, which
+    # for a password with an unencoded # or ? is a piece of the password.
+    unreadable_urls = (
+        "postgresql://u:p@@host:notaport/db",
+        f"{nowhere}?sslmode=bogus",
+        "postgresql://app:Xy7#kQ2pLm@db.example/vq",
+        "postgresql://app:Xy7?kQ2pLm@db.example/vq",
+    )
+    for unreadable in unreadable_urls:
         unused = tmp_path / "unreadable"
         env = base_env(unused, DATABASE_URL=unreadable, LOG_LEVEL="warning")
         for command in (["serve"], ["migrate"], ["api-key", "create"]):
@@ -282,8 +290,9 @@ def test_serve_without_auto_migrate_on_an_unmigrated_database_says_to_migrate(tm
             assert result.returncode == 2, result
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1, result.stderr
-            assert lines[0].startswith(("DATABASE_URL cannot be used: ", "cannot connect to the database: "))
-            assert ":p@" not in lines[0]
+            assert lines[0].startswith(("DATABASE_URL cannot be read: ", "cannot connect to the database: "))
+            for secret in (":p@", "Xy7", "kQ2pLm"):
+                assert secret not in lines[0], lines[0]
         assert not unused.exists()
 
 
@@ -519,6 +528,19 @@ def test_one_server_per_data_dir_and_a_crashed_servers_database_is_taken_over(
     first.process.wait(timeout=STOP_TIMEOUT)
     orphan = postmaster_pid(pgdata)
     assert pid_alive(orphan)
+    # A command (demo, migrate, ...) using the embedded PostgreSQL holds the lock shared: a server does not
+    # take over the database the command is about to stop.
+    import fcntl
+
+    with (data_dir / "serve.lock").open("a+") as command:
+        fcntl.flock(command, fcntl.LOCK_SH)
+        beside = serve(data_dir, "beside-a-command")
+        assert beside.process.wait(timeout=STOP_TIMEOUT) == 2
+        assert (
+            beside.stderr.read_text()
+            .strip()
+            .startswith("another virtualq command (demo, migrate, ...) is using")
+        )
     third = serve(data_dir, "third")
     third.wait_ready()
     assert postmaster_pid(pgdata) == orphan  # taken over, not restarted
@@ -526,6 +548,14 @@ def test_one_server_per_data_dir_and_a_crashed_servers_database_is_taken_over(
     assert third.terminate() == 0
     assert gone_soon(orphan), "the PostgreSQL taken over was not stopped with its server"
     assert no_postgres_soon(pgdata) == []
+
+    # A data dir that cannot be made (here: under a file) is one line too, for any command.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    for command in (["serve"], ["migrate"]):
+        result = run_cli(*command, env=base_env(blocked / "vq", PORT=str(free_port())))
+        assert result.returncode == 2, result
+        assert result.stderr.strip() == f"cannot use {blocked / 'vq'}: Not a directory; set VIRTUALQ_DATA_DIR"
 
 
 def _environment_of_children(pid: int) -> list[dict[str, str]]:

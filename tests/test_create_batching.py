@@ -226,6 +226,44 @@ async def test_a_batch_with_a_changed_type_writes_nothing_and_runs_again_one_cre
     assert statements == 3  # the leader's, then the other two alone (the stale batch and create count none)
 
 
+async def test_a_create_waiting_for_its_queue_never_writes_at_a_version_its_type_left(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, connections: list[asyncpg.Connection]
+) -> None:
+    """The create's statement waits for the queue's lock after it has started (and taken its snapshot); a
+    type change meanwhile either waits for the create (the type is share-locked) or the create sees the new
+    version and writes nothing. Without the lock it checked the version it had read at its start, and wrote
+    its ticket at the old version (in a start state the change may have dropped)."""
+    tenant, queue_id, type_id = await a_queue(client, api)
+    batching = Batching(max_batch=1)
+    await db.execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", str(queue_id))
+    create = asyncio.create_task(
+        batching.insert(
+            connections[0], tenant_id=tenant, queue_id=queue_id, timezone="UTC", prefix="B",
+            ticket=new_ticket(type_id),
+        )
+    )  # fmt: skip
+    try:
+        await leading(db, queue_id, connections[0])
+        change = connections[1]
+        await change.execute("SET lock_timeout = '300ms'")
+        try:
+            await change.execute("UPDATE type_definitions SET version = version + 1 WHERE id = $1", type_id)
+            changed = True
+        except asyncpg.LockNotAvailableError:
+            changed = False
+    finally:
+        await db.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))", str(queue_id))
+    async with asyncio.timeout(10):
+        outcome = await asyncio.gather(create, return_exceptions=True)
+    written = await db.fetchval("SELECT count(*) FROM tickets WHERE queue_id = $1", queue_id)
+    if changed:  # the change went first: the create must not have written at the old version
+        assert isinstance(outcome[0], TypeChanged), outcome
+        assert written == 0
+    else:  # the change had to wait for the create
+        assert not isinstance(outcome[0], BaseException), outcome
+        assert written == 1
+
+
 async def test_a_batch_of_unknown_outcome_fails_as_unavailable_and_the_line_goes_on(
     client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, connections: list[asyncpg.Connection]
 ) -> None:

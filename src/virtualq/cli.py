@@ -48,7 +48,7 @@ def database(settings: Settings, *, serving: bool = False) -> Iterator[str]:
     from virtualq.embedded_pg import EmbeddedPostgres
 
     data_dir = settings.virtualq_data_dir
-    with _serve_lock(data_dir) if serving else contextlib.nullcontext():
+    with _data_dir_lock(data_dir, serving):
         embedded = EmbeddedPostgres(data_dir)
         left_running = serving and embedded.is_initialised and embedded.is_running()
         dsn = embedded.start()
@@ -71,31 +71,45 @@ class DataDirInUse(Exception):
 
 
 @contextmanager
-def _serve_lock(data_dir: Path) -> Iterator[None]:
-    """Hold `<data_dir>/serve.lock` (with this process's pid in it) while serving: two servers on one data
-    dir shared its embedded PostgreSQL, and the first to stop stopped it under the other."""
+def _data_dir_lock(data_dir: Path, serving: bool) -> Iterator[None]:
+    """`<data_dir>/serve.lock`: `virtualq serve` holds it exclusively (with its pid in it) while it serves,
+    other commands (demo, migrate, api-key create) shared while they use the embedded PostgreSQL. Two
+    servers on one data dir shared its PostgreSQL, and the first to stop stopped it under the other; a
+    server started beside a command would take over the PostgreSQL the command was about to stop. A
+    command finding a server there goes ahead without the lock (the server's PostgreSQL is left running)."""
     import fcntl
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / SERVE_LOCK_FILE).open("a+") as handle:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = (data_dir / SERVE_LOCK_FILE).open("a+")
+    except OSError as exc:
+        raise DataDirInUse(f"cannot use {data_dir}: {exc.strerror or exc}; set VIRTUALQ_DATA_DIR") from None
+    with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_EX if serving else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not serving:  # a server holds it: use its PostgreSQL as it is
+                yield
+                return
             handle.seek(0)
-            holder = handle.read().strip() or "?"
+            holder = handle.read().strip()  # the last server's pid (a killed one's stays)
+            alive = holder.isdigit() and Path(f"/proc/{holder}").exists()
+            who = f"virtualq serve (pid {holder})" if alive else "virtualq command (demo, migrate, ...)"
             raise DataDirInUse(
-                f"another virtualq serve (pid {holder}) is using {data_dir}: stop it first, or give this "
-                "one its own VIRTUALQ_DATA_DIR (or a DATABASE_URL)"
+                f"another {who} is using {data_dir}: stop it first, or give this server its own "
+                "VIRTUALQ_DATA_DIR (or a DATABASE_URL)"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        if serving:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
+            if serving:
+                handle.seek(0)
+                handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -135,11 +149,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:
-        try:
-            dsn = stack.enter_context(database(settings, serving=True))
-        except DataDirInUse as exc:
-            print(exc, file=sys.stderr)
-            return 2
+        dsn = stack.enter_context(database(settings, serving=True))  # DataDirInUse: main() says it
         if (problem := _cannot_start_on(dsn, settings.auto_migrate)) is not None:
             print(problem, file=sys.stderr)
             return 2
@@ -238,10 +248,15 @@ def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
 
     try:
         return asyncio.run(check())
+    except (ValueError, asyncpg.ClientConfigurationError):
+        # A URL asyncpg cannot read. Its message quotes the part it choked on, which can be a piece of the
+        # password (an unencoded # / ? in it): not repeated here.
+        return (
+            "DATABASE_URL cannot be read: check its form (postgresql://user:password@host:port/database), "
+            "and percent-encode any of : / ? # @ % in the user name or password"
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return f"cannot connect to the database: {exc}"
-    except ValueError as exc:  # DATABASE_URL that asyncpg cannot read: a port that is no number, say
-        return f"DATABASE_URL cannot be used: {exc}"
 
 
 def _port_taken(host: str, port: int) -> str | None:
@@ -517,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.handler(settings, args)
     except KeyboardInterrupt:
         return 130
+    except DataDirInUse as exc:  # any command on a data dir it cannot use
+        print(exc, file=sys.stderr)
+        return 2
     except Exception as exc:
         from pydantic import ValidationError
 

@@ -189,8 +189,11 @@ async def record_attempt(
                 WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND next_attempt_at = $11
                RETURNING id
            ), a AS (
-               INSERT INTO webhook_attempts (tenant_id, delivery_id, attempt, status_code, error, duration_ms)
-               SELECT $1, $2, $3, $5, $6, $7
+               -- Dated when the attempt began: one a redelivery overtook began before the redelivery, so
+               -- it is not counted in the redelivered delivery's backoff (prior, above).
+               INSERT INTO webhook_attempts (tenant_id, delivery_id, attempt, status_code, error, duration_ms,
+                                             created_at)
+               SELECT $1, $2, $3, $5, $6, $7, now() - make_interval(secs => $7 / 1000.0)
                 WHERE EXISTS (SELECT FROM webhook_deliveries WHERE tenant_id = $1 AND id = $2)
            )
            SELECT EXISTS (SELECT FROM d)""",

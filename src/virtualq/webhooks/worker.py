@@ -185,17 +185,6 @@ class WebhookWorker:
             status = "failed"
         else:
             status = "pending"  # retried with exponential backoff (repository.record_attempt)
-        self.metrics.webhook_attempts.labels("retry" if status == "pending" else status).inc()
-        if error is not None:  # the tenant's receiver, not the server: info, and warning once it is final
-            (log.info if status == "pending" else log.warning)(
-                "webhook_retry_scheduled" if status == "pending" else "webhook_delivery_failed",
-                tenant_id=str(row["tenant_id"]),
-                webhook_id=str(row["webhook_id"]),
-                delivery_id=str(row["id"]),
-                attempt=row["attempts"],
-                status_code=status_code,
-                error=error,
-            )
         outcome = {
             "tenant_id": row["tenant_id"],
             "delivery_id": row["id"],
@@ -209,7 +198,21 @@ class WebhookWorker:
             "jitter": random.uniform(0.5, 1.0),
             "lease": row["lease"],
         }
-        await self._record(outcome, lease_ends)
+        if await self._record(outcome, lease_ends) is False:
+            # A redelivery asked for meanwhile overtook this attempt: the delivery goes on (due now), so
+            # this attempt's outcome is not the delivery's (a final failure here is none).
+            status = "pending" if error is not None else "succeeded"
+        self.metrics.webhook_attempts.labels("retry" if status == "pending" else status).inc()
+        if error is not None:  # the tenant's receiver, not the server: info, and warning once it is final
+            (log.info if status == "pending" else log.warning)(
+                "webhook_retry_scheduled" if status == "pending" else "webhook_delivery_failed",
+                tenant_id=str(row["tenant_id"]),
+                webhook_id=str(row["webhook_id"]),
+                delivery_id=str(row["id"]),
+                attempt=row["attempts"],
+                status_code=status_code,
+                error=error,
+            )
 
     async def _post(self, row: Any, body: bytes) -> httpx.Response:
         assert self.client is not None
@@ -226,21 +229,21 @@ class WebhookWorker:
             },
         )
 
-    async def _record(self, outcome: dict[str, Any], lease_ends: float) -> None:
-        """Record an attempt's outcome. While the database is away, keep trying until the delivery's lease
-        ends: dropping the outcome would leave a delivery that succeeded to be sent again once the lease runs
-        out (and the lease is WEBHOOK_TIMEOUT_SECONDS + 30 s). Past the lease, another process may already be
-        retrying it: at least once."""
+    async def _record(self, outcome: dict[str, Any], lease_ends: float) -> bool | None:
+        """Record an attempt's outcome: True if it is the delivery's, False if a redelivery overtook the
+        attempt (only logged), None if it could not be recorded. While the database is away, keep trying
+        until the delivery's lease ends: dropping the outcome would leave a delivery that succeeded to be
+        sent again once the lease runs out (and the lease is WEBHOOK_TIMEOUT_SECONDS + 30 s). Past the
+        lease, another process may already be retrying it: at least once."""
         delay = RECORD_RETRY_FIRST_SECONDS
         while True:
             try:
                 async with acquire(self.pool, transaction=False, system=True) as conn:
-                    await repository.record_attempt(conn, **outcome)
-                return
+                    return await repository.record_attempt(conn, **outcome)
             except DATABASE_AWAY:
                 if time.monotonic() + delay >= lease_ends:
                     delivery = str(outcome["delivery_id"])
                     log.warning("webhook_outcome_lost", delivery_id=delivery, exc_info=True)
-                    return
+                    return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)

@@ -18,7 +18,7 @@ WITH queued AS (
     SELECT pg_advisory_xact_lock(hashtextextended((:create_queue)::uuid::text, 0))
 ), x AS (
     SELECT * FROM jsonb_to_recordset(jsonb_build_array(jsonb_build_object(
-        'n', 1, 'id', uuidv7(), 'history_id', uuidv7(), 'type_definition_id', (:type_id)::uuid, 'type_version', :type_version,
+        'n', 1, 'id', uuidv7(), 'history_id', uuidv7(), 'type_definition_id', (:type_id)::uuid, 'type_version', (:type_version)::int,
         'current_state', 'waiting', 'state_category', 'waiting', 'custom_data', '{"name": "Ann"}'::jsonb,
         'leaves', false, 'ready', false, 'done', false, 'cancelled', false, 'pace', 5.0)))
         AS x(n int, id uuid, history_id uuid, type_definition_id uuid, type_version int, current_state text,

@@ -288,6 +288,52 @@ async def test_stream_delivers_live_changes_and_resumes_without_gaps(
         assert [e["id"] for e in got[:5]] == [seen[1], *[e["id"] for e in missed]]
 
 
+async def test_an_open_stream_ends_once_its_key_is_revoked_or_its_owner_deactivated(
+    client: httpx.AsyncClient, api: Api, base_url: str
+) -> None:
+    """A request with a revoked key (or a deactivated tenant's, or a staff key of a deactivated employee)
+    is refused within a second; a stream opened before went on receiving every event. Now the open
+    streams' keys are checked again whenever keys change, and a stream whose key may no longer read ends:
+    the client reconnects and hears why."""
+    t, queue, order = await coffee(client, api)
+    admin = t.world.tenant_admin
+    employee = ok(
+        await client.post(
+            "/v1/employees", json={"fname": "E", "lname": "V", "email": "eve@example.com"}, headers=t.h
+        ),
+        201,
+    )
+    revoked = await api.key("tenant", "staff", key=admin, tenant_id=t.id)
+    eve = await api.key("tenant", "staff", key=admin, tenant_id=t.id, employee_id=employee["id"])
+    kept = await api.key("tenant", "staff", key=admin, tenant_id=t.id)
+    keys = ok(await client.get("/v1/api-keys", params={"limit": 100}, headers=auth(admin)))["data"]
+    revoked_id = next(k["id"] for k in keys if revoked.startswith(k["key_prefix"]))
+    async with (
+        Stream(base_url, revoked) as first,
+        Stream(base_url, eve) as second,
+        Stream(base_url, kept) as third,
+    ):
+        await t.ticket(queue, order)
+        for stream in (first, second, third):
+            await stream.wait_for(1)
+        assert (await client.delete(f"/v1/api-keys/{revoked_id}", headers=auth(admin))).status_code == 204
+        await asyncio.wait_for(first.ended.wait(), 3)
+        assert not second.ended.is_set()
+        assert (await client.delete(f"/v1/employees/{employee['id']}", headers=t.h)).status_code == 204
+        await asyncio.wait_for(second.ended.wait(), 3)
+        await t.ticket(queue, order)
+        await third.wait_for(2)  # the others' streams go on
+        assert not third.ended.is_set()
+        # Reconnecting is refused, saying why.
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            assert (await http.get("/v1/events/stream", headers=auth(revoked))).status_code == 401
+            assert (await http.get("/v1/events/stream", headers=auth(eve))).status_code == 403
+        account = auth(t.world.account_admin)
+        assert (await client.delete(f"/v1/tenants/{t.id}", headers=account)).status_code == 204
+        await asyncio.wait_for(third.ended.wait(), 3)
+    assert len(first.events) == len(second.events) == 1
+
+
 async def test_a_stream_resumed_from_a_cursor_its_hub_has_not_read_sends_nothing_twice(
     client: httpx.AsyncClient, api: Api, base_url: str, app: Any
 ) -> None:

@@ -13,7 +13,7 @@ import httpx
 
 from tests.conftest import LiveServer
 from tests.helpers import Api, assert_error, auth
-from tests.test_ticket_flows import coffee, ok
+from tests.test_ticket_flows import Tenant, coffee, ok
 
 
 def with_key(headers: dict[str, str], key: str) -> dict[str, str]:
@@ -116,6 +116,24 @@ async def test_bad_idempotency_keys_are_refused(client: httpx.AsyncClient, api: 
         assert_error(response, 400, "validation_error")
     unauthenticated = await client.post("/v1/tickets", json=body, headers={"Idempotency-Key": "k"})
     assert_error(unauthenticated, 401, "unauthorized")
+
+
+async def test_a_replayed_webhook_subscription_does_not_show_its_secret_again(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """The signing secret is shown once, to the admin who subscribes: a retry with the same Idempotency-Key
+    gets the subscription without it, and the stored answer does not keep it (as for a new API key)."""
+    t = await Tenant.create(client, api)
+    body = {"url": "https://hooks.example.com/in"}
+    first = ok(await client.post("/v1/webhooks", json=body, headers=with_key(t.h, "wh-1")), 201)
+    assert first["secret"].startswith("whsec_")
+    again = await client.post("/v1/webhooks", json=body, headers=with_key(t.h, "wh-1"))
+    assert again.headers["idempotent-replayed"] == "true"
+    assert ok(again, 201)["id"] == first["id"]
+    assert again.json()["secret"].startswith("(shown only in the first response")
+    stored = await db.fetch("SELECT response_body FROM idempotency_keys WHERE response_body IS NOT NULL")
+    assert stored
+    assert all(first["secret"].encode() not in bytes(row["response_body"]) for row in stored)
 
 
 async def test_a_revoked_key_cannot_replay(client: httpx.AsyncClient, api: Api) -> None:

@@ -324,15 +324,16 @@ async def test_webhooks_are_admin_only_and_tenant_isolated(client: httpx.AsyncCl
     assert "secret" not in listed[0]
     assert ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=auth(staff)))["url"] == hook["url"]
     # A receiver's token in the URL is for admins' eyes: staff see where, not the token.
-    tokened = await subscribe(client, t, "http://127.0.0.1:9/in?token=abc123&v=s3cret&flag")
-    staff_view = "http://127.0.0.1:9/in?token=redacted&v=redacted&flag"
+    tokened = await subscribe(client, t, "http://127.0.0.1:9/in?token=abc123&v=s3cret&sk_live_bare")
+    staff_view = "http://127.0.0.1:9/in?token=redacted&v=redacted&redacted"  # a bare part too
     assert ok(await client.get(f"/v1/webhooks/{tokened['id']}", headers=auth(staff)))["url"] == staff_view
     listed = ok(await client.get("/v1/webhooks", headers=auth(staff)))["data"]
     assert {h["url"] for h in listed} == {hook["url"], staff_view}
     assert "s3cret" not in json.dumps(listed)
     assert "abc123" not in json.dumps(listed)
+    assert "sk_live_bare" not in json.dumps(listed)
     admin_view = ok(await client.get(f"/v1/webhooks/{tokened['id']}", headers=t.h))["url"]
-    assert admin_view == "http://127.0.0.1:9/in?token=abc123&v=s3cret&flag"
+    assert admin_view == "http://127.0.0.1:9/in?token=abc123&v=s3cret&sk_live_bare"
     assert (await client.delete(f"/v1/webhooks/{tokened['id']}", headers=t.h)).status_code == 204
     ok(await client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=auth(staff)))
     for method, path, body in (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from virtualq import __version__, migrate, sweeper
 from virtualq.accounts.router import router as accounts_router
-from virtualq.auth.principal import CALLER_CHECKS, authenticate
+from virtualq.auth.principal import CALLER_CHECKS, authenticate, key_still_usable
 from virtualq.auth.router import router as api_keys_router
 from virtualq.config import Settings
 from virtualq.customers.router import router as customers_router
@@ -110,6 +111,7 @@ def create_app(
         worker = WebhookWorker(app.state.system_pool, settings, app.state.metrics)
         hub.listeners.append(worker.wake)
         hub.on_keys_changed = app.state.key_cache.clear
+        hub.key_usable = functools.partial(key_still_usable, app)
         hub.tenant_listeners.append(app.state.feed_cache.forget)
         app.state.event_hub, app.state.webhook_worker = hub, worker
         # After a commit that wrote events (db._committed, the sweeper): this hub now, the others notified.

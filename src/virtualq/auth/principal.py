@@ -141,6 +141,34 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
+def stream_key(request: Request) -> bytes | None:
+    """The hash of the stored API key a request presented, for an event stream to be checked again when
+    keys change (None for the ADMIN_API_KEY of the environment, which no API call revokes)."""
+    presented = presented_key(request.headers)
+    admin_key = request.app.state.settings.admin_api_key
+    if not presented or (
+        admin_key is not None
+        and hmac.compare_digest(presented.encode(), admin_key.get_secret_value().encode())
+    ):
+        return None
+    return keys.hash_key(presented)
+
+
+async def key_still_usable(app: Any, digest: bytes) -> bool:
+    """Whether streams opened with the key of this hash may go on: it is not revoked (or gone), and its
+    account, tenant and, for a staff key, employee are active; read as authentication reads it."""
+    cache: TtlCache = app.state.key_cache
+    caller = cache.get(digest)
+    if caller is MISSING:
+        async with acquire(app.state.pool, transaction=False, system=True) as conn:
+            row = await repository.find_usable_key(conn, digest)
+        if row is None:
+            return False
+        caller = _caller(row)
+        cache.put(digest, caller)
+    return bool(caller.active)
+
+
 def _set_tenant(request: Request, tenant_id: uuid.UUID) -> None:
     """The request's tenant, for the access log (`tenant_id`) and for what runs after a commit (`tenant`)."""
     state = request_state(request)
@@ -361,7 +389,11 @@ def invalidate_keys(request: Request) -> None:
     """After this request commits, forget cached keys here and tell the other processes."""
 
     async def clear() -> None:
-        request.app.state.key_cache.clear()
+        hub = getattr(request.app.state, "event_hub", None)
+        if hub is not None:  # the cache, and this process's open streams checked again
+            hub.keys_changed()
+        else:
+            request.app.state.key_cache.clear()
         notify = request.app.state.on_keys_changed
         if notify is not None:
             await notify()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ PING = b"event: changed\ndata: {}\n\n"
 PUBLISH_TIMEOUT_SECONDS = 0.5
 # A notification that API keys (or their accounts/tenants) changed: every process drops its key cache.
 KEYS_CHANGED = b"keys"
+KEY_RECHECK_SECONDS = 60.0
 
 
 @dataclass(eq=False)
@@ -60,6 +61,9 @@ class Subscriber:
     # The client already has every event up to this cursor (it resumed from one this hub has not read yet:
     # another process's stream, or the log read through GET /v1/events): those are not sent again.
     seen: Cursor | None = None
+    # The hash of the API key the stream was opened with (None: not a stored key): checked again when keys
+    # change, and the stream ended once the key is revoked or its account, tenant or employee deactivated.
+    key: bytes | None = None
 
     def wants(self, event: dict[str, Any]) -> bool:
         if self.match is not None:
@@ -84,6 +88,8 @@ class EventHub:
     # Called with the tenant of every event read from the log, whoever wrote it (caches drop their answers).
     tenant_listeners: list[Callable[[uuid.UUID], None]] = field(default_factory=list)
     on_keys_changed: Callable[[], None] | None = None
+    # Whether streams opened with the key of this hash may go on (auth/principal.key_still_usable).
+    key_usable: Callable[[bytes], Awaitable[bool]] | None = None
     # This process's notifications carry it, so that its own listener can ignore them.
     token: bytes = field(default_factory=lambda: uuid.uuid4().hex.encode())
     _subscribers: dict[uuid.UUID, set[Subscriber]] = field(default_factory=dict)
@@ -92,6 +98,9 @@ class EventHub:
     _task: asyncio.Task[None] | None = None
     _listen_task: asyncio.Task[None] | None = None
     _notify_task: asyncio.Task[None] | None = None
+    _recheck_task: asyncio.Task[None] | None = None
+    _recheck_again: bool = False
+    _periodic_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         async with acquire(self.pool, transaction=False, system=True) as conn:
@@ -100,9 +109,16 @@ class EventHub:
         self._listen_task = asyncio.create_task(self._listen(), name="virtualq-event-listener")
         if self.redis is None:
             self._notify_task = asyncio.create_task(self._notify_others(), name="virtualq-event-notifier")
+        self._periodic_task = asyncio.create_task(self._recheck_now_and_then(), name="virtualq-stream-keys")
 
     async def stop(self) -> None:
-        for task in (self._notify_task, self._listen_task, self._task):
+        for task in (
+            self._periodic_task,
+            self._recheck_task,
+            self._notify_task,
+            self._listen_task,
+            self._task,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -137,6 +153,7 @@ class EventHub:
         match: Callable[[dict[str, Any]], bool] | None = None,
         ping_only: bool = False,
         after: Cursor | None = None,
+        key: bytes | None = None,
     ) -> Subscriber:
         """From now on, every event past `subscriber.start` reaches the subscriber's buffer, and past
         `after` too when the client resumes from a later cursor than this hub has read."""
@@ -151,6 +168,7 @@ class EventHub:
             match=match,
             ping_only=ping_only,
             seen=after if after is not None and after > self.cursor else None,
+            key=key,
         )
         self._subscribers.setdefault(tenant_id, set()).add(subscriber)
         self.metrics.stream_clients.inc()
@@ -289,10 +307,53 @@ class EventHub:
                 failing.failed(exc)
             await asyncio.sleep(self.poll_seconds)
 
+    # --- keys of open streams ------------------------------------------------------------------------------
+
+    def keys_changed(self) -> None:
+        """A key was revoked or changed, or an account, tenant or employee (de)activated, here or in another
+        process: forget cached keys, and check the keys of the open streams again."""
+        if self.on_keys_changed is not None:
+            self.on_keys_changed()
+        self._recheck_keys()
+
+    def _recheck_keys(self) -> None:
+        if self.key_usable is None:
+            return
+        if self._recheck_task is not None and not self._recheck_task.done():
+            self._recheck_again = True  # a change during a check: check once more after it
+            return
+        self._recheck_task = asyncio.create_task(self._recheck(), name="virtualq-stream-key-check")
+
+    async def _recheck(self) -> None:
+        """End the streams whose key may no longer read: each client reconnects and hears why (401/403)."""
+        assert self.key_usable is not None
+        while True:
+            self._recheck_again = False
+            keys = {s.key for subs in self._subscribers.values() for s in subs if s.key is not None}
+            for key in keys:
+                try:
+                    usable = await self.key_usable(key)
+                except Exception:  # the database away: those streams go on until the next check
+                    log.warning("stream_key_check_failed", exc_info=True)
+                    continue
+                if usable:
+                    continue
+                ended = [s for subs in self._subscribers.values() for s in subs if s.key == key]
+                for subscriber in ended:
+                    self.end(subscriber)
+                log.info("streams_of_a_refused_key_ended", streams=len(ended))
+            if not self._recheck_again:
+                return
+
+    async def _recheck_now_and_then(self) -> None:
+        """Also without a notification (one lost, a key that expired by other means): every minute."""
+        while True:
+            await asyncio.sleep(KEY_RECHECK_SECONDS)
+            self._recheck_keys()
+
     def _notified(self, payload: bytes) -> None:
         if payload == KEYS_CHANGED:
-            if self.on_keys_changed is not None:
-                self.on_keys_changed()
+            self.keys_changed()
         elif payload != self.token:  # this process's own commits woke it already
             self._wake.set()
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from virtualq.auth.principal import Role, TenantAnyRole, TenantStaff
+from virtualq.auth.principal import Role, TenantAnyRole, TenantStaff, stream_key
 from virtualq.db import ReadConn, acquire, get_pool
 from virtualq.events import repository
 from virtualq.events.cursor import Cursor, parse
@@ -81,6 +81,7 @@ async def stream_events(
         ticket_id=ticket_id,
         types=frozenset(type),
         after=resume,
+        key=stream_key(request),
     )
     end_on_stop(request.scope, lambda: hub.end(subscriber))
     return StreamingResponse(

@@ -214,7 +214,10 @@ class IdempotencyMiddleware:
                 log.warning("could not record the answer of an idempotent request", error=type(exc).__name__)
 
 
-REDACTED = "(shown only in the first response; if it was lost, revoke this key and create another)"
+REDACTED = (
+    "(shown only in the first response; if it was lost, replace it: revoke the key and create another, or "
+    "delete the webhook and subscribe again)"
+)
 
 
 def _redacted(body: bytes, field: str) -> bytes:

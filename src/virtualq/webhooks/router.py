@@ -24,8 +24,10 @@ def _allow_private(request: Request) -> bool:
 @router.post("/v1/webhooks", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated,
              responses=WRITE_ERRORS)  # fmt: skip
 async def create_webhook(body: WebhookCreate, request: Request, ctx: TenantAdmin, conn: WriteConn) -> Any:
-    """Subscribe a URL to event types (empty: all). The signing secret is in this response only.
-    URLs that resolve to private or loopback addresses are refused unless the server allows them."""
+    """Subscribe a URL to event types (empty: all). The signing secret is in this response only (a retry
+    with the same Idempotency-Key gets the subscription without it). URLs that resolve to private or
+    loopback addresses are refused unless the server allows them."""
+    request.state.idempotency_redact = "secret"
     return await service.create(conn, ctx, body, _allow_private(request))
 
 

@@ -45,12 +45,12 @@ async def get(conn: Connection, ctx: TenantContext, webhook_id: uuid.UUID) -> Re
 
 def redact_url(url: str) -> str:
     """`url` with its query's values replaced (a receiver's token is often there; credentials before the host
-    are refused when the URL is set). Staff read subscriptions; only admins, who can change them, see the
-    whole URL."""
+    are refused when the URL is set), a bare part (`?sk_live_...`, no `=`) whole. Staff read subscriptions;
+    only admins, who can change them, see the whole URL."""
     parts = urlsplit(url)
     query = "&".join(
-        f"{name}={REDACTED}" if value or sep else name
-        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+        f"{name}={REDACTED}" if sep else REDACTED
+        for name, sep, _ in (pair.partition("=") for pair in parts.query.split("&") if pair)
     )
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 

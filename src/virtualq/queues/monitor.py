@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from virtualq.auth.principal import TenantContext
+from virtualq.auth.principal import Role, TenantContext
 from virtualq.db import Connection
-from virtualq.errors import ValidationFailed, not_found
+from virtualq.errors import Forbidden, ValidationFailed, not_found
 from virtualq.kit import clock
 from virtualq.queues import repository
 from virtualq.queues.estimates import (
@@ -91,8 +91,34 @@ MONITOR_WITH_ESTIMATES = MONITOR_SQL.format(
     display_name=DISPLAY_NAME, estimate_field=f"'estimated_wait_minutes', {ESTIMATE},"
 )
 MONITOR_WITHOUT_ESTIMATES = MONITOR_SQL.format(display_name=DISPLAY_NAME, estimate_field="")
+# For a display key's `exclude`: per field, whether every active type (the tenant's, or a system type) that
+# declares it lists its values (enum, const or a boolean). Fields no type declares are not in the answer.
+CATEGORICAL_FIELDS_SQL = """
+SELECT f.field, bool_and(coalesce(spec ? 'enum' OR spec ? 'const' OR spec ->> 'type' = 'boolean', false))
+       AS categorical
+  FROM unnest($2::text[]) AS f(field)
+  JOIN type_definitions td ON (td.tenant_id = $1 OR td.tenant_id IS NULL) AND td.is_active
+ CROSS JOIN LATERAL (SELECT td.custom_fields_schema -> 'properties' -> f.field AS spec) s
+ WHERE jsonb_typeof(s.spec) = 'object'
+ GROUP BY f.field"""
 WAITING_TYPES_SQL = """SELECT DISTINCT type_definition_id FROM tickets
                         WHERE tenant_id = $1 AND queue_id = $2 AND state_category = 'waiting'"""
+
+
+async def _check_display_excludes(conn: Connection, tenant_id: uuid.UUID, fields: list[str]) -> None:
+    """A display key (a wall, its key often within reach) may hide tickets only by a field whose values the
+    ticket types list (a channel, a pickup point): by a free-text field, which tickets stay shown would tell
+    it whether someone's custom data holds a guessed value (a name, a phone number)."""
+    rows = await conn.fetch(CATEGORICAL_FIELDS_SQL, tenant_id, sorted(set(fields)))
+    categorical = {row["field"] for row in rows if row["categorical"]}
+    for field in fields:
+        if field not in categorical:
+            raise Forbidden(
+                "a display key may exclude only by a field whose values the ticket types list (an enum, "
+                f"such as a channel); {field!r} is not one: declare its values in the types' "
+                "custom_fields_schema, or filter with a staff key",
+                {"field": "exclude", "value": field},
+            )
 
 
 def parse_excludes(raw: list[str]) -> list[tuple[str, str]]:
@@ -120,6 +146,8 @@ async def monitor(
     queue = await repository.get(conn, ctx.tenant_id, queue_id)
     if queue is None:
         raise not_found("queue")
+    if excludes and ctx.principal.role is Role.DISPLAY:
+        await _check_display_excludes(conn, ctx.tenant_id, [field for field, _ in excludes])
     # A disabled queue takes no new tickets, but those already in it are still served (PRODUCT §4), so the
     # wall display keeps showing them; `is_active` tells it to say the queue is closed to newcomers.
     type_ids: list[uuid.UUID] = []

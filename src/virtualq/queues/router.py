@@ -110,7 +110,9 @@ async def queue_monitor(
 
     Readable with a display-role key. Estimates are left out when the queue's show_wait_time is false.
     A disabled queue (`is_active` false) takes no new tickets, but still shows and serves those it has.
-    Each group lists the first `limit` tickets in line order; `counts` counts them all.
+    Each group lists the first `limit` tickets in line order; `counts` counts them all. With a display
+    key, `exclude` may name only fields whose values the ticket types list (an `enum`, a `const` or a
+    boolean in `custom_fields_schema`), else 403: by a free-text field a wall's key could test guesses.
     """
     excludes = monitor.parse_excludes(exclude)
     cache: FeedCache = request.app.state.feed_cache

@@ -215,6 +215,7 @@ async def test_background_work_spans_tenants_only_when_it_asks(app: Any) -> None
     assert sites == sorted(
         [
             "auth/principal.py",  # a key's lookup by its digest reads the employee it speaks for
+            "auth/principal.py",  # the same lookup, when open event streams' keys are checked again
             "events/hub.py",
             "events/hub.py",
             "events/hub.py",  # the notifier's pg_notify, on the background pool

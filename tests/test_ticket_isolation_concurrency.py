@@ -867,6 +867,26 @@ RACE_FSM_WITHOUT_EXTRA: dict[str, Any] = {
 }
 
 
+async def host_ticket(client: httpx.AsyncClient, s: Shop, item_type_id: str, code: str) -> dict[str, Any]:
+    """A ticket of a new type (`code`) whose items may be of `item_type_id`."""
+    host = ok(
+        await client.post(
+            "/v1/type-definitions",
+            json={
+                "type_code": code,
+                "type_name": "Host",
+                "fsm_schema": FOOD_ORDER_FSM,
+                "item_definition_ids": [item_type_id],
+            },
+            headers=s.h,
+        ),
+        201,
+    )
+    body = {"queue_id": s.queue["id"], "type_definition_id": host["id"]}
+    ticket: dict[str, Any] = ok(await client.post("/v1/tickets", json=body, headers=s.h), 201)
+    return ticket
+
+
 async def wait_for_lock_wait(db: asyncpg.Connection, table: str) -> None:
     """Until some session waits for a lock on `table`."""
     for _ in range(200):
@@ -907,21 +927,7 @@ async def test_a_type_cannot_drop_a_state_a_concurrent_transition_is_entering(
         target = ok(await client.post("/v1/tickets", json=body, headers=s.h), 201)["id"]
         path, history_table = f"/v1/tickets/{target}", "ticket_history"
     else:
-        host = ok(
-            await client.post(
-                "/v1/type-definitions",
-                json={
-                    "type_code": "race_host",
-                    "type_name": "Host",
-                    "fsm_schema": FOOD_ORDER_FSM,
-                    "item_definition_ids": [race_type["id"]],
-                },
-                headers=s.h,
-            ),
-            201,
-        )
-        body = {"queue_id": s.queue["id"], "type_definition_id": host["id"]}
-        ticket = ok(await client.post("/v1/tickets", json=body, headers=s.h), 201)
+        ticket = await host_ticket(client, s, race_type["id"], "race_host")
         target = ok(
             await client.post(
                 f"/v1/tickets/{ticket['id']}/items",
@@ -1019,21 +1025,7 @@ async def test_a_type_cannot_drop_the_start_state_a_concurrent_create_is_enterin
                 )
             )
     else:
-        host = ok(
-            await client.post(
-                "/v1/type-definitions",
-                json={
-                    "type_code": "race_new_host",
-                    "type_name": "Host",
-                    "fsm_schema": FOOD_ORDER_FSM,
-                    "item_definition_ids": [race_type["id"]],
-                },
-                headers=s.h,
-            ),
-            201,
-        )
-        parent = {"queue_id": s.queue["id"], "type_definition_id": host["id"]}
-        ticket = ok(await client.post("/v1/tickets", json=parent, headers=s.h), 201)
+        ticket = await host_ticket(client, s, race_type["id"], "race_new_host")
         url, history_table = f"/v1/tickets/{ticket['id']}/items", "item_history"
         body = {"item_type_definition_id": race_type["id"]}
     numbers_before = await db.fetchval(

@@ -65,6 +65,7 @@ async def test_security_headers_on_answers_and_pages(client: httpx.AsyncClient, 
     page = await client.get("/console/queues/00000000-0000-0000-0000-000000000000")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
+    assert len(page.headers.get_list("content-security-policy")) == 1  # one policy, not two to reconcile
     policy = page.headers["content-security-policy"]
     assert "default-src 'self'" in policy
     assert "frame-ancestors 'none'" in policy

@@ -98,7 +98,7 @@ def _security_headers(headers: list[tuple[bytes, bytes]], production: bool) -> N
         if name == b"content-type":
             content_type = value
     headers.extend(header for header in SECURITY_HEADERS if header[0] not in present)
-    if content_type.startswith(b"text/html"):
+    if content_type.startswith(b"text/html") and b"content-security-policy" not in present:
         headers.append((b"content-security-policy", PAGE_POLICY))
     elif content_type.startswith(b"application/json") and b"cache-control" not in present:
         headers.append((b"cache-control", b"no-store"))  # answers may hold personal data

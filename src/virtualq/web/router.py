@@ -27,9 +27,7 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the ticket token and keys never leak through Referer
     "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'"
-    ),
+    # Content-Security-Policy: the middleware's, on every HTML answer (kit/middleware.PAGE_POLICY).
 }
 
 pages = APIRouter(include_in_schema=False)

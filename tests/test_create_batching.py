@@ -159,6 +159,31 @@ async def leading(db: asyncpg.Connection, queue_id: uuid.UUID, leader: asyncpg.C
     raise AssertionError(f"the lock's waiters never became {pids}")
 
 
+async def behind_the_queue_lock(
+    db: asyncpg.Connection,
+    batching: Batching,
+    connections: list[asyncpg.Connection],
+    tenant: uuid.UUID,
+    queue_id: uuid.UUID,
+    tickets: list[dict[str, Any]],
+) -> list[Any]:
+    """Create each of `tickets` on a connection of its own while `db` holds the queue's lock: the first
+    create waits in PostgreSQL (a statement of its own), the others in the process's line (the next batch).
+    Their rows or exceptions, in order."""
+
+    async def create(n: int) -> Any:
+        return await batching.insert(
+            connections[n], tenant_id=tenant, queue_id=queue_id, timezone="UTC", prefix="B", ticket=tickets[n]
+        )
+
+    await db.execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", str(queue_id))
+    tasks = [asyncio.create_task(create(n)) for n in range(len(tickets))]
+    await leading(db, queue_id, connections[0])
+    await db.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))", str(queue_id))
+    async with asyncio.timeout(10):
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_a_refused_batch_runs_again_one_create_at_a_time(
     client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, connections: list[asyncpg.Connection]
 ) -> None:
@@ -167,17 +192,7 @@ async def test_a_refused_batch_runs_again_one_create_at_a_time(
     tickets = [new_ticket(type_id) for _ in range(6)]
     tickets[3]["customer_id"] = uuid.uuid4()  # no such customer: the foreign key refuses the batch
 
-    async def create(n: int) -> Any:
-        return await batching.insert(
-            connections[n], tenant_id=tenant, queue_id=queue_id, timezone="UTC", prefix="B", ticket=tickets[n]
-        )
-
-    lock = "SELECT pg_advisory_lock(hashtextextended($1::text, 0))"
-    await db.execute(lock, str(queue_id))  # the first create waits in PostgreSQL, the rest in the process
-    tasks = [asyncio.create_task(create(n)) for n in range(6)]
-    await leading(db, queue_id, connections[0])
-    await db.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))", str(queue_id))
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await behind_the_queue_lock(db, batching, connections, tenant, queue_id, tickets)
 
     assert isinstance(results[3], asyncpg.ForeignKeyViolationError)
     rows = [result for n, result in enumerate(results) if n != 3]
@@ -204,17 +219,7 @@ async def test_a_batch_with_a_changed_type_writes_nothing_and_runs_again_one_cre
     tickets = [new_ticket(type_id) for _ in range(4)]
     tickets[2]["type_version"] = 0
 
-    async def create(n: int) -> Any:
-        return await batching.insert(
-            connections[n], tenant_id=tenant, queue_id=queue_id, timezone="UTC", prefix="B", ticket=tickets[n]
-        )
-
-    await db.execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", str(queue_id))
-    tasks = [asyncio.create_task(create(n)) for n in range(4)]
-    await leading(db, queue_id, connections[0])
-    await db.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))", str(queue_id))
-    async with asyncio.timeout(10):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await behind_the_queue_lock(db, batching, connections, tenant, queue_id, tickets)
 
     assert isinstance(results[2], TypeChanged), results
     rows = [result for n, result in enumerate(results) if n != 2]
@@ -314,16 +319,6 @@ async def test_a_refused_create_alone_in_its_batch_lets_the_line_go_on(
     tickets = [new_ticket(type_id) for _ in range(4)]
     tickets[0]["customer_id"] = uuid.uuid4()
 
-    async def create(n: int) -> Any:
-        return await batching.insert(
-            connections[n], tenant_id=tenant, queue_id=queue_id, timezone="UTC", prefix="B", ticket=tickets[n]
-        )
-
-    await db.execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", str(queue_id))
-    tasks = [asyncio.create_task(create(n)) for n in range(4)]
-    await leading(db, queue_id, connections[0])
-    await db.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))", str(queue_id))
-    async with asyncio.timeout(10):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await behind_the_queue_lock(db, batching, connections, tenant, queue_id, tickets)
     assert isinstance(results[0], asyncpg.ForeignKeyViolationError)
     assert sorted(row["number"] for row in results[1:]) == [1, 2, 3]

@@ -39,6 +39,7 @@ DISTRIBUTED = {
     "ticket_items",
     "item_history",
     "events",
+    "event_prune_marks",  # how far the tenant's events were pruned (migration 0018)
     "webhooks",
     "webhook_deliveries",
     "webhook_attempts",

@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.helpers import Api, assert_cancel_right_after_a_wake_up_stops, assert_error, auth
+from tests.test_row_security import scoped
 from tests.test_ticket_flows import coffee, ok
 from virtualq.auth.principal import PLATFORM_ADMIN, TenantContext
 from virtualq.db import acquire, create_pool
@@ -88,7 +89,7 @@ class Stream:
                 if line == "":
                     if fields:
                         self.events.append(
-                            {"id": fields["id"], "event": fields["event"], **json.loads(fields["data"])}
+                            {"id": fields.get("id"), "event": fields["event"], **json.loads(fields["data"])}
                         )
                         fields = {}
                     continue
@@ -220,7 +221,7 @@ async def test_paging_through_the_log(client: httpx.AsyncClient, api: Api) -> No
     assert set(everything[0]) == {"id", "type", "tenant_id", "queue_id", "ticket_id", "occurred_at", "data"}
     assert {e["tenant_id"] for e in everything} == {t.id}
     empty = ok(await client.get("/v1/events", params={"after": everything[-1]["id"]}, headers=t.h))
-    assert empty == {"data": [], "next_cursor": everything[-1]["id"]}
+    assert empty == {"data": [], "next_cursor": everything[-1]["id"], "gap": None}
     only = ok(await client.get("/v1/events", params={"type": "ticket.state_changed"}, headers=t.h))
     assert [e["ticket_id"] for e in only["data"]] == [made[0]["id"]]
     one = ok(await client.get("/v1/events", params={"ticket_id": made[2]["id"]}, headers=t.h))
@@ -916,6 +917,124 @@ async def test_old_events_and_finished_deliveries_are_pruned(
     assert sorted((row["ticket"], row["status"]) for row in kept) == sorted(
         [(recent["id"], "failed"), (owed["id"], "pending")]
     )
+
+
+async def test_a_resume_from_before_pruned_events_is_told_of_the_gap(
+    client: httpx.AsyncClient, api: Api, app: Any, db: asyncpg.Connection, base_url: str
+) -> None:
+    """A client away longer than the retention resumed from the oldest kept event as if nothing were
+    missing. The prune now keeps each tenant's newest deleted cursor, and a resume from before it is told:
+    `gap: "expired"` on the log, a `stream.gap` message first on the stream. Only events after the cursor
+    count (the client's own last event being gone is no gap), and only the tenant's own."""
+    from virtualq import sweeper
+
+    t, queue, order = await coffee(client, api)
+    other, other_queue, other_order = await coffee(client, api)
+    made = [await t.ticket(queue, order) for _ in range(3)]
+    await other.ticket(other_queue, other_order)
+    log = ok(await client.get("/v1/events", headers=t.h))["data"]
+    assert [e["ticket_id"] for e in log] == [m["id"] for m in made]
+    first, second, third = (e["id"] for e in log)
+    mine_before = ok(await client.get("/v1/events", headers=other.h))["data"]
+    # Nothing pruned yet: no gap from any cursor, and none from a cursor before every event.
+    page = ok(await client.get("/v1/events", params={"after": first}, headers=t.h))
+    assert (page["gap"], [e["id"] for e in page["data"]]) == (None, [second, third])
+    assert ok(await client.get("/v1/events", params={"after": "0-0"}, headers=t.h))["gap"] is None
+
+    await db.execute(
+        "UPDATE events SET occurred_at = now() - interval '8 days' WHERE ticket_id = ANY($1)",
+        [uuid.UUID(made[0]["id"]), uuid.UUID(made[1]["id"])],
+    )
+    assert (await sweeper.prune(app.state.pool, retention_days=7)).events >= 2
+    mark = await db.fetchrow(
+        "SELECT tx_id::text::bigint AS tx, id FROM event_prune_marks WHERE tenant_id = $1", uuid.UUID(t.id)
+    )
+    assert mark is not None
+    assert events_cursor.format_cursor((mark["tx"], mark["id"])) == second
+
+    # From before the second event: it is gone, so the page says so and goes on with what is kept.
+    for after in (first, "0-0"):
+        page = ok(await client.get("/v1/events", params={"after": after}, headers=t.h))
+        assert (page["gap"], [e["id"] for e in page["data"]]) == ("expired", [third])
+        assert page["next_cursor"] == third
+    # From the last pruned event itself: nothing after it was deleted.
+    page = ok(await client.get("/v1/events", params={"after": second}, headers=t.h))
+    assert (page["gap"], [e["id"] for e in page["data"]]) == (None, [third])
+    # Another tenant had nothing pruned: no gap from any cursor, and it reads nothing of this one's mark.
+    theirs = ok(await client.get("/v1/events", params={"after": "0-0"}, headers=other.h))
+    assert (theirs["gap"], theirs["data"]) == (None, mine_before)
+    assert ok(await client.get("/v1/events", params={"after": first}, headers=other.h))["gap"] is None
+    with scoped(other.id):
+        async with acquire(app.state.pool, transaction=False) as conn:
+            assert await conn.fetch("SELECT tenant_id FROM event_prune_marks") == []
+    with scoped(t.id):
+        async with acquire(app.state.pool, transaction=False) as conn:
+            assert [r["tenant_id"] for r in await conn.fetch("SELECT tenant_id FROM event_prune_marks")] == [
+                uuid.UUID(t.id)
+            ]
+
+    # The stream: the notice first (no id: the client's last id stays, since the replay follows), then the
+    # replay of what is kept, then live events.
+    resumed = Stream(base_url, t.world.tenant_admin)
+    resumed.headers["Last-Event-ID"] = first
+    async with resumed:
+        got = await resumed.wait_for(2)
+        assert got[0] == {
+            "id": None,
+            "event": "stream.gap",
+            "type": "stream.gap",
+            "reason": "expired",
+            "after": first,
+        }
+        assert got[1]["id"] == third
+        later = await t.ticket(queue, order)
+        assert (await resumed.wait_for(3))[2]["ticket_id"] == later["id"]
+    async with Stream(base_url, t.world.tenant_admin, after=second) as clean:
+        assert [e["id"] for e in await clean.wait_for(1)][:1] == [third]
+        assert all(e["event"] != "stream.gap" for e in clean.events)
+
+
+async def test_a_cursor_from_another_database_is_unknown_and_the_stream_goes_on_from_now(
+    client: httpx.AsyncClient, api: Api, app: Any, base_url: str
+) -> None:
+    """An id ahead of every transaction of this database (say, from the cluster a backup was restored
+    away from) was taken as one not read yet: the stream stayed silent until the log passed it, and the
+    log answered empty pages. Now both say `unknown_cursor`; the stream starts from now and moves the
+    client's last id to a position of this log, and the log's page points at the tenant's newest event."""
+    t, queue, order = await coffee(client, api)
+    made = await t.ticket(queue, order)
+    newest = ok(await client.get("/v1/events", headers=t.h))["data"][-1]["id"]
+    foreign = "99999999999-1"
+    page = ok(await client.get("/v1/events", params={"after": foreign}, headers=t.h))
+    assert page == {"data": [], "next_cursor": newest, "gap": "unknown_cursor"}
+    # From there on, the log goes on as usual.
+    await t.move(made["id"], "start_preparation")
+    page = ok(await client.get("/v1/events", params={"after": page["next_cursor"]}, headers=t.h))
+    assert (page["gap"], [e["type"] for e in page["data"]]) == (None, ["ticket.state_changed"])
+    # A tenant with no events yet: next_cursor null (read from the start).
+    empty, _, _ = await coffee(client, api)
+    assert ok(await client.get("/v1/events", params={"after": foreign}, headers=empty.h)) == {
+        "data": [],
+        "next_cursor": None,
+        "gap": "unknown_cursor",
+    }
+
+    hub: EventHub = app.state.event_hub
+    resumed = Stream(base_url, t.world.tenant_admin)
+    resumed.headers["Last-Event-ID"] = foreign
+    async with resumed:
+        notice = (await resumed.wait_for(1))[0]
+        assert (notice["event"], notice["reason"], notice["after"]) == (
+            "stream.gap",
+            "unknown_cursor",
+            foreign,
+        )
+        position = events_cursor.parse(notice["id"])
+        assert position is not None
+        assert position <= hub.cursor
+        await t.move(made["id"], "mark_ready")  # live events arrive: before, this stream stayed silent
+        assert (await resumed.wait_for(2))[1]["data"]["current_state"] == "ready"
+        assert events_cursor.parse(resumed.events[1]["id"]) > position  # type: ignore[operator]
 
 
 async def old_events(db: asyncpg.Connection, tenant_id: str, queue_id: str, count: int) -> None:

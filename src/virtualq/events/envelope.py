@@ -71,3 +71,12 @@ def sse_message(event: dict[str, Any]) -> bytes:
         event["type"].encode(),
         orjson.dumps(event, option=orjson.OPT_UTC_Z),  # times as every other answer writes them
     )
+
+
+def sse_gap(reason: str, after: Cursor, resume: Cursor | None) -> bytes:
+    """The stream's notice that events after the client's cursor can no longer be sent (`reason`: "expired"
+    or "unknown_cursor"; docs/events.md "Gaps"). With `resume`, it also moves the client's last event id
+    there (an unknown cursor is replaced by a position of this log)."""
+    body = orjson.dumps({"type": "stream.gap", "reason": reason, "after": format_cursor(after)})
+    head = b"id: %s\n" % format_cursor(resume).encode() if resume is not None else b""
+    return head + b"event: stream.gap\ndata: %s\n\n" % body

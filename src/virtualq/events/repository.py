@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from virtualq.db import EVENTS_WRITTEN, Connection, Record
 from virtualq.events.cursor import Cursor
-from virtualq.kit.sql import Where, oldest_first_delete
+from virtualq.kit.sql import Where
 
 # As a CTE fragment: `INSERT INTO events ... SELECT ... FROM <cte>` inside a mutation's statement.
 INSERT_COLUMNS = "INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)"
@@ -134,5 +134,53 @@ async def waiting(conn: Connection, after: Cursor) -> bool:
     return bool(await conn.fetchval(WAITING_SQL, after[0], after[1]))
 
 
-# The sweeper prunes the log a batch at a time, oldest first (events_occurred_idx).
-PRUNE_SQL = oldest_first_delete("events", "occurred_at")
+# The sweeper prunes the log a batch at a time, oldest first (events_occurred_idx), as `oldest_first_delete`
+# does, and moves each tenant's prune mark up to the newest cursor it deleted (migration 0018): a resume
+# from before the mark is told that events after its cursor are gone (`gap`). Two prunes at once write the
+# same tenant's mark in turn; the mark only moves forward.
+PRUNE_SQL = """
+WITH pruned AS (
+    DELETE FROM events WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM events WHERE occurred_at >= $1 AND occurred_at < $2
+         ORDER BY occurred_at LIMIT $3 FOR UPDATE SKIP LOCKED))
+    RETURNING tenant_id, tx_id, id, occurred_at
+), marked AS (
+    INSERT INTO event_prune_marks AS m (tenant_id, tx_id, id)
+    SELECT DISTINCT ON (tenant_id) tenant_id, tx_id, id FROM pruned ORDER BY tenant_id, tx_id DESC, id DESC
+    ON CONFLICT (tenant_id) DO UPDATE SET tx_id = excluded.tx_id, id = excluded.id, pruned_at = now()
+     WHERE (excluded.tx_id, excluded.id) > (m.tx_id, m.id)
+)
+SELECT count(*) AS deleted, max(occurred_at) AS last FROM pruned
+"""
+
+Gap = Literal["expired", "unknown_cursor"]
+
+
+async def gap(conn: Connection, tenant_id: uuid.UUID, after: Cursor) -> Gap | None:
+    """Whether a client resuming after `after` has missed events it can no longer get:
+    - "unknown_cursor": the cursor's transaction is one this database has not reached yet, so the cursor
+      comes from another database (a restore into a new cluster, a copy); the log cannot resume from it;
+    - "expired": the prune has deleted events of the tenant after the cursor (older than the retention);
+    - None: nothing is missing; every event after the cursor is still in the log (or still to come)."""
+    row = await conn.fetchrow(
+        """SELECT $2::xid8 >= pg_snapshot_xmax(pg_current_snapshot()) AS ahead,
+                  EXISTS (SELECT 1 FROM event_prune_marks
+                           WHERE tenant_id = $1 AND (tx_id, id) > ($2::xid8, $3::bigint)) AS expired""",
+        tenant_id,
+        after[0],
+        after[1],
+    )
+    assert row is not None
+    if row["ahead"]:
+        return "unknown_cursor"
+    return "expired" if row["expired"] else None
+
+
+async def tenant_horizon(conn: Connection, tenant_id: uuid.UUID) -> Cursor | None:
+    """The tenant's newest settled event's cursor, None if it has none."""
+    row = await conn.fetchrow(
+        f"""SELECT tx_id::text::bigint AS tx, id FROM events WHERE tenant_id = $1 AND {SETTLED}
+             ORDER BY tx_id DESC, id DESC LIMIT 1""",
+        tenant_id,
+    )
+    return (row["tx"], row["id"]) if row else None

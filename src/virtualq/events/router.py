@@ -10,8 +10,8 @@ from fastapi.responses import StreamingResponse
 from virtualq.auth.principal import Role, TenantAnyRole, TenantStaff, stream_key
 from virtualq.db import ReadConn, acquire, get_pool
 from virtualq.events import repository
-from virtualq.events.cursor import Cursor, parse
-from virtualq.events.envelope import display_safe, envelope, sse_message
+from virtualq.events.cursor import Cursor, format_cursor, parse
+from virtualq.events.envelope import display_safe, envelope, sse_gap, sse_message
 from virtualq.events.hub import EventHub, Subscriber
 from virtualq.events.schemas import EventPage, EventTypeName
 from virtualq.kit.routing import READ_ERRORS
@@ -34,8 +34,14 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """Page through the tenant's event log in order. Keep the last `id` and pass it as `after` next time;
-    the log never inserts an event before a cursor you have seen. Kept for the retention period (7 days)."""
-    start = parse(after) or (0, 0)
+    the log never inserts an event before a cursor you have seen. Kept for the retention period (7 days):
+    `gap` says when events after your `after` are gone (or the id is not from this log)."""
+    given = parse(after)
+    start = given or (0, 0)
+    gap = await repository.gap(conn, ctx.tenant_id, given) if given is not None else None
+    if gap == "unknown_cursor":  # nothing to read after it: go on from the tenant's newest event
+        newest = await repository.tenant_horizon(conn, ctx.tenant_id)
+        return {"data": [], "next_cursor": format_cursor(newest) if newest else None, "gap": gap}
     rows = await repository.read(
         conn,
         tenant_id=ctx.tenant_id,
@@ -46,7 +52,7 @@ async def list_events(
         limit=limit,
     )
     events = [envelope(row) for row in rows]
-    return {"data": events, "next_cursor": events[-1]["id"] if events else (after or None)}
+    return {"data": events, "next_cursor": events[-1]["id"] if events else (after or None), "gap": gap}
 
 
 @router.get(
@@ -70,10 +76,19 @@ async def stream_events(
     A new connection receives events committed after it connected; with `Last-Event-ID` (browsers send it
     when they reconnect) or `after=`, everything after that event first — no gap, no duplicate. A comment
     line every 15 s keeps proxies from closing the connection. A client that falls 1,000 events behind is
-    disconnected and resumes from its last id. Display-role keys receive codes and states only.
+    disconnected and resumes from its last id. Display-role keys receive codes and states only. When
+    events after the resumed id are gone (older than the retention) or the id is not from this log, a
+    `stream.gap` message says so first: reload your state from the API.
     """
     resume = parse(last_event_id, "Last-Event-ID") if last_event_id else parse(after)
     hub: EventHub = request.app.state.event_hub
+    gap = None
+    if resume is not None:
+        async with acquire(get_pool(request), transaction=False) as conn:
+            gap = await repository.gap(conn, ctx.tenant_id, resume)
+    asked = resume
+    if gap == "unknown_cursor":  # not a position of this log: the stream starts from now, as a new one
+        resume = None
     subscriber = hub.subscribe(
         ctx.tenant_id,
         display=ctx.principal.role is Role.DISPLAY,
@@ -84,18 +99,23 @@ async def stream_events(
         key=stream_key(request),
     )
     end_on_stop(request.scope, lambda: hub.end(subscriber))
+    notice = None
+    if gap is not None and asked is not None:
+        notice = sse_gap(gap, asked, subscriber.start if resume is None else None)
     return StreamingResponse(
-        _stream(request, hub, subscriber, resume),
+        _stream(request, hub, subscriber, resume, notice),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _stream(
-    request: Request, hub: EventHub, subscriber: Subscriber, resume: Cursor | None
+    request: Request, hub: EventHub, subscriber: Subscriber, resume: Cursor | None, notice: bytes | None
 ) -> AsyncIterator[bytes]:
     try:
         yield b": connected\n\n"
+        if notice is not None:
+            yield notice
         if resume is not None and resume < subscriber.start:
             async for message in _replay(request, subscriber, resume):
                 yield message

@@ -46,5 +46,13 @@ class Event(OutputModel):
 class EventPage(BaseModel):
     data: list[Event]
     next_cursor: str | None = Field(
-        description="Pass as `after` to continue; equal to the last event's id, or your `after` if none came."
+        description="Pass as `after` to continue; equal to the last event's id, or your `after` if none came "
+        "(after an `unknown_cursor` gap: the tenant's newest event's id)."
+    )
+    gap: Literal["expired", "unknown_cursor"] | None = Field(
+        None,
+        description="Set when events after your `after` can no longer be read: `expired` (deleted after "
+        "the retention period; `data` goes on from the oldest kept event) or `unknown_cursor` (the id is not "
+        "from this database's log; `data` is empty and `next_cursor` is the newest event's id). Reload the "
+        "state you keep from the API, then go on from `next_cursor`. Null when nothing is missing.",
     )

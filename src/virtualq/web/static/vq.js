@@ -85,6 +85,9 @@ const VQ = (() => {
                 else if (field === "data") message.data += value;
               }
               if (message.id) lastId = message.id;
+              // "stream.gap" (events after our last id are gone) only comes at a reconnection, for which
+              // onOpen(true) has just resynchronised the page: nothing more to do.
+              if (message.event === "stream.gap") continue;
               if (message.data) onEvent(message.event, JSON.parse(message.data));
             }
           }

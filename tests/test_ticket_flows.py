@@ -5,6 +5,7 @@ Every test builds its own account and tenant, so tests never see each other's ro
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import uuid
@@ -453,6 +454,32 @@ async def test_numbers_and_positions(client: httpx.AsyncClient, api: Api) -> Non
 
 
 # --- 4. ttl, PATCH ----------------------------------------------------------------------------------------
+
+
+async def test_display_codes_past_999_keep_every_digit(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """ "A042" is padded to three digits; ticket 1000 was "A100" (PostgreSQL's lpad cuts a longer text to
+    the width), the same code as ticket 100 of the day. Also when creates arriving together share one
+    statement."""
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    queue = await t.queue("Busy", ticket_prefix="A")
+    assert (await t.ticket(queue["id"], order["id"]))["display_code"] == "A001"
+    await db.execute(
+        "UPDATE queue_day_counters SET last_number = 998 WHERE queue_id = $1", uuid.UUID(queue["id"])
+    )
+    made = await asyncio.gather(*(t.ticket(queue["id"], order["id"]) for _ in range(4)))
+    assert sorted((m["number"], m["display_code"]) for m in made) == [
+        (999, "A999"),
+        (1000, "A1000"),
+        (1001, "A1001"),
+        (1002, "A1002"),
+    ]
+    await db.execute(
+        "UPDATE queue_day_counters SET last_number = 123455 WHERE queue_id = $1", uuid.UUID(queue["id"])
+    )
+    assert (await t.ticket(queue["id"], order["id"]))["display_code"] == "A123456"
 
 
 async def test_ttl_and_ticket_updates(client: httpx.AsyncClient, api: Api) -> None:

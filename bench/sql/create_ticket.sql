@@ -46,7 +46,7 @@ WITH queued AS (
                          current_state, state_category, customer_id, references_ticket_id,
                          estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes, expires_at,
                          custom_data, started_at, actual_wait_minutes, ready_at, completed_at, cancelled_at)
-    SELECT :tenant_id, p.id, :create_queue, :create_queue, p.type_definition_id, p.number, 'B' || lpad(p.number::text, 3, '0'),
+    SELECT :tenant_id, p.id, :create_queue, :create_queue, p.type_definition_id, p.number, 'B' || lpad(p.number::text, greatest(3, length(p.number::text)), '0'),
            p.local_date, p.current_state, p.state_category, p.customer_id, p.references_ticket_id,
            p.estimated_wait_minutes, coalesce(p.estimated_wait_minutes, floor(p.position * p.pace + 0.5)::int),
            p.ttl_minutes, now() + make_interval(mins => p.ttl_minutes), p.custom_data,

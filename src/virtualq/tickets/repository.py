@@ -165,7 +165,8 @@ async def insert_tickets(
                                  estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes,
                                  expires_at, custom_data, started_at, actual_wait_minutes, ready_at,
                                  completed_at, cancelled_at)
-            SELECT $1, p.id, $2, $2, p.type_definition_id, p.number, $4 || lpad(p.number::text, 3, '0'),
+            SELECT $1, p.id, $2, $2, p.type_definition_id, p.number,
+                   $4 || lpad(p.number::text, greatest(3, length(p.number::text)), '0'),  -- A042, A1234
                    p.local_date, p.current_state, p.state_category, p.customer_id, p.references_ticket_id,
                    p.estimated_wait_minutes,
                    coalesce(p.estimated_wait_minutes, floor(p.position * p.pace + 0.5)::int),

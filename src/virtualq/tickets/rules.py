@@ -23,8 +23,3 @@ def effects_of(previous: Category | None, new: Category) -> Effects:
         enters_done=new is Category.DONE and previous is not Category.DONE,
         enters_cancelled=new is Category.CANCELLED and previous is not Category.CANCELLED,
     )
-
-
-def display_code(prefix: str, number: int) -> str:
-    """Queue prefix + number zero-padded to three digits: "A042"; "A1234" past 999."""
-    return f"{prefix}{number:03d}"

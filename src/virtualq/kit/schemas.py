@@ -138,9 +138,14 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+# Files of a system's zoneinfo directory that are not zones a place can be in: the machine's own setting
+# (PostgreSQL does not know the first two), and "Factory" ("local time zone must be set").
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 @cache
 def _timezones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(zoneinfo.available_timezones()) - NOT_ZONES
 
 
 Name = Annotated[StrictStr, StringConstraints(min_length=1, max_length=100)]

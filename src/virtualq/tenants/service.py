@@ -13,6 +13,14 @@ from virtualq.tenants import repository
 from virtualq.tenants.schemas import TenantCreate, TenantUpdate
 
 
+async def _check_timezone(conn: Connection, name: str) -> None:
+    if not await repository.knows_timezone(conn, name):
+        raise ValidationFailed(
+            f"timezone {name!r} is not known to the database; use an IANA name such as 'Europe/Tallinn'",
+            {"field": "timezone"},
+        )
+
+
 def _visible(principal: Principal, row: Record) -> bool:
     return principal.covers_tenant(row["id"], row["account_id"])
 
@@ -29,6 +37,7 @@ async def create_tenant(conn: Connection, principal: Principal, body: TenantCrea
         raise ValidationFailed("account_id names no account", {"field": "account_id"})
     if not active:
         raise ValidationFailed("the account is deactivated", {"field": "account_id"})
+    await _check_timezone(conn, body.timezone)
     return await repository.insert(conn, new_id(), account_id, body.model_dump(exclude={"account_id"}))
 
 
@@ -76,6 +85,8 @@ async def update_tenant(
         raise Forbidden("a tenant-scoped key cannot activate or deactivate its tenant")
     if not changes:
         return current
+    if "timezone" in changes:
+        await _check_timezone(conn, changes["timezone"])
     row = await repository.update(conn, tenant_id, changes)
     assert row is not None
     return row

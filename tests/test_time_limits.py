@@ -107,6 +107,43 @@ async def test_expiry_transitions_or_escalates_once(
     assert (await t.get(f"/v1/tickets/{fresh['id']}"))["current_state"] == "expired"
 
 
+async def test_a_limit_extended_after_it_passed_is_handled_again_when_the_new_one_passes(
+    client: httpx.AsyncClient, api: Api, app: Any, db: asyncpg.Connection
+) -> None:
+    """An escalated ticket given more time (PATCH ttl_minutes) kept `escalated_at` though it was within its
+    limit again, and the sweeper never looked at it again: the limit in force passed in silence. Now a
+    limit moved into the future (or removed) ends the escalation, and the new one is handled when it
+    passes. A limit changed to one that has also passed is not handled twice."""
+    t, queue, _, plain = await setup(client, api)
+    extended, removed, shortened = [await t.ticket(queue, plain, ttl_minutes=10) for _ in range(3)]
+    for ticket in (extended, removed, shortened):
+        await age(db, ticket["id"], 30)
+    await sweeper.sweep_once(app.state.pool)
+    for ticket in (extended, removed, shortened):
+        assert (await t.get(f"/v1/tickets/{ticket['id']}"))["escalated_at"] is not None
+
+    patch = "/v1/tickets/{}"
+    given = await t.client.patch(patch.format(extended["id"]), json={"ttl_minutes": 60}, headers=t.h)
+    assert given.status_code == 200, given.text
+    assert given.json()["escalated_at"] is None
+    assert datetime.fromisoformat(given.json()["expires_at"]) > datetime.now(UTC)
+    none = await t.client.patch(patch.format(removed["id"]), json={"ttl_minutes": None}, headers=t.h)
+    assert (none.json()["expires_at"], none.json()["escalated_at"]) == (None, None)
+    still = await t.client.patch(patch.format(shortened["id"]), json={"ttl_minutes": 20}, headers=t.h)
+    assert still.json()["escalated_at"] is not None  # 30 minutes old: past 20 too, already handled
+
+    await sweeper.sweep_once(app.state.pool)  # nothing is due yet
+    for ticket in (extended, removed, shortened):
+        assert len(await events_of(db, ticket["id"], "ticket.expired")) == 1
+    await age(db, extended["id"], 90)  # the new limit, 60 minutes, has passed
+    await age(db, removed["id"], 90)
+    await sweeper.sweep_once(app.state.pool)
+    assert [e["outcome"] for e in await events_of(db, extended["id"], "ticket.expired")] == ["escalated"] * 2
+    assert (await t.get(f"/v1/tickets/{extended['id']}"))["escalated_at"] is not None
+    assert len(await events_of(db, removed["id"], "ticket.expired")) == 1
+    assert len(await events_of(db, shortened["id"], "ticket.expired")) == 1
+
+
 async def test_wait_exceeded_is_signalled_once_per_ticket(
     client: httpx.AsyncClient, api: Api, app: Any, db: asyncpg.Connection
 ) -> None:

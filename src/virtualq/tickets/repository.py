@@ -351,8 +351,14 @@ async def update_ticket(
             assignments.append(f"{column} = ${len(args)}")
     if "ttl_minutes" in changes:
         args.append(changes["ttl_minutes"])
-        assignments.append(f"ttl_minutes = ${len(args)}")
-        assignments.append(f"expires_at = created_at + make_interval(mins => ${len(args)})")
+        n = len(args)
+        assignments.append(f"ttl_minutes = ${n}")
+        assignments.append(f"expires_at = created_at + make_interval(mins => ${n})")
+        # A limit moved into the future, or removed, is not passed any more: the sweeper handles the new
+        # one when it passes (its ticket.expired again), and an escalation for the old one is over.
+        not_passed = f"(${n}::int IS NULL OR created_at + make_interval(mins => ${n}) > now())"
+        assignments.append(f"expiry_handled_at = CASE WHEN {not_passed} THEN NULL ELSE expiry_handled_at END")
+        assignments.append(f"escalated_at = CASE WHEN {not_passed} THEN NULL ELSE escalated_at END")
     row = await fetch_returning(
         conn,
         f"""WITH t AS (UPDATE tickets SET {", ".join(assignments)}

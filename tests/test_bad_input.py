@@ -903,6 +903,52 @@ async def test_bad_ids_in_queries_and_headers_are_400(
         assert_names_field(error, case.field)
 
 
+async def test_unknown_query_parameters_are_400_naming_them_and_declared_ones_work(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """A misspelt filter was ignored: `?queue=` listed every ticket of the tenant, `?page=2` on the event
+    log gave its first page again for ever. An API route now takes the parameters it declares (its own
+    and its dependencies', `tenant_id` among them) and refuses any other with a 400 naming it and saying
+    what it takes; the caller's own refusal comes first; a write refused so changes nothing. The pages
+    are not API routes: links may add to their URLs."""
+    from tests.test_ticket_flows import coffee
+
+    t, queue, order = await coffee(client, api)
+    await t.ticket(queue, order)
+    other = await t.queue("Other")
+    await t.ticket(other["id"], order)
+    h = t.h
+    assert len((await client.get("/v1/tickets", params={"queue_id": queue}, headers=h)).json()["data"]) == 1
+    response = await client.get("/v1/tickets", params={"queue": queue}, headers=h)
+    error = assert_error(response, 400, "validation_error")
+    [problem] = error["details"]["errors"]
+    assert (problem["location"], problem["field"], problem["type"]) == ("query", "queue", "extra_forbidden")
+    assert "queue_id" in problem["message"]
+    assert "state_category" in problem["message"]
+    assert_error(await client.get("/v1/events", params={"page": 2}, headers=h), 400, "validation_error")
+    # Declared ones, a dependency's included, pass; so do repeated ones.
+    for path, params in (
+        ("/v1/tickets", {"tenant_id": t.id, "limit": 5, "current_state": "received"}),
+        ("/v1/events", [("type", "ticket.created"), ("type", "ticket.cancelled"), ("limit", "3")]),
+        (f"/v1/queues/{queue}/tickets", {"limit": 1}),
+    ):
+        assert (await client.get(path, params=params, headers=h)).status_code == 200, (path, params)
+    # Who may not call the route hears that first; a write with an unknown parameter does nothing.
+    assert_error(await client.get("/v1/tickets", params={"queue": queue}), 401, "unauthorized")
+    display = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id)
+    assert_error(await client.get("/v1/webhooks", params={"x": 1}, headers=auth(display)), 403, "forbidden")
+    tickets = await db.fetchval("SELECT count(*) FROM tickets WHERE tenant_id = $1", uuid.UUID(t.id))
+    body = {"queue_id": queue, "type_definition_id": order}
+    assert_error(
+        await client.post("/v1/tickets", params={"dry_run": 1}, json=body, headers=h), 400, "validation_error"
+    )
+    assert await db.fetchval("SELECT count(*) FROM tickets WHERE tenant_id = $1", uuid.UUID(t.id)) == tickets
+    # A page's URL may carry what a link adds (a QR code's campaign tag).
+    page = await client.get(f"/display/queues/{queue}", params={"utm_source": "qr"})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+
+
 async def test_ids_in_any_standard_spelling_are_accepted(client: httpx.AsyncClient, ctx: Ctx) -> None:
     """Upper case and unhyphenated spellings are the same UUID, not bad input."""
     account = ctx.ids["account"]

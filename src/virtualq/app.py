@@ -33,7 +33,7 @@ from virtualq.kit.idempotency import IdempotencyMiddleware
 from virtualq.kit.metrics import Metrics
 from virtualq.kit.middleware import RequestContextMiddleware
 from virtualq.kit.ratelimit import RateLimiter
-from virtualq.kit.routing import refuse_stray_bodies
+from virtualq.kit.routing import refuse_stray_bodies, refuse_unknown_query
 from virtualq.logging import get_logger
 from virtualq.queues.feed_cache import FeedCache
 from virtualq.queues.router import router as queues_router
@@ -215,6 +215,7 @@ def create_app(
         # about 0.4 ms per request with this many routes (docs/performance.md).
         app.router.routes.extend(router.routes)
     refuse_stray_bodies(app.router.routes)
+    refuse_unknown_query(app.router.routes)
     index_routes(app.router)
 
     # Innermost of our middleware: the fast paths answer ahead of the exception middleware and the router.

@@ -156,10 +156,12 @@ def _request_validation(caller_first: _CallerFirst) -> Handler:
         assert isinstance(exc, RequestValidationError)
         problems = _describe_validation_errors(exc)
         kinds = {problem["type"] for problem in problems}
-        if kinds & {"json_invalid", NO_BODY}:  # found before the route's dependencies ran
+        unknown_query = any(p["location"] == "query" and p["type"] == "extra_forbidden" for p in problems)
+        if kinds & {"json_invalid", NO_BODY} or unknown_query:  # found before the route's dependencies ran
             refused = await caller_first.refusal(request)
             if refused is not None:
                 return refused
+        if kinds & {"json_invalid", NO_BODY}:
             message = (
                 "The request body is not valid JSON."
                 if "json_invalid" in kinds

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, HTTPException, Query
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -114,6 +116,57 @@ def _bodyless(inner: ASGIApp) -> ASGIApp:
                     ]
                 )
         await inner(scope, replay_body(body, receive), send)
+
+    return app
+
+
+def refuse_unknown_query(routes: list[BaseRoute], prefix: str = "/v1/") -> None:
+    """An API route's query parameters are the ones it declares (its own and its dependencies'): any
+    other is a 400 naming it, as an unknown body field is. A misspelt filter (`?queue=` for `?queue_id=`,
+    `?page=2` on a cursor-paged list) used to be ignored, and the caller got everything unfiltered, or the
+    first page again for ever. Only under `prefix`: the pages' URLs may carry what links add to them."""
+    for route in routes:
+        if (
+            isinstance(route, APIRoute)
+            and route.path.startswith(prefix)
+            and not getattr(route, _STRICT, False)
+        ):
+            accepted = frozenset(_query_names(route.dependant))
+            route.app = _known_query_only(route.app, accepted)
+            setattr(route, _STRICT, True)
+
+
+_STRICT = "vq_refuses_unknown_query"
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+def _known_query_only(inner: ASGIApp, accepted: frozenset[str]) -> ASGIApp:
+    takes = ", ".join(sorted(accepted)) if accepted else "none"
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            names = {name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)}
+            unknown = sorted(names - accepted)
+            if unknown:
+                # Answered as FastAPI answers a bad parameter (kit/exception_handlers: caller first).
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "extra_forbidden",
+                            "loc": ("query", name),
+                            "msg": f"Unknown query parameter; this endpoint takes: {takes}",
+                        }
+                        for name in unknown
+                    ]
+                )
+        await inner(scope, receive, send)
 
     return app
 

@@ -367,7 +367,7 @@ async def test_a_broken_or_missing_body_says_what_is_wrong(
         }
     ]
     queue = (await client.post("/v1/queues", json={"name": "Q"}, headers=h)).json()
-    for path in ("/v1/queues", f"/v1/queues/{queue['id']}/call-next"):  # a route and a fast path
+    for path in ("/v1/queues", f"/v1/tickets/{uuid.uuid4()}/transition"):  # a route and a fast path
         missing = assert_error(await client.post(path, headers=h), 400, "validation_error")
         assert missing["details"]["errors"] == [
             {
@@ -377,6 +377,9 @@ async def test_a_broken_or_missing_body_says_what_is_wrong(
                 "type": "missing",
             }
         ], path
+    # Call-next takes no required field, so no body is needed either (it answered as above).
+    empty = await client.post(f"/v1/queues/{queue['id']}/call-next", headers=auth(world["w"].tenant_admin))
+    assert_error(empty, 404, "queue_empty")
 
 
 async def test_a_customer_link_with_a_wrong_token_answers_as_no_ticket_and_names_the_token(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -213,14 +213,19 @@ async def ticket_history(ticket_id: uuid.UUID, ctx: TenantStaff, conn: ReadConn)
     tags=["queues"],
 )
 async def call_next(
-    queue_id: uuid.UUID, body: CallNextRequest, response: Response, ctx: TenantStaff, conn: StatementConn
+    queue_id: uuid.UUID,
+    response: Response,
+    ctx: TenantStaff,
+    conn: StatementConn,
+    body: Annotated[CallNextRequest | None, Body()] = None,
 ) -> Any:
     """Take the first waiting ticket and move it out of the line (404 queue_empty when nobody waits).
 
     Two counters calling at the same instant never receive the same ticket. The employee (given, or the one
     the API key is bound to) is assigned and recorded in the history. A disabled queue can still be served.
+    Every field is optional, and so is the body.
     """
-    return tag(response, await line.call_next(conn, ctx, queue_id, body))
+    return tag(response, await line.call_next(conn, ctx, queue_id, body or CallNextRequest()))
 
 
 @fast_path(router, call_next)

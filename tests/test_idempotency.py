@@ -63,6 +63,34 @@ async def test_the_same_key_with_another_request_is_a_conflict(
     assert await db.fetchval("SELECT count(*) FROM queues WHERE tenant_id = $1", uuid.UUID(t.id)) == 1
 
 
+async def test_a_retry_serialised_another_way_is_the_same_request(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """The body was compared byte for byte: the same JSON with its keys in another order or spaced
+    otherwise (another client library, a pretty-printer) was a 409 that nobody could explain. It is now
+    compared by its meaning; a different value is still a conflict, and so is 1 against 1.0."""
+    t, queue, order = await coffee(client, api)
+    compact = f'{{"queue_id":"{queue}","type_definition_id":"{order}","custom_data":{{"name":"Ada","n":1}}}}'
+    spread = (
+        f'{{\n  "custom_data": {{"n": 1, "name": "Ada"}},\n  "type_definition_id": "{order}",'
+        f'\n  "queue_id": "{queue}"\n}}'
+    )
+    headers = with_key({**t.h, "Content-Type": "application/json"}, "order-7")
+    first = await client.post("/v1/tickets", content=compact.encode(), headers=headers)
+    assert first.status_code == 201, first.text
+    again = await client.post("/v1/tickets", content=spread.encode(), headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    for changed in (compact.replace('"Ada"', '"Bob"'), compact.replace('"n":1', '"n":1.0')):
+        assert_error(
+            await client.post("/v1/tickets", content=changed.encode(), headers=headers),
+            409,
+            "idempotency_conflict",
+        )
+    assert await count_tickets(db, queue) == 1
+
+
 async def test_keys_belong_to_the_api_key_that_sent_them(
     client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
 ) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import time
 from typing import Any
@@ -111,7 +112,7 @@ class IdempotencyMiddleware:
         owner = keys.hash_key(credential)
         tenant = (header(scope, b"x-tenant-id") or "").encode("latin-1")
         fingerprint = hashlib.sha256(
-            b"\0".join((scope["path"].encode(), scope["query_string"], tenant, body))
+            b"\0".join((scope["path"].encode(), scope["query_string"], tenant, _canonical(body)))
         ).digest()
         pool = scope["app"].state.pool
         try:
@@ -311,3 +312,13 @@ async def _send_error(
     details: dict[str, Any] | None,
 ) -> None:
     await send_error(send, status, scope.get("state", {}).get("request_id"), code, message, details)
+
+
+def _canonical(body: bytes) -> bytes:
+    """A JSON body as its meaning: keys sorted, no spacing, so that a retry serialised another way (a client
+    library's key order, pretty-printed) is the same request. What does not parse is compared as sent."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return body
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -275,6 +275,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
+    components.setdefault("parameters", {})["IdempotencyKey"] = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Makes a retry safe: the first request with this key does the work, and a retry (same "
+        "API key, path, query, tenant and JSON body) gets its answer back with `Idempotent-Replayed: true`; "
+        "another request with the key is 409 `idempotency_conflict`. Kept 24 hours.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+        "example": "order-4711",
+    }
     # The errors (PRODUCT §6) that do not depend on what an operation does; routes document their own.
     common_errors = {
         "409": "Conflicts with existing data, or an Idempotency-Key reused with a different request "
@@ -298,6 +308,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 statuses.append("429")  # every API key is rate limited
                 if method == "post":
                     statuses.append("409")  # an Idempotency-Key reused with another request
+                    parameters = operation.setdefault("parameters", [])
+                    parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
             if "requestBody" in operation:
                 statuses += ["413", "415"]
             for status in statuses:

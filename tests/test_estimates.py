@@ -841,3 +841,51 @@ async def test_stats_accuracy_over_the_latest_fifty_departures(
     assert stats["estimation"]["basis"] == "history"
     assert stats["estimation"]["minutes_per_ticket"] == 0.5
     assert stats["estimation"]["current_estimate_minutes"] == 2
+
+
+async def test_a_ticket_forwarded_after_its_call_stays_a_departure_of_the_line_it_left(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, now: datetime
+) -> None:
+    """PRODUCT §4: the pace of "the same queue". Departures were looked up by the ticket's current queue,
+    so a kitchen order started and then forwarded to pickup (kept in service) became pickup's newest
+    departure: pickup's pace went from 10 to 7 minutes a ticket with nobody called there, and the kitchen
+    lost it. A departure now belongs to the queue whose line the ticket left, for the estimates and the
+    accuracy figures alike; a ticket forwarded while waiting leaves the line it was forwarded to."""
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    kitchen, pickup = await t.queue("Kitchen"), await t.queue("Pickup")
+    await add_history(t, db, pickup["id"], order["id"], now, [(-60, -40), (-60, -30), (-60, -20), (-60, -10)])
+    waiting = await t.ticket(pickup["id"], order["id"])
+    assert (await t.get(f"/v1/tickets/{waiting['id']}"))["estimated_wait_minutes"] == 10
+    before = await t.get(f"/v1/queues/{pickup['id']}/stats")
+    assert before["estimation"]["minutes_per_ticket"] == 10.0
+
+    [cooked] = await add_history(t, db, kitchen["id"], order["id"], now, [(-9, -8)])
+    kitchen_stats = await t.get(f"/v1/queues/{kitchen['id']}/stats")
+    ok(
+        await client.post(
+            f"/v1/tickets/{cooked}/forward", json={"target_queue_id": pickup["id"]}, headers=t.h
+        )
+    )
+    after = await t.get(f"/v1/queues/{pickup['id']}/stats")
+    assert after["estimation"] == before["estimation"]
+    assert after["accuracy"] == before["accuracy"]
+    assert (await t.get(f"/v1/tickets/{waiting['id']}"))["estimated_wait_minutes"] == 10
+    assert (await t.get(f"/v1/queues/{kitchen['id']}/stats"))["estimation"] == kitchen_stats["estimation"]
+    rows = await db.fetch("SELECT queue_id, departed_queue_id FROM tickets WHERE id = $1", uuid.UUID(cooked))
+    assert [(str(r["queue_id"]), str(r["departed_queue_id"])) for r in rows] == [
+        (pickup["id"], kitchen["id"])
+    ]
+
+    # Forwarded while waiting, then called: a departure of the line it was called from.
+    moved = await t.ticket(kitchen["id"], order["id"])
+    ok(
+        await client.post(
+            f"/v1/tickets/{moved['id']}/forward", json={"target_queue_id": pickup["id"]}, headers=t.h
+        )
+    )
+    await t.move(moved["id"], "start_preparation")
+    departed = await db.fetchval(
+        "SELECT departed_queue_id FROM tickets WHERE id = $1", uuid.UUID(moved["id"])
+    )
+    assert str(departed) == pickup["id"]

@@ -234,7 +234,7 @@ async def test_main_queries_use_their_indexes(db: asyncpg.Connection) -> None:
             queue,
         ),
         "tickets_queue_departures_idx": (
-            "SELECT created_at, started_at FROM tickets WHERE tenant_id = $1 AND queue_id = $2 "
+            "SELECT created_at, started_at FROM tickets WHERE tenant_id = $1 AND departed_queue_id = $2 "
             "AND started_at IS NOT NULL ORDER BY started_at DESC LIMIT 4",
             tenant,
             queue,

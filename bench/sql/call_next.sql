@@ -25,6 +25,7 @@ WITH q AS (
     UPDATE tickets SET current_state = m.to_state, state_category = m.to_category,
            employee_id = coalesce(NULL::uuid, employee_id),
            started_at = CASE WHEN m.leaves AND started_at IS NULL THEN now() ELSE started_at END,
+           departed_queue_id = CASE WHEN m.leaves AND started_at IS NULL THEN queue_id ELSE departed_queue_id END,
            actual_wait_minutes = CASE WHEN m.leaves AND started_at IS NULL
                THEN round(extract(epoch FROM now() - created_at) / 60)::int ELSE actual_wait_minutes END,
            ready_at = CASE WHEN m.ready THEN now() ELSE ready_at END,

@@ -45,12 +45,14 @@ WITH queued AS (
     INSERT INTO tickets (tenant_id, id, queue_id, origin_queue_id, type_definition_id, number, display_code, local_date,
                          current_state, state_category, customer_id, references_ticket_id,
                          estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes, expires_at,
-                         custom_data, started_at, actual_wait_minutes, ready_at, completed_at, cancelled_at)
+                         custom_data, started_at, departed_queue_id, actual_wait_minutes, ready_at, completed_at,
+                         cancelled_at)
     SELECT :tenant_id, p.id, :create_queue, :create_queue, p.type_definition_id, p.number, 'B' || lpad(p.number::text, greatest(3, length(p.number::text)), '0'),
            p.local_date, p.current_state, p.state_category, p.customer_id, p.references_ticket_id,
            p.estimated_wait_minutes, coalesce(p.estimated_wait_minutes, floor(p.position * p.pace + 0.5)::int),
            p.ttl_minutes, now() + make_interval(mins => p.ttl_minutes), p.custom_data,
-           CASE WHEN p.leaves THEN now() END, CASE WHEN p.leaves THEN 0 END, CASE WHEN p.ready THEN now() END,
+           CASE WHEN p.leaves THEN now() END, CASE WHEN p.leaves THEN (:create_queue)::uuid END, CASE WHEN p.leaves THEN 0 END,
+           CASE WHEN p.ready THEN now() END,
            CASE WHEN p.done THEN now() END, CASE WHEN p.cancelled THEN now() END
       FROM placed p ORDER BY p.n
     RETURNING *

@@ -22,6 +22,7 @@ WITH o AS (
            state_category = CASE state_category WHEN 'waiting' THEN 'in_service' ELSE 'waiting' END,
            employee_id = coalesce(NULL::uuid, employee_id),
            started_at = CASE WHEN state_category = 'waiting' AND started_at IS NULL THEN now() ELSE started_at END,
+           departed_queue_id = CASE WHEN state_category = 'waiting' AND started_at IS NULL THEN queue_id ELSE departed_queue_id END,
            actual_wait_minutes = CASE WHEN state_category = 'waiting' AND started_at IS NULL
                THEN round(extract(epoch FROM now() - created_at) / 60)::int ELSE actual_wait_minutes END,
            ready_at = ready_at, completed_at = completed_at, cancelled_at = cancelled_at,

@@ -144,7 +144,8 @@ async def load_departures(
     limit: int,
     now: datetime,
 ) -> tuple[dict[uuid.UUID, list[Departure]], list[Departure]]:
-    """The latest `limit` departures per type, and of the whole queue, in one round trip."""
+    """The latest `limit` departures per type, and of the whole queue, in one round trip: tickets that left
+    this queue's line (wherever they are now: a forward after the call moves no departure)."""
     if limit <= 0:
         return {}, []
     rows = await conn.fetch(
@@ -153,13 +154,14 @@ async def load_departures(
           FROM unnest($3::uuid[]) AS k(type_id)
           CROSS JOIN LATERAL (
                 SELECT created_at, started_at FROM tickets
-                 WHERE tenant_id = $1 AND queue_id = $2 AND type_definition_id = k.type_id
+                 WHERE tenant_id = $1 AND departed_queue_id = $2 AND type_definition_id = k.type_id
                    AND started_at IS NOT NULL AND started_at <= $5
                  ORDER BY started_at DESC LIMIT $4) d
         UNION ALL
         SELECT NULL, created_at, started_at FROM (
                 SELECT created_at, started_at FROM tickets
-                 WHERE tenant_id = $1 AND queue_id = $2 AND started_at IS NOT NULL AND started_at <= $5
+                 WHERE tenant_id = $1 AND departed_queue_id = $2 AND started_at IS NOT NULL
+                   AND started_at <= $5
                  ORDER BY started_at DESC LIMIT $4) q
         """,
         tenant_id,

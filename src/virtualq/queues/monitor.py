@@ -221,7 +221,8 @@ async def stats(conn: Connection, ctx: TenantContext, queue_id: uuid.UUID) -> di
                   avg(abs(original_estimated_wait_minutes - actual_wait_minutes))::float8 AS mae,
                   avg(original_estimated_wait_minutes - actual_wait_minutes)::float8 AS bias
              FROM (SELECT original_estimated_wait_minutes, actual_wait_minutes FROM tickets
-                    WHERE tenant_id = $1 AND queue_id = $2 AND started_at IS NOT NULL AND started_at <= $3
+                    WHERE tenant_id = $1 AND departed_queue_id = $2 AND started_at IS NOT NULL
+                      AND started_at <= $3
                       AND actual_wait_minutes IS NOT NULL AND original_estimated_wait_minutes IS NOT NULL
                     ORDER BY started_at DESC LIMIT $4) recent""",
         ctx.tenant_id,

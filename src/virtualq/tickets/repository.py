@@ -89,9 +89,11 @@ def state_change_events(previous_state: str, transition: str, previous_employee:
     )"""
 
 
-# Category-driven timestamps; $-placeholders {leaves}, {ready}, {done}, {cancelled} are booleans.
+# Category-driven timestamps; $-placeholders {leaves}, {ready}, {done}, {cancelled} are booleans. A first
+# departure also records the queue whose line the ticket left (a later forward moves no departure).
 TIMESTAMP_ASSIGNMENTS = """
     started_at = CASE WHEN {leaves} AND started_at IS NULL THEN now() ELSE started_at END,
+    departed_queue_id = CASE WHEN {leaves} AND started_at IS NULL THEN queue_id ELSE departed_queue_id END,
     actual_wait_minutes = CASE WHEN {leaves} AND started_at IS NULL
         THEN round(extract(epoch FROM now() - created_at) / 60)::int ELSE actual_wait_minutes END,
     ready_at = CASE WHEN {ready} THEN now() ELSE ready_at END,
@@ -163,15 +165,16 @@ async def insert_tickets(
                                  display_code, local_date, current_state, state_category, customer_id,
                                  references_ticket_id,
                                  estimated_wait_minutes, original_estimated_wait_minutes, ttl_minutes,
-                                 expires_at, custom_data, started_at, actual_wait_minutes, ready_at,
-                                 completed_at, cancelled_at)
+                                 expires_at, custom_data, started_at, departed_queue_id,
+                                 actual_wait_minutes, ready_at, completed_at, cancelled_at)
             SELECT $1, p.id, $2, $2, p.type_definition_id, p.number,
                    $4 || lpad(p.number::text, greatest(3, length(p.number::text)), '0'),  -- A042, A1234
                    p.local_date, p.current_state, p.state_category, p.customer_id, p.references_ticket_id,
                    p.estimated_wait_minutes,
                    coalesce(p.estimated_wait_minutes, floor(p.position * p.pace + 0.5)::int),
                    p.ttl_minutes, now() + make_interval(mins => p.ttl_minutes), p.custom_data,
-                   CASE WHEN p.leaves THEN now() END, CASE WHEN p.leaves THEN 0 END,
+                   CASE WHEN p.leaves THEN now() END, CASE WHEN p.leaves THEN $2::uuid END,
+                   CASE WHEN p.leaves THEN 0 END,
                    CASE WHEN p.ready THEN now() END, CASE WHEN p.done THEN now() END,
                    CASE WHEN p.cancelled THEN now() END
               FROM placed p ORDER BY p.n  -- sort keys (a sequence default) follow the numbers

@@ -472,3 +472,25 @@ async def test_a_timezone_the_database_does_not_know_is_refused_on_create_and_up
     assert (await client.get(f"/v1/tenants/{tenant['id']}", headers=headers)).json()["timezone"] == (
         "Europe/Tallinn"
     )
+
+
+async def test_a_null_for_a_field_that_takes_none_names_the_field(
+    app: Any, client: httpx.AsyncClient, api: Api
+) -> None:
+    """An update leaves out what it keeps; null is refused where a field has no empty value. The error named
+    no field and began with pydantic's "Value error, ", and the schema offered null."""
+    t = await Tenant.create(client, api)
+    ticket = await t.ticket((await t.queue())["id"], (await t.type("order", FOOD_ORDER_FSM))["id"])
+    for method in ("PATCH", "PUT"):
+        response = await client.request(
+            method, f"/v1/tickets/{ticket['id']}", json={"custom_data": None}, headers=t.h
+        )
+        [problem] = assert_error(response, 400, "validation_error")["details"]["errors"]
+        assert (problem["location"], problem["field"]) == ("body", "custom_data")
+        assert problem["message"].startswith("may not be null")
+    schema = app.openapi()["components"]["schemas"]["TicketUpdate"]["properties"]
+    assert schema["custom_data"]["type"] == "object"
+    assert "anyOf" in schema["ttl_minutes"]  # null removes the time limit
+    timezone = await client.patch(f"/v1/tenants/{t.id}", json={"timezone": "Nowhere/City"}, headers=t.h)
+    [problem] = assert_error(timezone, 400, "validation_error")["details"]["errors"]
+    assert problem["message"].startswith("must be an IANA time zone name")

@@ -50,6 +50,7 @@ def _describe_validation_errors(exc: RequestValidationError) -> list[dict[str, A
         location = [str(part) for part in error.get("loc", ())]
         kind = error.get("type", "value_error")
         field, message = ".".join(location[1:]), str(error.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ")  # pydantic's wording for our validators' messages
         if kind == "json_invalid":  # FastAPI puts the character's position where the field goes
             reason = (error.get("ctx") or {}).get("error")
             message = f"{message} at character {field}" + (f": {reason}" if reason else "")

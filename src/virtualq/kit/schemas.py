@@ -20,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictStr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -105,19 +106,34 @@ class InputModel(BaseModel):
         return value
 
 
+def _not_nullable_in_schema(schema: dict[str, Any], cls: type) -> None:
+    """A `not_nullable` field is typed `X | None` (absent means unchanged) but takes no null: the schema
+    says so, so that generated clients do not offer it."""
+    for name in getattr(cls, "not_nullable", ()):
+        field = schema.get("properties", {}).get(name)
+        if field is None or "anyOf" not in field:
+            continue
+        kept = [option for option in field["anyOf"] if option.get("type") != "null"]
+        if len(kept) == 1:
+            del field["anyOf"]
+            field.update(kept[0])
+        else:
+            field["anyOf"] = kept
+
+
 class PatchModel(InputModel):
     """Partial updates: only fields present in the body change; `not_nullable` ones may not be set to null."""
 
+    model_config = ConfigDict(json_schema_extra=_not_nullable_in_schema)
     not_nullable: ClassVar[frozenset[str]] = frozenset()
 
-    @model_validator(mode="after")
-    def _reject_nulls(self) -> PatchModel:
-        nulled = sorted(
-            name for name in self.model_fields_set & self.not_nullable if getattr(self, name) is None
-        )
-        if nulled:
-            raise ValueError(f"{', '.join(nulled)} may not be null")
-        return self
+    @field_validator("*", mode="after")
+    @classmethod
+    def _reject_nulls(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs only for fields the body gives (defaults are not validated): a null one names its field.
+        if value is None and info.field_name in cls.not_nullable:
+            raise ValueError("may not be null (leave the field out to keep it as it is)")
+        return value
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)

@@ -949,6 +949,25 @@ async def test_unknown_query_parameters_are_400_naming_them_and_declared_ones_wo
     assert page.headers["content-type"].startswith("text/html")
 
 
+async def test_an_unknown_queue_in_a_body_is_404_naming_the_field(
+    client: httpx.AsyncClient, api: Api
+) -> None:
+    """A 404 to a POST on a collection reads as a wrong URL: the answer says which id of the body it was."""
+    from tests.test_ticket_flows import coffee
+
+    t, queue, order = await coffee(client, api)
+    ticket = await t.ticket(queue, order)
+    nowhere = str(uuid.uuid4())
+    created = await client.post(
+        "/v1/tickets", json={"queue_id": nowhere, "type_definition_id": order}, headers=t.h
+    )
+    assert assert_error(created, 404, "not_found")["details"] == {"field": "queue_id"}
+    forwarded = await client.post(
+        f"/v1/tickets/{ticket['id']}/forward", json={"target_queue_id": nowhere}, headers=t.h
+    )
+    assert assert_error(forwarded, 404, "not_found")["details"] == {"field": "target_queue_id"}
+
+
 async def test_ids_in_any_standard_spelling_are_accepted(client: httpx.AsyncClient, ctx: Ctx) -> None:
     """Upper case and unhyphenated spellings are the same UUID, not bad input."""
     account = ctx.ids["account"]

@@ -11,6 +11,7 @@ from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
 from virtualq.errors import (
     Conflict,
+    NotFound,
     QueueDisabled,
     QueueEmpty,
     TypeNotAllowed,
@@ -225,7 +226,7 @@ async def forward(
         )
     target = await line.lock_queue(conn, ctx.tenant_id, body.target_queue_id)
     if target is None:
-        raise not_found("queue")
+        raise NotFound("queue not found", {"field": "target_queue_id"})
     if not target["is_active"]:
         raise QueueDisabled(
             "the target queue is disabled and accepts no forwards", {"queue_id": str(target["id"])}

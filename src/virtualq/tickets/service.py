@@ -14,6 +14,7 @@ from virtualq.db import Connection, Record, acquire
 from virtualq.errors import (
     Conflict,
     InvalidTransition,
+    NotFound,
     QueueDisabled,
     TypeNotAllowed,
     ValidationFailed,
@@ -83,8 +84,8 @@ async def _create_ticket(
             "tenant_id in the body disagrees with the tenant context", {"field": "tenant_id"}
         )
     queue = await queues.get_for_new_ticket(conn, ctx.tenant_id, body.queue_id, body.type_definition_id)
-    if queue is None:
-        raise not_found("queue")
+    if queue is None:  # 404 as a forward's target (PRODUCT §4); the field says which id it was
+        raise NotFound("queue not found", {"field": "queue_id"})
     if not queue["is_active"]:
         raise QueueDisabled(
             "the queue is disabled and accepts no new tickets", {"queue_id": str(queue["id"])}

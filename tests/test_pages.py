@@ -294,6 +294,50 @@ async def test_staff_console_buttons_make_the_calls(
     await expect(page.locator("#message")).to_have_class("error")
 
 
+async def test_a_call_from_a_counter_tells_the_wall_and_the_customer_where_to_go(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, browser: Browser
+) -> None:
+    """The wall said "Now calling C001" and nobody knew where to go. The console keeps its counter ("Desk 2",
+    per browser) and sends it with each call; the wall shows and announces it, the customer's page says it."""
+    s = await shop(client, api)
+    first, second = await s.ticket(), await s.ticket()
+    context = await browser.new_context(viewport={"width": 1400, "height": 800})
+    try:
+        console, wall, phone = [await context.new_page() for _ in range(3)]
+        await wall.goto(f"{live_server.url}/display/queues/{s.queue['id']}#key={s.keys['display']}")
+        await phone.goto(live_server.url + first["customer_page"])
+        await console.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={s.keys['staff']}")
+        await expect(console.locator("#line tr")).to_have_count(2, timeout=5000)
+        await console.get_by_label("Counter").fill("Desk 2")
+        await console.get_by_label("Counter").press("Tab")  # saved for this browser
+        await console.get_by_role("button", name="Call next").click()
+        code = first["display_code"]
+        await expect(console.locator("#message")).to_have_text(f"Called {code} to Desk 2", timeout=FAST)
+        await expect(console.locator(f"tr[data-code='{code}'] .state")).to_have_text(
+            "preparing · Desk 2", timeout=FAST
+        )
+        await expect(wall.locator(f"#calling li[data-code='{code}']")).to_have_text(
+            f"{code} → Desk 2", timeout=FAST
+        )
+        await expect(wall.locator("#announcer")).to_contain_text(f"Now calling {code}, please go to Desk 2")
+        await expect(wall.locator(f".column.in_service [data-code='{code}'] .counter")).to_have_text(
+            "→ Desk 2"
+        )
+        await expect(phone.locator("#turn")).to_have_text(
+            "It's your turn! Please go to Desk 2.", timeout=FAST
+        )
+        assert (await s.t.get(f"/v1/tickets/{first['id']}"))["counter"] == "Desk 2"
+        await no_serious_violations(console)
+
+        # The counter stays with this browser: a console opened again calls to it too.
+        again = await context.new_page()
+        await again.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={s.keys['staff']}")
+        await expect(again.get_by_label("Counter")).to_have_value("Desk 2", timeout=5000)
+    finally:
+        await context.close()
+    assert second["id"] != first["id"]
+
+
 async def test_console_keeps_a_half_made_choice_and_the_focus_through_live_updates(
     client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
 ) -> None:
@@ -475,7 +519,7 @@ async def test_the_customer_link_opens_only_its_own_ticket(
         assert shown["display_code"] == mine["display_code"]
         assert set(shown) == {
             "id", "display_code", "queue_id", "queue_name", "current_state", "state_category", "position",
-            "estimated_wait_minutes", "show_wait_time", "updated_at",
+            "counter", "estimated_wait_minutes", "show_wait_time", "updated_at",
         }  # fmt: skip
         for ticket_id, given in ((other["id"], token), (mine["id"], "0" * 64), (mine["id"], "")):
             response = await http.get(f"/v1/public/tickets/{ticket_id}", params={"token": given})

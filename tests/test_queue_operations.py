@@ -948,3 +948,69 @@ async def test_concurrent_closes_of_one_queue_announce_it_once(client: httpx.Asy
     page = ok(await client.get("/v1/events", params={"queue_id": counter_id, "limit": 1000}, headers=t.h))
     announced = [e["type"] for e in page["data"] if e["type"].startswith("queue.")]
     assert announced == ["queue.disabled", "queue.enabled"] * 3
+
+
+async def test_a_call_names_the_counter_the_customer_goes_to(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """Where to go ("Desk 2") travels with the call: on the ticket, in its event (display keys see it: it
+    says nothing about a person), on the monitor and the customer's page. A transition may name another
+    counter, or keep it; back in line the ticket has none. Named in the body only, and bounded."""
+    from tests.test_ticket_flows import DMV_FSM
+
+    t = await Tenant.create(client, api)
+    dmv = await t.type("dmv", DMV_FSM)
+    queue = (await t.queue("Plates", ticket_prefix="P"))["id"]
+    first, second = [await t.ticket(queue, dmv["id"]) for _ in range(2)]
+    display = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id)
+
+    called = ok(await call(client, t, queue, counter="  Desk 2 "))
+    assert (called["id"], called["counter"], called["current_state"]) == (
+        first["id"],
+        "Desk 2",
+        "documents_verified",
+    )
+    assert (await t.get(f"/v1/tickets/{first['id']}"))["counter"] == "Desk 2"
+    monitor = ok(await client.get(f"/v1/queues/{queue}/monitor", headers=auth(display)))
+    assert [(e["display_code"], e["counter"]) for e in monitor["groups"]["in_service"]] == [
+        ("P001", "Desk 2")
+    ]
+    assert [e["counter"] for e in monitor["groups"]["waiting"]] == [None]
+    public = first["customer_page"].split("token=")[1]
+    shown = ok(await client.get(f"/v1/public/tickets/{first['id']}", params={"token": public}))
+    assert shown["counter"] == "Desk 2"
+    event = await db.fetchval(
+        """SELECT data FROM events WHERE ticket_id = $1 AND type = 'ticket.state_changed'
+            ORDER BY tx_id DESC, id DESC LIMIT 1""",
+        uuid.UUID(first["id"]),
+    )
+    assert json.loads(event)["counter"] == "Desk 2"
+    from virtualq.events.envelope import display_safe
+
+    assert display_safe({"data": json.loads(event)})["data"]["counter"] == "Desk 2"
+
+    # A transition keeps it, or names another; back in line, none.
+    moved = ok(
+        await client.post(f"/v1/tickets/{first['id']}/transition", json={"transition": "pay"}, headers=t.h)
+    )
+    assert moved["counter"] == "Desk 2"
+    second_called = ok(await call(client, t, queue))  # no counter given: none
+    assert (second_called["id"], second_called["counter"]) == (second["id"], None)
+    other = ok(
+        await client.post(
+            f"/v1/tickets/{second['id']}/transition",
+            json={"transition": "reject", "counter": "Desk 3"},
+            headers=t.h,
+        )
+    )
+    assert (other["current_state"], other["counter"]) == ("submitted", None)  # back in line
+    again = ok(await call(client, t, queue, transition="verify", counter="Window B"))  # the locking path
+    assert (again["id"], again["counter"]) == (second["id"], "Window B")
+
+    for bad in ("", "x" * 51, 7, ["Desk"]):
+        assert_error(await call(client, t, queue, counter=bad), 400, "validation_error")
+        response = await client.post(
+            f"/v1/tickets/{first['id']}/transition", json={"transition": "issue", "counter": bad}, headers=t.h
+        )
+        assert_error(response, 400, "validation_error")
+    assert (await t.get(f"/v1/tickets/{first['id']}"))["current_state"] == "fee_paid"

@@ -31,6 +31,7 @@ WITH q AS (
            ready_at = CASE WHEN m.ready THEN now() ELSE ready_at END,
            completed_at = CASE WHEN m.done THEN now() ELSE completed_at END,
            cancelled_at = CASE WHEN m.cancelled THEN now() ELSE cancelled_at END,
+           counter = CASE WHEN m.to_category = 'waiting' THEN NULL ELSE coalesce(NULL::text, counter) END,
            version = version + 1, updated_at = now()
       FROM m
      WHERE tickets.tenant_id = :tenant_id AND tickets.id = m.ticket_id
@@ -44,7 +45,7 @@ WITH q AS (
            version, employee_id, previous_employee_id, jsonb_build_object(
                'display_code', display_code, 'number', number, 'current_state', current_state,
                'state_category', state_category, 'type_definition_id', type_definition_id,
-               'version', version, 'previous_state', from_state, 'transition', via) AS data
+               'version', version, 'previous_state', from_state, 'transition', via, 'counter', counter) AS data
       FROM t
 ), e AS (
     INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
@@ -66,7 +67,7 @@ SELECT EXISTS (SELECT 1 FROM q) AS queue_found, c.id AS candidate_id, c.type_def
        t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
        t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
-       t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
+       t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at, t.counter,
        t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page,
        NULL::bigint AS position, t.from_state AS previous_state
   FROM (SELECT 1) AS one LEFT JOIN c ON true LEFT JOIN t ON true;

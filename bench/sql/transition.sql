@@ -26,6 +26,8 @@ WITH o AS (
            actual_wait_minutes = CASE WHEN state_category = 'waiting' AND started_at IS NULL
                THEN round(extract(epoch FROM now() - created_at) / 60)::int ELSE actual_wait_minutes END,
            ready_at = ready_at, completed_at = completed_at, cancelled_at = cancelled_at,
+           counter = CASE WHEN CASE state_category WHEN 'waiting' THEN 'in_service' ELSE 'waiting' END = 'waiting'
+                          THEN NULL ELSE coalesce(NULL::text, counter) END,
            version = version + 1, updated_at = now()
      WHERE tenant_id = :tenant_id AND id = :ticket_id AND version = :version
        AND EXISTS (SELECT 1 FROM type_definitions td
@@ -38,7 +40,7 @@ WITH o AS (
     INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
     SELECT tenant_id, 'ticket.state_changed', queue_id, id,
            jsonb_build_object('display_code', display_code, 'number', number, 'current_state', current_state,
-                              'state_category', state_category, 'version', version) FROM t
+                              'state_category', state_category, 'version', version, 'counter', counter) FROM t
     UNION ALL
     SELECT tenant_id, 'ticket.assigned', queue_id, id,
            jsonb_build_object('display_code', display_code, 'employee_id', employee_id,
@@ -48,7 +50,7 @@ WITH o AS (
 SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_code,
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
        t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
-       t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
+       t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at, t.counter,
        t.version, t.created_at, t.updated_at,
        CASE WHEN t.state_category = 'waiting' THEN
          tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position, 'x'::text AS previous_state FROM t \gset

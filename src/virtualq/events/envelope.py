@@ -27,6 +27,7 @@ DISPLAY_SAFE_DATA = frozenset(
         "outcome",
         "max_wait_minutes",
         "waiting_minutes",
+        "counter",
     }
 )
 

@@ -44,7 +44,7 @@ ESTIMATE = """CASE WHEN v.state_category = 'waiting' THEN coalesce(v.estimated_w
 MONITOR_SQL = """
 WITH line AS (
     SELECT t.id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
-           t.estimated_wait_minutes, t.custom_data, t.sort_key, t.customer_id,
+           t.estimated_wait_minutes, t.custom_data, t.sort_key, t.customer_id, t.counter,
            CASE WHEN t.state_category = 'waiting'
                 THEN row_number() OVER (PARTITION BY t.state_category = 'waiting' ORDER BY t.sort_key)
            END AS position
@@ -64,6 +64,7 @@ WITH line AS (
     SELECT v.state_category, v.sort_key, json_build_object(
                'id', v.id, 'display_code', v.display_code, 'display_name', {display_name},
                'state', v.current_state, 'state_category', v.state_category, 'position', v.position,
+               'counter', v.counter,
                {estimate_field}
                'items', coalesce(i.items, '[]'::json), 'item_count', coalesce(i.item_count, 0)) AS entry
       FROM shown v

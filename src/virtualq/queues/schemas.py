@@ -86,6 +86,7 @@ class MonitorTicket(OutputModel):
     state: str
     state_category: str
     position: int | None
+    counter: str | None = Field(description="Where a called customer goes; null while in line.")
     estimated_wait_minutes: int | None = Field(
         default=None, description="Present only when the queue shows wait times."
     )

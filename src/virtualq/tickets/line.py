@@ -115,6 +115,7 @@ async def call_next(
             employee_id=employee_id,
             history_id=new_id(),
             notes=body.notes,
+            counter=body.counter,
         )
         if not row["queue_found"]:
             raise not_found("queue")
@@ -174,7 +175,7 @@ async def _call_named(
     assert machine is not None
     assert body.transition is not None
     employee_id = body.employee_id or ctx.principal.employee_id
-    return await _apply(conn, ctx, locked, machine, body.transition, employee_id, body.notes)
+    return await _apply(conn, ctx, locked, machine, body.transition, employee_id, body.notes, body.counter)
 
 
 async def _locked(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> Record:

@@ -79,6 +79,7 @@ WITH q AS (
     UPDATE tickets SET current_state = m.to_state, state_category = m.to_category,
            employee_id = coalesce($13, employee_id),
            {CALL_TIMESTAMPS},
+           counter = CASE WHEN m.to_category = 'waiting' THEN NULL ELSE coalesce($16, counter) END,
            version = version + 1, updated_at = now()
       FROM m
      WHERE tickets.tenant_id = $1 AND tickets.id = m.ticket_id
@@ -104,6 +105,7 @@ async def call_first_waiting(
     employee_id: uuid.UUID | None,
     history_id: uuid.UUID,
     notes: str | None,
+    counter: str | None = None,
 ) -> Record:
     """Call the first waiting ticket nobody else holds, in one statement: lock it (SKIP LOCKED, so concurrent
     callers get different tickets), move it by the transition `plan` gives for its type version and state,
@@ -118,6 +120,7 @@ async def call_first_waiting(
         employee_id,
         history_id,
         notes,
+        counter,
     )
     if row["id"] is not None:
         EVENTS_WRITTEN.set(True)

@@ -15,7 +15,8 @@ TICKET_COLUMNS = """t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.numbe
     t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
     t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
     t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
-    t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page"""
+    t.counter, t.version, t.created_at, t.updated_at,
+    '/t/' || t.id || '?token=' || t.public_token AS customer_page"""
 
 # What a change that does not lock first (tickets/service.transition_ticket) reads: no schemas (the compiled
 # type is cached by version), no lock (the change checks `version` and `type_version` itself).
@@ -77,7 +78,7 @@ def state_change_events(previous_state: str, transition: str, previous_employee:
                type_definition_id, version, employee_id,
                {previous_employee or "NULL::uuid"} AS previous_employee_id,
                jsonb_build_object({EVENT_SUMMARY}, 'previous_state', {previous_state},
-                                  'transition', {transition}) AS data
+                                  'transition', {transition}, 'counter', counter) AS data
           FROM t
     ), e AS (
         INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)
@@ -290,6 +291,7 @@ async def apply_transition(
     notes: str | None,
     expected_version: int,
     type_version: int,
+    counter: str | None = None,
 ) -> Record | None:
     """Change the state (and assignee), set the timestamps, write the history row and the events
     (ticket.state_changed, plus ticket.completed or ticket.cancelled on reaching those) — one statement.
@@ -305,6 +307,7 @@ async def apply_transition(
         ), t AS (
             UPDATE tickets SET current_state = $3, state_category = $4,
                    employee_id = coalesce($10, employee_id), {timestamps},
+                   counter = CASE WHEN $4 = 'waiting' THEN NULL ELSE coalesce($17, counter) END,
                    version = version + 1, updated_at = now()
              WHERE tenant_id = $1 AND id = $2 AND version = $15
                AND EXISTS (SELECT 1 FROM type_definitions td
@@ -333,6 +336,7 @@ async def apply_transition(
         actor_employee_id,
         expected_version,
         type_version,
+        counter,
     )
     if row is None:
         return None

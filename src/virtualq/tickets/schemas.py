@@ -12,6 +12,8 @@ from virtualq.kit.schemas import InputModel, Instant, JsonObject, OutputModel, P
 
 TransitionName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=32)]
 Notes = Annotated[StrictStr, StringConstraints(max_length=2000)]
+# Where a called customer goes: "Desk 2", "Window B".
+CounterName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=50)]
 WaitMinutes = Annotated[StrictInt, Field(ge=0, le=10_080)]
 TtlMinutes = Annotated[StrictInt, Field(ge=1, le=525_600)]
 ExternalText = Annotated[StrictStr, StringConstraints(min_length=1, max_length=200)]
@@ -40,6 +42,11 @@ class TransitionRequest(InputModel):
     transition: TransitionName = Field(examples=["start_preparation"])
     employee_id: uuid.UUID | None = Field(default=None, description="Assign (and attribute) the change.")
     notes: Notes | None = None
+    counter: CounterName | None = Field(
+        default=None,
+        description="Where the customer should go from now on (kept when not given; cleared when the ticket "
+        "goes back to the line).",
+    )
 
 
 class TicketFilters(InputModel):
@@ -80,6 +87,10 @@ class Ticket(OutputModel):
     ready_at: datetime | None
     completed_at: datetime | None
     cancelled_at: datetime | None
+    counter: str | None = Field(
+        description="Where the customer should go: the counter that called the ticket (call-next or a "
+        "transition naming one); null while in line."
+    )
     version: int
     created_at: datetime
     updated_at: datetime
@@ -164,6 +175,12 @@ class CallNextRequest(InputModel):
         ),
     )
     notes: Notes | None = None
+    counter: CounterName | None = Field(
+        default=None,
+        description="The counter (desk, window) calling: shown with the call on the wall display and the "
+        "customer's page.",
+        examples=["Desk 2"],
+    )
 
 
 class ReorderRequest(InputModel):

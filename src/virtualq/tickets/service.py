@@ -289,6 +289,7 @@ async def _change_as_last_written(
     choose: Callable[[Machine, str], str],
     employee_id: uuid.UUID | None,
     notes: str | None,
+    counter: str | None = None,
 ) -> dict[str, Any] | None:
     """The change applied to the ticket as this process last wrote it, in one statement; None when this
     process has not written it, or it changed since, or the change would be refused from that state (the
@@ -309,7 +310,7 @@ async def _change_as_last_written(
         "type_version": type_version,
     }
     try:
-        return await _apply(conn, ctx, current, machine, choose(machine, state), employee_id, notes)
+        return await _apply(conn, ctx, current, machine, choose(machine, state), employee_id, notes, counter)
     except (Superseded, InvalidTransition):
         return None
 
@@ -336,7 +337,14 @@ async def transition_ticket(
     """Apply a named transition (see _change)."""
     await check_employee(conn, ctx.tenant_id, request.employee_id)
     return await _change(
-        conn, ctx, ticket_id, lambda _, __: request.transition, request.employee_id, request.notes, if_match
+        conn,
+        ctx,
+        ticket_id,
+        lambda _, __: request.transition,
+        request.employee_id,
+        request.notes,
+        if_match,
+        request.counter,
     )
 
 
@@ -362,13 +370,14 @@ async def _change(
     employee_id: uuid.UUID | None,
     notes: str | None,
     if_match: str | None,
+    counter: str | None = None,
 ) -> dict[str, Any]:
     """Read the ticket (no lock), apply the transition `choose` picks for the state read, and write only if
     the ticket is still at the version read — one statement; when another change came first, read again and
     retry. Two round trips without a transaction (the routes use StatementConn), and the row is locked only
     for the instant of its update."""
     if if_match is None:
-        changed = await _change_as_last_written(conn, ctx, ticket_id, choose, employee_id, notes)
+        changed = await _change_as_last_written(conn, ctx, ticket_id, choose, employee_id, notes, counter)
         if changed is not None:
             return changed
     for _ in range(CHANGE_ATTEMPTS):
@@ -381,7 +390,7 @@ async def _change(
             continue
         transition = choose(machine, current["current_state"])
         try:
-            return await _apply(conn, ctx, current, machine, transition, employee_id, notes)
+            return await _apply(conn, ctx, current, machine, transition, employee_id, notes, counter)
         except Superseded:
             continue
     raise Conflict("the ticket kept changing while this change was being applied; retry")
@@ -395,6 +404,7 @@ async def _apply(
     transition: str,
     employee_id: uuid.UUID | None,
     notes: str | None,
+    counter: str | None = None,
 ) -> dict[str, Any]:
     """Apply `transition` to the ticket as read in `locked` (locked by the caller, or checked by version)."""
     current = locked["current_state"]
@@ -424,6 +434,7 @@ async def _apply(
         assign_employee_id=employee_id,
         actor_employee_id=employee_id or ctx.principal.employee_id,
         notes=notes,
+        counter=counter,
         expected_version=locked["version"],
         type_version=locked["type_version"],
     )

@@ -107,6 +107,7 @@ class PublicTicket(BaseModel):
     current_state: str
     state_category: str
     position: int | None = Field(description="1 = next; null once called.")
+    counter: str | None = Field(description="Where to go once called (a desk, a window); null until then.")
     estimated_wait_minutes: int | None = Field(description="Null when the queue hides wait times.")
     show_wait_time: bool
     updated_at: Any
@@ -114,8 +115,8 @@ class PublicTicket(BaseModel):
 
 PUBLIC_SQL = """
 SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
-       t.estimated_wait_minutes, t.public_token, t.updated_at, q.name AS queue_name, q.show_wait_time,
-       q.wait_estimation_method, q.manual_wait_minutes, q.id AS q_id,
+       t.estimated_wait_minutes, t.counter, t.public_token, t.updated_at, q.name AS queue_name,
+       q.show_wait_time, q.wait_estimation_method, q.manual_wait_minutes, q.id AS q_id,
        CASE WHEN t.state_category = 'waiting' THEN
          tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position
   FROM tickets t JOIN queues q ON q.tenant_id = t.tenant_id AND q.id = t.queue_id
@@ -155,6 +156,7 @@ async def public_ticket(
         **{key: live[key] for key in ("id", "display_code", "queue_id", "queue_name", "current_state")},
         "state_category": live["state_category"],
         "position": live["position"],
+        "counter": row["counter"],
         "estimated_wait_minutes": live["estimated_wait_minutes"] if row["show_wait_time"] else None,
         "show_wait_time": row["show_wait_time"],
         "updated_at": live["updated_at"],

@@ -12,6 +12,10 @@
   const offline = document.getElementById("offline");
   const shown = document.getElementById("shown");
   const callNext = document.getElementById("call-next");
+  // Where this workstation calls customers to ("Desk 2"): kept in this browser, sent with every call.
+  const counter = document.getElementById("counter");
+  counter.value = localStorage.getItem("vq-counter") || "";
+  counter.addEventListener("change", () => localStorage.setItem("vq-counter", counter.value.trim()));
   const types = new Map();
   // What a member of staff has chosen in a row's Forward or Assign list and not sent yet: kept across the
   // redraws that every change in the queue causes ("<ticket id>:forward" -> queue id).
@@ -112,7 +116,7 @@
     return VQ.el("tr", { "data-ticket": ticket.id, "data-code": code },
       VQ.el("td", { text: ticket.position || "" }),
       VQ.el("th", { scope: "row", text: code }),
-      VQ.el("td", { class: "state", text: ticket.current_state.replace(/_/g, " ") }),
+      VQ.el("td", { class: "state", text: ticket.current_state.replace(/_/g, " ") + (ticket.counter ? " · " + ticket.counter : "") }),
       VQ.el("td", { class: "actions" }, ...buttons, cancel),
       VQ.el("td", {}, ...moves),
       VQ.el("td", {}, ...(targets.length ? [forwardTo, VQ.el("button", { type: "button", "data-focus": "forward", text: "forward",
@@ -213,7 +217,9 @@
     if (callNext.disabled) return;
     callNext.disabled = true;
     try {
-      await act((ticket) => "Called " + ticket.display_code, () => VQ.api("/v1/queues/" + queueId + "/call-next", { key, method: "POST", body: {} }));
+      const at = counter.value.trim();
+      await act((ticket) => "Called " + ticket.display_code + (ticket.counter ? " to " + ticket.counter : ""),
+        () => VQ.api("/v1/queues/" + queueId + "/call-next", { key, method: "POST", body: at ? { counter: at } : {} }));
     } finally {
       callNext.disabled = false;
     }

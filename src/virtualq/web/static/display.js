@@ -12,6 +12,7 @@
   const queueIds = [...new Set([pathId, ...extra])];
   const headers = key ? { Authorization: "Bearer " + key } : {};
   const recent = [];
+  const counters = new Map();  // display code -> the counter that called it ("Desk 2")
   let refused = false;  // the key was refused: that message stays
 
   if (!key) {
@@ -26,10 +27,11 @@
   function ticketItem(ticket, showWait) {
     const wait = showWait && ticket.state_category === "waiting" && ticket.estimated_wait_minutes !== null && ticket.estimated_wait_minutes !== undefined
       ? VQ.el("span", { class: "wait", text: VQ.waitText(ticket.estimated_wait_minutes, true) }) : null;
+    const counter = ticket.counter ? VQ.el("span", { class: "counter", text: "→ " + ticket.counter }) : null;
     return VQ.el("li", { class: "ticket", "data-code": ticket.display_code, "data-state": ticket.state },
       VQ.el("span", { class: "code", text: ticket.display_code }),
       VQ.el("span", { class: "name", text: ticket.display_name }),
-      wait);
+      counter, wait);
   }
 
   async function refresh() {
@@ -52,7 +54,13 @@
       // has been served since leaves it. On first load (and after a reconnect) the tickets already called
       // stand in, ready ones first, in line order.
       const called = new Set();
-      for (const feed of feeds) for (const t of [...feed.groups.ready, ...feed.groups.in_service]) called.add(t.display_code);
+      counters.clear();
+      for (const feed of feeds) {
+        for (const t of [...feed.groups.ready, ...feed.groups.in_service]) {
+          called.add(t.display_code);
+          if (t.counter) counters.set(t.display_code, t.counter);
+        }
+      }
       const kept = recent.filter((c) => called.has(c));
       for (const c of called) if (!kept.includes(c)) kept.push(c);
       recent.splice(0, recent.length, ...kept.slice(0, 5));
@@ -76,16 +84,19 @@
   }
 
   function drawCalling() {
-    calling.replaceChildren(...recent.map((c, i) => VQ.el("li", { class: i === 0 ? "latest" : "", text: c })));
+    calling.replaceChildren(...recent.map((c, i) => VQ.el("li", { class: i === 0 ? "latest" : "", "data-code": c },
+      c, counters.has(c) ? VQ.el("span", { class: "counter", text: " → " + counters.get(c) }) : null)));
   }
 
-  function announce(code, state) {
+  function announce(code, state, counter) {
     const known = recent.indexOf(code);
     if (known >= 0) recent.splice(known, 1);  // called again, or moved on to ready: once, at the front
     recent.unshift(code);
     recent.splice(5);
+    if (counter) counters.set(code, counter);
     drawCalling();
-    announcer.textContent = "Now calling " + code + (state ? " — " + state.replace(/_/g, " ") : "");
+    announcer.textContent = "Now calling " + code + (counter ? ", please go to " + counter : "")
+      + (state ? " — " + state.replace(/_/g, " ") : "");
   }
 
   const later = VQ.debounce(refresh, 30);
@@ -94,7 +105,7 @@
     // A forward is filed under the queue the ticket joined: the queue it left must redraw too.
     if (!queueIds.includes(event.queue_id) && !queueIds.includes(data.previous_queue_id)) return;
     if (type === "ticket.state_changed" && data.previous_state && (data.state_category === "in_service" || data.state_category === "ready")) {
-      announce(data.display_code, data.current_state);
+      announce(data.display_code, data.current_state, data.counter);
     }
     later();
   }, {

@@ -30,7 +30,8 @@
         turn.textContent = "";
       } else if (ticket.state_category === "in_service" || ticket.state_category === "ready") {
         place.textContent = "";
-        turn.textContent = ticket.state_category === "ready" ? "It's ready — it's your turn!" : "It's your turn!";
+        const go = ticket.counter ? " Please go to " + ticket.counter + "." : "";
+        turn.textContent = (ticket.state_category === "ready" ? "It's ready — it's your turn!" : "It's your turn!") + go;
       } else {
         place.textContent = "";
         turn.textContent = ticket.state_category === "done" ? "All done. Thank you!" : "This ticket was cancelled.";

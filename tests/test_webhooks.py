@@ -11,11 +11,14 @@ import itertools
 import json
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -142,13 +145,12 @@ async def settled(
 
 
 def verify(secret: str, received: Received) -> bool:
-    """What a receiver does (docs/webhooks.md)."""
-    parts = dict(item.split("=", 1) for item in received.headers["x-virtualq-signature"].split(","))
-    expected = hmac.new(
-        secret.encode(), f"{parts['t']}.".encode() + received.body, hashlib.sha256
-    ).hexdigest()
-    fresh = abs(time.time() - int(parts["t"])) < 300
-    return fresh and hmac.compare_digest(expected, parts["v1"])
+    """What a receiver does (docs/events.md): any `v1=` may match (two while a rotation keeps the old one)."""
+    pairs = [item.split("=", 1) for item in received.headers["x-virtualq-signature"].split(",")]
+    timestamp = next(value for name, value in pairs if name == "t")
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + received.body, hashlib.sha256).hexdigest()
+    fresh = abs(time.time() - int(timestamp)) < 300
+    return fresh and any(hmac.compare_digest(expected, value) for name, value in pairs if name == "v1")
 
 
 async def test_signed_delivery_of_subscribed_events(
@@ -194,6 +196,61 @@ async def test_signed_delivery_of_subscribed_events(
         await asyncio.sleep(0.3)
     assert len(receiver.requests) == 1  # nothing for the unsubscribed type, nothing for the inactive hook
     assert await deliveries(client, t, inactive) == []
+
+
+async def test_a_rotated_secret_signs_next_to_the_old_one_for_a_while(
+    client: httpx.AsyncClient, api: Api, database_dsn: str, db: asyncpg.Connection, receiver: Receiver
+) -> None:
+    """A secret could only be replaced by deleting the subscription (a new id, its delivery log split).
+    Rotating gives a new secret, shown once; deliveries carry a signature by each secret while the old one
+    is kept (a day unless told), then by the new one alone, so receivers switch without refusing any."""
+    t, queue, order = await shop(client, api)
+    hook = await subscribe(client, t, receiver.url, "ticket.created")
+    path = f"/v1/webhooks/{hook['id']}/rotate-secret"
+    rotated = ok(await client.post(path, headers=t.h))  # no body: the defaults
+    assert rotated["secret"].startswith("whsec_")
+    assert rotated["secret"] != hook["secret"]
+    assert rotated["id"] == hook["id"]
+    kept_until = datetime.fromisoformat(rotated["previous_secret_expires_at"])
+    assert timedelta(hours=23) < kept_until - datetime.now(UTC) <= timedelta(hours=24)
+    async with delivering(database_dsn):
+        await t.ticket(queue, order)
+        (both,) = await receiver.wait_for(1)
+        assert both.headers["x-virtualq-signature"].count("v1=") == 2
+        assert verify(rotated["secret"], both)
+        assert verify(hook["secret"], both)
+        # The old one's time is up (as after a day): only the new one signs.
+        await db.execute(
+            "UPDATE webhooks SET previous_secret_until = now() - interval '1 second' WHERE id = $1",
+            uuid.UUID(hook["id"]),
+        )
+        await t.ticket(queue, order)
+        (_, alone) = await receiver.wait_for(2)
+        assert alone.headers["x-virtualq-signature"].count("v1=") == 1
+        assert verify(rotated["secret"], alone)
+        assert not verify(hook["secret"], alone)
+        # Rotating with no overlap: at once only the newest.
+        newest = ok(await client.post(path, json={"previous_secret_minutes": 0}, headers=t.h))
+        assert newest["previous_secret_expires_at"] is None
+        await t.ticket(queue, order)
+        (_, _, last) = await receiver.wait_for(3)
+        assert verify(newest["secret"], last)
+        assert not verify(rotated["secret"], last)
+    # Admins only, in their own tenant; a bad body changes nothing; a retry shows no secret again.
+    staff = await api.key("tenant", "staff", key=t.world.tenant_admin, tenant_id=t.id)
+    assert_error(await client.post(path, headers=auth(staff)), 403, "forbidden")
+    stranger, _, _ = await shop(client, api)
+    assert_error(await client.post(path, headers=stranger.h), 404, "not_found")
+    before = await db.fetchval("SELECT secret FROM webhooks WHERE id = $1", uuid.UUID(hook["id"]))
+    minutes = "previous_secret_minutes"
+    for bad in ({minutes: -1}, {minutes: 10081}, {minutes: "60"}, {minutes: 1.5}, {"keep": 1}):
+        assert_error(await client.post(path, json=bad, headers=t.h), 400, "validation_error")
+    assert await db.fetchval("SELECT secret FROM webhooks WHERE id = $1", uuid.UUID(hook["id"])) == before
+    first = await client.post(path, headers={**t.h, "Idempotency-Key": "rotate-1"})
+    again = await client.post(path, headers={**t.h, "Idempotency-Key": "rotate-1"})
+    assert again.headers["idempotent-replayed"] == "true"
+    assert first.json()["secret"].startswith("whsec_")
+    assert again.json()["secret"] != first.json()["secret"]  # not replayed, and not kept
 
 
 async def test_failures_are_retried_with_backoff_until_success(

@@ -139,7 +139,8 @@ UPDATE webhook_deliveries d
   FROM due, webhooks w
  WHERE d.tenant_id = due.tenant_id AND d.id = due.id AND w.tenant_id = d.tenant_id AND w.id = d.webhook_id
 RETURNING d.tenant_id, d.id, d.webhook_id, d.event_type, d.payload, d.attempts, d.next_attempt_at AS lease,
-          extract(epoch FROM now() - d.created_at)::float8 AS age_seconds, w.url, w.secret, w.is_active
+          extract(epoch FROM now() - d.created_at)::float8 AS age_seconds, w.url, w.secret, w.is_active,
+          CASE WHEN w.previous_secret_until > now() THEN w.previous_secret END AS previous_secret
 """
 
 
@@ -215,3 +216,22 @@ async def record_attempt(
 # The sweeper prunes finished deliveries a batch at a time, oldest first (webhook_deliveries_finished_idx,
 # migration 0017).
 PRUNE_SQL = oldest_first_delete("webhook_deliveries", "updated_at", "status <> 'pending'")
+
+
+async def rotate_secret(
+    conn: Connection, tenant_id: uuid.UUID, webhook_id: uuid.UUID, secret: str, keep_minutes: int
+) -> Record | None:
+    """The new secret signs from now on; the one it replaces signs too for `keep_minutes`."""
+    row: Record | None = await conn.fetchrow(
+        f"""UPDATE webhooks
+               SET previous_secret = CASE WHEN $4 > 0 THEN secret END,
+                   previous_secret_until = CASE WHEN $4 > 0 THEN now() + make_interval(mins => $4) END,
+                   secret = $3, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2
+         RETURNING {COLUMNS}, previous_secret_until AS previous_secret_expires_at""",
+        tenant_id,
+        webhook_id,
+        secret,
+        keep_minutes,
+    )
+    return row

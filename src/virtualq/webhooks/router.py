@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from virtualq.auth.principal import TenantAdmin, TenantStaff
 from virtualq.db import ReadConn, WriteConn
@@ -11,7 +11,15 @@ from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS
 from virtualq.kit.schemas import Page
 from virtualq.webhooks import service
-from virtualq.webhooks.schemas import Delivery, Webhook, WebhookCreate, WebhookCreated, WebhookUpdate
+from virtualq.webhooks.schemas import (
+    Delivery,
+    SecretRotation,
+    Webhook,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookRotated,
+    WebhookUpdate,
+)
 
 router = APIRouter(tags=["webhooks"])
 
@@ -50,6 +58,21 @@ async def update_webhook(
     webhook_id: uuid.UUID, body: WebhookUpdate, request: Request, ctx: TenantAdmin, conn: WriteConn
 ) -> Any:
     return await service.update(conn, ctx, webhook_id, body, _allow_private(request))
+
+
+@router.post("/v1/webhooks/{webhook_id}/rotate-secret", response_model=WebhookRotated, responses=WRITE_ERRORS)
+async def rotate_webhook_secret(
+    webhook_id: uuid.UUID,
+    request: Request,
+    ctx: TenantAdmin,
+    conn: WriteConn,
+    body: Annotated[SecretRotation | None, Body()] = None,
+) -> Any:
+    """A new signing secret, in this response only. Deliveries are signed with both the new and the old
+    one (two `v1=` values) for `previous_secret_minutes` (a day unless told), so that receivers can switch
+    without refusing any; then with the new one alone."""
+    request.state.idempotency_redact = "secret"
+    return await service.rotate_secret(conn, ctx, webhook_id, body or SecretRotation())
 
 
 @router.delete("/v1/webhooks/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)

@@ -67,3 +67,20 @@ class Delivery(OutputModel):
     updated_at: datetime
     payload: dict[str, Any]
     attempt_log: list[Attempt] = Field(description="Every attempt, oldest first.")
+
+
+class SecretRotation(InputModel):
+    previous_secret_minutes: int = Field(
+        default=1440,
+        ge=0,
+        le=10080,
+        strict=True,
+        description="How long deliveries stay signed with the old secret too (minutes, at most a week; 0: "
+        "from now on only the new one). Default: a day.",
+    )
+
+
+class WebhookRotated(WebhookCreated):
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until when deliveries also carry a signature by the previous secret; null: no longer."
+    )

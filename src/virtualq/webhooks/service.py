@@ -12,7 +12,7 @@ from virtualq.kit import clock
 from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
 from virtualq.webhooks import repository
-from virtualq.webhooks.schemas import WebhookCreate, WebhookUpdate
+from virtualq.webhooks.schemas import SecretRotation, WebhookCreate, WebhookUpdate
 from virtualq.webhooks.ssrf import TargetRefused, check_target
 
 REDACTED = "redacted"
@@ -29,10 +29,26 @@ async def create(
     conn: Connection, ctx: TenantContext, body: WebhookCreate, allow_private: bool
 ) -> dict[str, Any]:
     await _check_url(body.url, allow_private)
-    secret = "whsec_" + secrets.token_urlsafe(32)
+    secret = new_secret()
     fields = body.model_dump()
     fields["event_types"] = list(dict.fromkeys(fields["event_types"]))
     row = await repository.insert(conn, ctx.tenant_id, new_id(), secret, fields)
+    return {**dict(row), "secret": secret}
+
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+async def rotate_secret(
+    conn: Connection, ctx: TenantContext, webhook_id: uuid.UUID, body: SecretRotation
+) -> dict[str, Any]:
+    secret = new_secret()
+    row = await repository.rotate_secret(
+        conn, ctx.tenant_id, webhook_id, secret, body.previous_secret_minutes
+    )
+    if row is None:
+        raise not_found("webhook")
     return {**dict(row), "secret": secret}
 
 

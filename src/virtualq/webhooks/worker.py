@@ -48,10 +48,15 @@ DATABASE_AWAY: tuple[type[Exception], ...] = (
 )
 
 
-def signature(secret: str, timestamp: int, body: bytes) -> str:
-    """`t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (docs/webhooks.md)."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+def signature(secret: str, timestamp: int, body: bytes, previous: str | None = None) -> str:
+    """`t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (docs/events.md), and a second `v1=` by the
+    previous secret while a rotation keeps it (the new one first)."""
+    macs = [
+        hmac.new(key.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+        for key in (secret, previous)
+        if key is not None
+    ]
+    return f"t={timestamp}," + ",".join(f"v1={mac}" for mac in macs)
 
 
 @dataclass
@@ -225,7 +230,7 @@ class WebhookWorker:
                 "Content-Type": "application/json",
                 "X-VirtualQ-Event": row["event_type"],
                 "X-VirtualQ-Delivery": str(row["id"]),
-                "X-VirtualQ-Signature": signature(row["secret"], timestamp, body),
+                "X-VirtualQ-Signature": signature(row["secret"], timestamp, body, row["previous_secret"]),
             },
         )
 

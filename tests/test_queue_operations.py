@@ -80,6 +80,7 @@ async def test_call_next_takes_the_line_in_order_and_reports_empty(
     bad = await call(client, t, queue_id, transition="pickup")
     body = assert_error(bad, 400, "invalid_transition")
     assert body["details"]["valid_transitions"] == ["start_preparation", "cancel"]
+    assert body["details"]["ticket_id"] == ids[2]  # which ticket at the head of the line it was
     await assert_positions(t, queue_id, ids[2:])
 
     ok(await call(client, t, queue_id))
@@ -877,6 +878,7 @@ async def test_call_next_learns_each_type_version_and_waiting_state(
     # Nothing leads from "limbo" into service, ready or done: refused, and the ticket is untouched.
     refused = assert_error(await call(client, t, queue), 400, "invalid_transition")
     assert refused["details"]["valid_transitions"] == ["cancel"]
+    assert refused["details"]["ticket_id"] == third["id"]
     assert (await t.get(f"/v1/tickets/{third['id']}"))["version"] == third["version"]
     await t.move(third["id"], "cancel")
 

@@ -11,6 +11,7 @@ from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
 from virtualq.errors import (
     Conflict,
+    InvalidTransition,
     NotFound,
     QueueDisabled,
     QueueEmpty,
@@ -102,7 +103,9 @@ async def call_next(
         # a counter calling meanwhile would skip it and take the one behind it: out of line order.
         head = await line.peek_first_waiting(conn, ctx.tenant_id, queue_id)
         if head is not None:
-            await _learn(conn, key, head["type_definition_id"], head["type_version"], head["current_state"])
+            await _learn(
+                conn, key, head["type_definition_id"], head["type_version"], head["current_state"], head["id"]
+            )
         elif len(_plans) < MAX_PLANS:
             _plans[key] = CallPlan()  # nobody waits (or no such queue): no look again on the next call
     for _ in range(CALL_ATTEMPTS):
@@ -130,12 +133,24 @@ async def call_next(
                 del called[name]
             return await annotated(conn, ctx, called)
         # The plan has no entry for this ticket's type version and state yet: learn it, then call again.
-        await _learn(conn, key, row["candidate_type"], row["candidate_type_version"], row["candidate_state"])
+        await _learn(
+            conn,
+            key,
+            row["candidate_type"],
+            row["candidate_type_version"],
+            row["candidate_state"],
+            row["candidate_id"],
+        )
     raise Conflict("the line kept changing while calling the next ticket; retry")
 
 
 async def _learn(
-    conn: Connection, key: tuple[uuid.UUID, uuid.UUID], type_id: uuid.UUID, version: int, state: str
+    conn: Connection,
+    key: tuple[uuid.UUID, uuid.UUID],
+    type_id: uuid.UUID,
+    version: int,
+    state: str,
+    ticket_id: uuid.UUID,
 ) -> None:
     """Add to the queue's plan the transition call-next applies to a ticket of this type version and state
     (nothing when that version is gone: the next attempt sees the new one)."""
@@ -146,8 +161,10 @@ async def _learn(
         (t for t in (machine.first_transition_into(state, [c]) for c in CALL_TARGETS) if t is not None),
         None,
     )
-    if via is None:
-        raise no_way(machine, state, "out of the waiting line")
+    if via is None:  # the refusal names the ticket at the head of the line that cannot be called
+        refused = no_way(machine, state, "out of the waiting line")
+        refused.details["ticket_id"] = str(ticket_id)
+        raise refused
     if len(_plans) >= MAX_PLANS:
         _plans.clear()
     # The plan as it is now (another request may have learnt an entry meanwhile), plus this entry.
@@ -175,7 +192,13 @@ async def _call_named(
     assert machine is not None
     assert body.transition is not None
     employee_id = body.employee_id or ctx.principal.employee_id
-    return await _apply(conn, ctx, locked, machine, body.transition, employee_id, body.notes, body.counter)
+    try:
+        return await _apply(
+            conn, ctx, locked, machine, body.transition, employee_id, body.notes, body.counter
+        )
+    except InvalidTransition as refused:  # name the ticket at the head of the line that was refused
+        refused.details["ticket_id"] = str(locked["id"])
+        raise
 
 
 async def _locked(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> Record:

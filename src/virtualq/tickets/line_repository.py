@@ -37,7 +37,7 @@ async def lock_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: u
     return row
 
 
-PEEK_FIRST_WAITING = """SELECT t.type_definition_id, td.version AS type_version, t.current_state
+PEEK_FIRST_WAITING = """SELECT t.id, t.type_definition_id, td.version AS type_version, t.current_state
   FROM tickets t JOIN type_definitions td ON td.id = t.type_definition_id
  WHERE t.tenant_id = $1 AND t.queue_id = $2 AND t.state_category = 'waiting'
  ORDER BY t.sort_key
@@ -45,8 +45,8 @@ PEEK_FIRST_WAITING = """SELECT t.type_definition_id, td.version AS type_version,
 
 
 async def peek_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
-    """The type, type version and state of the first waiting ticket, without locking it (so that learning a
-    call plan never holds a ticket another counter would take)."""
+    """The id, type, type version and state of the first waiting ticket, without locking it (so that learning
+    a call plan never holds a ticket another counter would take)."""
     row: Record | None = await conn.fetchrow(PEEK_FIRST_WAITING, tenant_id, queue_id)
     return row
 

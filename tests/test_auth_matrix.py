@@ -251,6 +251,24 @@ async def test_key_issuance_stays_inside_the_callers_scope(client: httpx.AsyncCl
         201,
     )
     assert created["key"].startswith("vq_")
+    # The tenant may be named by X-Tenant-ID, as everywhere else; within the caller's scope all the same.
+    by_header = ok(
+        await client.post(
+            "/v1/api-keys", json=key_body("tenant"), headers={**account_admin, "X-Tenant-ID": f.tenant_id}
+        ),
+        201,
+    )
+    assert by_header["tenant_id"] == f.tenant_id
+    outside = await client.post(
+        "/v1/api-keys", json=key_body("tenant"), headers={**account_admin, "X-Tenant-ID": other.tenant_id}
+    )
+    assert_error(outside, 403, "forbidden")
+    disagree = await client.post(
+        "/v1/api-keys",
+        json=key_body("tenant", tenant_id=f.tenant_id),
+        headers={**auth(api.admin_key), "X-Tenant-ID": other.tenant_id},
+    )
+    assert assert_error(disagree, 400, "validation_error")["details"] == {"field": "tenant_id"}
     shown = ok(await client.get(f"/v1/api-keys/{created['id']}", headers=account_admin))
     assert "key" not in shown
     assert created["key"] not in str(ok(await client.get("/v1/api-keys", headers=account_admin)))

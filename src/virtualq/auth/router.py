@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from virtualq.auth import service
 from virtualq.auth.principal import AdminOnly, invalidate_keys
@@ -17,11 +17,20 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated, responses=WRITE_ERRORS)
-async def create_api_key(body: ApiKeyCreate, request: Request, principal: AdminOnly, conn: WriteConn) -> Any:
+async def create_api_key(
+    body: ApiKeyCreate,
+    request: Request,
+    principal: AdminOnly,
+    conn: WriteConn,
+    x_tenant_id: Annotated[
+        uuid.UUID | None,
+        Header(description="For a tenant-scoped key: its tenant, when the body gives no `tenant_id`."),
+    ] = None,
+) -> Any:
     """Issue a key within the caller's scope. The secret `key` is returned once and stored only as a hash
     (a retry with the same Idempotency-Key gets the key's record, not the secret again)."""
     request.state.idempotency_redact = "key"
-    row, secret = await service.create_key(conn, principal, body)
+    row, secret = await service.create_key(conn, principal, body, x_tenant_id)
     return {**dict(row), "key": secret}
 
 

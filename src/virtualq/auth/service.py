@@ -15,15 +15,22 @@ from virtualq.kit.pagination import PageParams
 from virtualq.kit.sql import Where
 
 
-async def _resolve_owner(conn: Connection, principal: Principal, body: ApiKeyCreate) -> dict[str, Any]:
-    """Fill in account_id/tenant_id from the creator's scope and check the new key stays inside it."""
+async def _resolve_owner(
+    conn: Connection, principal: Principal, body: ApiKeyCreate, named_tenant: uuid.UUID | None = None
+) -> dict[str, Any]:
+    """Fill in account_id/tenant_id from the creator's scope and check the new key stays inside it. A tenant
+    key's tenant: the body's `tenant_id`, else the X-Tenant-ID header (`named_tenant`), else the creator's."""
     account_id, tenant_id = body.account_id, body.tenant_id
     if body.scope is Scope.PLATFORM:
         if not principal.is_platform:
             raise Forbidden("only platform keys create platform keys")
         return {}
     if body.scope is Scope.TENANT:
-        tenant_id = tenant_id or principal.tenant_id
+        if tenant_id is not None and named_tenant is not None and tenant_id != named_tenant:
+            raise ValidationFailed(
+                "tenant_id in the body disagrees with the X-Tenant-ID header", {"field": "tenant_id"}
+            )
+        tenant_id = tenant_id or named_tenant or principal.tenant_id
         if tenant_id is None:
             raise ValidationFailed("tenant_id is required for a tenant-scoped key", {"field": "tenant_id"})
         tenant_account = await repository.tenant_account(conn, tenant_id)
@@ -58,10 +65,12 @@ def _check_may_set_limits(principal: Principal) -> None:
         raise Forbidden("only platform admins set rate limits on keys")
 
 
-async def create_key(conn: Connection, principal: Principal, body: ApiKeyCreate) -> tuple[Record, str]:
+async def create_key(
+    conn: Connection, principal: Principal, body: ApiKeyCreate, named_tenant: uuid.UUID | None = None
+) -> tuple[Record, str]:
     if body.rate_limit_per_minute is not None or body.rate_limit_burst is not None:
         _check_may_set_limits(principal)
-    owner = await _resolve_owner(conn, principal, body)
+    owner = await _resolve_owner(conn, principal, body, named_tenant)
     secret = keys.generate_key()
     fields = {
         "name": body.name,

@@ -259,6 +259,10 @@ async def test_key_issuance_stays_inside_the_callers_scope(client: httpx.AsyncCl
         201,
     )
     assert by_header["tenant_id"] == f.tenant_id
+    by_parameter = await client.post(
+        "/v1/api-keys", params={"tenant_id": f.tenant_id}, json=key_body("tenant"), headers=account_admin
+    )
+    assert ok(by_parameter, 201)["tenant_id"] == f.tenant_id
     outside = await client.post(
         "/v1/api-keys", json=key_body("tenant"), headers={**account_admin, "X-Tenant-ID": other.tenant_id}
     )

@@ -933,6 +933,8 @@ async def test_unknown_query_parameters_are_400_naming_them_and_declared_ones_wo
         (f"/v1/queues/{queue}/tickets", {"limit": 1}),
     ):
         assert (await client.get(path, params=params, headers=h)).status_code == 200, (path, params)
+    # The cache-buster browser libraries add (`_=<time>`) is no filter and no error.
+    assert (await client.get("/v1/tickets", params={"_": "1764650000000"}, headers=h)).status_code == 200
     # Who may not call the route hears that first; a write with an unknown parameter does nothing.
     assert_error(await client.get("/v1/tickets", params={"queue": queue}), 401, "unauthorized")
     display = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id)

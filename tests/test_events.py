@@ -287,6 +287,10 @@ async def test_stream_delivers_live_changes_and_resumes_without_gaps(
     async with Stream(base_url, key, after=seen[0]) as again:
         got = await again.wait_for(5)
         assert [e["id"] for e in got[:5]] == [seen[1], *[e["id"] for e in missed]]
+    # So does lastEventId= (EventSource polyfills send the id this way), with their cache-buster `_=`.
+    async with Stream(base_url, key, lastEventId=seen[0], _="1764650000000") as polyfilled:
+        got = await polyfilled.wait_for(5)
+        assert [e["id"] for e in got[:5]] == [seen[1], *[e["id"] for e in missed]]
 
 
 async def test_an_open_stream_ends_once_its_key_is_revoked_or_its_owner_deactivated(

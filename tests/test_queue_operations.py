@@ -1008,6 +1008,20 @@ async def test_a_call_names_the_counter_the_customer_goes_to(
     assert (other["current_state"], other["counter"]) == ("submitted", None)  # back in line
     again = ok(await call(client, t, queue, transition="verify", counter="Window B"))  # the locking path
     assert (again["id"], again["counter"]) == (second["id"], "Window B")
+    # A counter belongs to the queue that called: forwarded elsewhere, the ticket has none there.
+    elsewhere = (await t.queue("Cashier"))["id"]
+    forwarded = ok(
+        await client.post(
+            f"/v1/tickets/{second['id']}/forward", json={"target_queue_id": elsewhere}, headers=t.h
+        )
+    )
+    assert (forwarded["queue_id"], forwarded["current_state"], forwarded["counter"]) == (
+        elsewhere,
+        "documents_verified",
+        None,
+    )
+    reordered_keeps = await t.get(f"/v1/tickets/{first['id']}")
+    assert reordered_keeps["counter"] == "Desk 2"
 
     for bad in ("", "x" * 51, 7, ["Desk"]):
         assert_error(await call(client, t, queue, counter=bad), 400, "validation_error")

@@ -25,7 +25,9 @@ import pytest
 from tests.conftest import make_settings
 from tests.helpers import Api, assert_cancel_right_after_a_wake_up_stops, assert_error, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, ok
+from virtualq import sweeper
 from virtualq.app import create_app
+from virtualq.kit.idempotency import REDACTED
 
 
 @dataclass
@@ -199,7 +201,12 @@ async def test_signed_delivery_of_subscribed_events(
 
 
 async def test_a_rotated_secret_signs_next_to_the_old_one_for_a_while(
-    client: httpx.AsyncClient, api: Api, database_dsn: str, db: asyncpg.Connection, receiver: Receiver
+    client: httpx.AsyncClient,
+    api: Api,
+    app: Any,
+    database_dsn: str,
+    db: asyncpg.Connection,
+    receiver: Receiver,
 ) -> None:
     """A secret could only be replaced by deleting the subscription (a new id, its delivery log split).
     Rotating gives a new secret, shown once; deliveries carry a signature by each secret while the old one
@@ -236,6 +243,31 @@ async def test_a_rotated_secret_signs_next_to_the_old_one_for_a_while(
         (_, _, last) = await receiver.wait_for(3)
         assert verify(newest["secret"], last)
         assert not verify(rotated["secret"], last)
+        # Two rotations within one overlap (a response lost, two admins at once): the secret receivers had
+        # before the first keeps signing; the one in between, current only for moments, does not.
+        lost = ok(await client.post(path, headers=t.h))
+        retried = ok(await client.post(path, headers=t.h))
+        shown = ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))
+        assert shown["previous_secret_expires_at"] == retried["previous_secret_expires_at"]
+        await t.ticket(queue, order)
+        (*_, overlapped) = await receiver.wait_for(4)
+        assert overlapped.headers["x-virtualq-signature"].count("v1=") == 2
+        assert verify(retried["secret"], overlapped)
+        assert verify(newest["secret"], overlapped)
+        assert not verify(lost["secret"], overlapped)
+    # Once the overlap is over, the old secret is not kept.
+    await db.execute(
+        "UPDATE webhooks SET previous_secret_until = now() - interval '1 second' WHERE id = $1",
+        uuid.UUID(hook["id"]),
+    )
+    await sweeper.prune(app.state.pool, retention_days=7)
+    kept = await db.fetchrow(
+        "SELECT previous_secret, previous_secret_until FROM webhooks WHERE id = $1", uuid.UUID(hook["id"])
+    )
+    assert (kept["previous_secret"], kept["previous_secret_until"]) == (None, None)
+    assert (
+        ok(await client.get(f"/v1/webhooks/{hook['id']}", headers=t.h))["previous_secret_expires_at"] is None
+    )
     # Admins only, in their own tenant; a bad body changes nothing; a retry shows no secret again.
     staff = await api.key("tenant", "staff", key=t.world.tenant_admin, tenant_id=t.id)
     assert_error(await client.post(path, headers=auth(staff)), 403, "forbidden")
@@ -247,10 +279,13 @@ async def test_a_rotated_secret_signs_next_to_the_old_one_for_a_while(
         assert_error(await client.post(path, json=bad, headers=t.h), 400, "validation_error")
     assert await db.fetchval("SELECT secret FROM webhooks WHERE id = $1", uuid.UUID(hook["id"])) == before
     first = await client.post(path, headers={**t.h, "Idempotency-Key": "rotate-1"})
+    stored = await db.fetchval("SELECT secret FROM webhooks WHERE id = $1", uuid.UUID(hook["id"]))
     again = await client.post(path, headers={**t.h, "Idempotency-Key": "rotate-1"})
     assert again.headers["idempotent-replayed"] == "true"
-    assert first.json()["secret"].startswith("whsec_")
-    assert again.json()["secret"] != first.json()["secret"]  # not replayed, and not kept
+    assert first.json()["secret"] == stored
+    assert again.json()["secret"] == REDACTED  # not replayed, and not kept
+    assert "rotate-secret" in REDACTED
+    assert await db.fetchval("SELECT secret FROM webhooks WHERE id = $1", uuid.UUID(hook["id"])) == stored
 
 
 async def test_failures_are_retried_with_backoff_until_success(

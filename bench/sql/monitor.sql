@@ -8,7 +8,7 @@ SELECT id, tenant_id, name, description, allowed_type_definition_ids, wait_estim
 -- queues/monitor.MONITOR_SQL
 SELECT * FROM (
     SELECT t.id, t.queue_id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
-           t.estimated_wait_minutes, t.custom_data, t.sort_key,
+           t.estimated_wait_minutes, t.custom_data, t.sort_key, t.counter,
            CASE WHEN t.state_category = 'waiting'
                 THEN row_number() OVER (PARTITION BY t.state_category = 'waiting' ORDER BY t.sort_key)
            END AS position,

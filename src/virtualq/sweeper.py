@@ -190,9 +190,10 @@ class Pruned:
 
 
 async def prune(pool: Pool, retention_days: float) -> Pruned:
-    """Delete events and finished webhook deliveries older than the retention period, and idempotency keys
-    past their 24 hours: oldest first, PRUNE_BATCH rows a statement, at most PRUNE_BATCHES statements per
-    table. Several processes may prune at once: each skips the rows another holds."""
+    """Delete events and finished webhook deliveries older than the retention period, idempotency keys
+    past their 24 hours (oldest first, PRUNE_BATCH rows a statement, at most PRUNE_BATCHES statements per
+    table; several processes may prune at once: each skips the rows another holds), and webhook secrets a
+    rotation no longer keeps."""
     counts: list[int] = []
     more = False
     async with acquire(pool, transaction=False, system=True) as conn:
@@ -212,6 +213,7 @@ async def prune(pool: Pool, retention_days: float) -> Pruned:
             else:
                 more = True
             counts.append(count)
+        await conn.execute(webhook_log.FORGET_PREVIOUS_SECRETS)  # rotations whose overlap has ended
     pruned_events, pruned_deliveries, expired_keys = counts
     return Pruned(pruned_events, pruned_deliveries, expired_keys, more)
 

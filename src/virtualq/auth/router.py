@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from virtualq.auth import service
-from virtualq.auth.principal import AdminOnly, invalidate_keys
+from virtualq.auth.principal import AdminOnly, invalidate_keys, named_tenant
 from virtualq.auth.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyLimits
 from virtualq.db import ReadConn, WriteConn
 from virtualq.kit.pagination import PageQuery, page_envelope
@@ -26,11 +26,13 @@ async def create_api_key(
         uuid.UUID | None,
         Header(description="For a tenant-scoped key: its tenant, when the body gives no `tenant_id`."),
     ] = None,
+    tenant_id: Annotated[uuid.UUID | None, Query(description="As the X-Tenant-ID header.")] = None,
 ) -> Any:
     """Issue a key within the caller's scope. The secret `key` is returned once and stored only as a hash
     (a retry with the same Idempotency-Key gets the key's record, not the secret again)."""
     request.state.idempotency_redact = "key"
-    row, secret = await service.create_key(conn, principal, body, x_tenant_id)
+    named = named_tenant(x_tenant_id, tenant_id)
+    row, secret = await service.create_key(conn, principal, body, named)
     return {**dict(row), "key": secret}
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from virtualq.db import EVENTS_WRITTEN, Connection, Record
 from virtualq.events.cursor import Cursor
-from virtualq.kit.sql import Where
+from virtualq.kit.sql import Where, oldest_first_delete
 
 # As a CTE fragment: `INSERT INTO events ... SELECT ... FROM <cte>` inside a mutation's statement.
 INSERT_COLUMNS = "INSERT INTO events (tenant_id, type, queue_id, ticket_id, data)"
@@ -109,11 +109,14 @@ async def read(
     return rows
 
 
-async def horizon(conn: Connection) -> Cursor:
-    """The newest settled event's cursor: everything at or before it is final."""
+async def horizon(conn: Connection, tenant_id: uuid.UUID | None = None) -> Cursor:
+    """The newest settled event's cursor (of one tenant, or of every tenant): everything at or before it is
+    final. (0, 0) when there is none."""
+    where = "" if tenant_id is None else "tenant_id = $1 AND"
     row = await conn.fetchrow(
-        f"""SELECT tx_id::text::bigint AS tx, id FROM events WHERE {SETTLED}
-             ORDER BY tx_id DESC, id DESC LIMIT 1"""
+        f"""SELECT tx_id::text::bigint AS tx, id FROM events WHERE {where} {SETTLED}
+             ORDER BY tx_id DESC, id DESC LIMIT 1""",
+        *(() if tenant_id is None else (tenant_id,)),
     )
     return (row["tx"], row["id"]) if row else (0, 0)
 
@@ -134,24 +137,21 @@ async def waiting(conn: Connection, after: Cursor) -> bool:
     return bool(await conn.fetchval(WAITING_SQL, after[0], after[1]))
 
 
-# The sweeper prunes the log a batch at a time, oldest first (events_occurred_idx), as `oldest_first_delete`
-# does, and moves each tenant's prune mark up to the newest cursor it deleted (migration 0018): a resume
+# The sweeper prunes the log a batch at a time, oldest first (events_occurred_idx), and moves each tenant's
+# prune mark up to the newest cursor it deleted, in the same statement (migration 0018): a resume
 # from before the mark is told that events after its cursor are gone (`gap`). Two prunes at once write the
 # same tenant's mark in turn; the mark only moves forward.
-PRUNE_SQL = """
-WITH pruned AS (
-    DELETE FROM events WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM events WHERE occurred_at >= $1 AND occurred_at < $2
-         ORDER BY occurred_at LIMIT $3 FOR UPDATE SKIP LOCKED))
-    RETURNING tenant_id, tx_id, id, occurred_at
-), marked AS (
+PRUNE_SQL = oldest_first_delete(
+    "events",
+    "occurred_at",
+    returning="tenant_id, tx_id, id",
+    then="""marked AS (
     INSERT INTO event_prune_marks AS m (tenant_id, tx_id, id)
     SELECT DISTINCT ON (tenant_id) tenant_id, tx_id, id FROM pruned ORDER BY tenant_id, tx_id DESC, id DESC
     ON CONFLICT (tenant_id) DO UPDATE SET tx_id = excluded.tx_id, id = excluded.id, pruned_at = now()
      WHERE (excluded.tx_id, excluded.id) > (m.tx_id, m.id)
+)""",
 )
-SELECT count(*) AS deleted, max(occurred_at) AS last FROM pruned
-"""
 
 Gap = Literal["expired", "unknown_cursor"]
 
@@ -174,13 +174,3 @@ async def gap(conn: Connection, tenant_id: uuid.UUID, after: Cursor) -> Gap | No
     if row["ahead"]:
         return "unknown_cursor"
     return "expired" if row["expired"] else None
-
-
-async def tenant_horizon(conn: Connection, tenant_id: uuid.UUID) -> Cursor | None:
-    """The tenant's newest settled event's cursor, None if it has none."""
-    row = await conn.fetchrow(
-        f"""SELECT tx_id::text::bigint AS tx, id FROM events WHERE tenant_id = $1 AND {SETTLED}
-             ORDER BY tx_id DESC, id DESC LIMIT 1""",
-        tenant_id,
-    )
-    return (row["tx"], row["id"]) if row else None

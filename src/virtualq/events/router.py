@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from virtualq.auth.principal import Role, TenantAnyRole, TenantStaff, stream_key
 from virtualq.db import ReadConn, acquire, get_pool
 from virtualq.events import repository
-from virtualq.events.cursor import Cursor, format_cursor, parse
+from virtualq.events.cursor import START, Cursor, format_cursor, parse
 from virtualq.events.envelope import display_safe, envelope, sse_gap, sse_message
 from virtualq.events.hub import EventHub, Subscriber
 from virtualq.events.schemas import EventPage, EventTypeName
@@ -37,20 +37,21 @@ async def list_events(
     the log never inserts an event before a cursor you have seen. Kept for the retention period (7 days):
     `gap` says when events after your `after` are gone (or the id is not from this log)."""
     given = parse(after)
-    start = given or (0, 0)
-    gap = await repository.gap(conn, ctx.tenant_id, given) if given is not None else None
-    if gap == "unknown_cursor":  # nothing to read after it: go on from the tenant's newest event
-        newest = await repository.tenant_horizon(conn, ctx.tenant_id)
-        return {"data": [], "next_cursor": format_cursor(newest) if newest else None, "gap": gap}
     rows = await repository.read(
         conn,
         tenant_id=ctx.tenant_id,
-        after=start,
+        after=given or (0, 0),
         types=type,
         queue_id=queue_id,
         ticket_id=ticket_id,
         limit=limit,
     )
+    # Asked after the read: a prune deletes its events and moves the mark in one statement, so one that
+    # committed before the read shows in the mark now.
+    gap = await repository.gap(conn, ctx.tenant_id, given) if given is not None else None
+    if gap == "unknown_cursor":  # nothing to read after it: go on from the tenant's newest event
+        newest = await repository.horizon(conn, ctx.tenant_id)
+        return {"data": [], "next_cursor": format_cursor(newest) if newest != START else None, "gap": gap}
     events = [envelope(row) for row in rows]
     return {"data": events, "next_cursor": events[-1]["id"] if events else (after or None), "gap": gap}
 
@@ -65,6 +66,13 @@ async def stream_events(
     ctx: TenantAnyRole,
     after: Annotated[str | None, Query(description="Resume after this event id.")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)] = None,
+    last_event_id_query: Annotated[
+        str | None,
+        Query(
+            alias="lastEventId",
+            description="As `Last-Event-ID` (EventSource polyfills send it this way when they reconnect).",
+        ),
+    ] = None,
     type: Annotated[
         list[EventTypeName], Query(max_length=20, description="Repeatable: events of any of these types.")
     ] = [],  # noqa: B006
@@ -76,19 +84,22 @@ async def stream_events(
     A new connection receives events committed after it connected; with `Last-Event-ID` (browsers send it
     when they reconnect) or `after=`, everything after that event first — no gap, no duplicate. A comment
     line every 15 s keeps proxies from closing the connection. A client that falls 1,000 events behind is
-    disconnected and resumes from its last id. Display-role keys receive codes and states only. When
+    disconnected and resumes from its last id. Display-role keys receive codes, states and counters only. When
     events after the resumed id are gone (older than the retention) or the id is not from this log, a
     `stream.gap` message says so first: reload your state from the API.
     """
-    resume = parse(last_event_id, "Last-Event-ID") if last_event_id else parse(after)
+    if last_event_id:
+        resume = parse(last_event_id, "Last-Event-ID")
+    elif last_event_id_query:
+        resume = parse(last_event_id_query, "lastEventId")
+    else:
+        resume = parse(after)
     hub: EventHub = request.app.state.event_hub
-    gap = None
-    if resume is not None:
+    asked, notice = resume, None
+    if resume is not None:  # an id from another database: this stream starts from now, as a new one
         async with acquire(get_pool(request), transaction=False) as conn:
-            gap = await repository.gap(conn, ctx.tenant_id, resume)
-    asked = resume
-    if gap == "unknown_cursor":  # not a position of this log: the stream starts from now, as a new one
-        resume = None
+            if await repository.gap(conn, ctx.tenant_id, resume) == "unknown_cursor":
+                resume = None
     subscriber = hub.subscribe(
         ctx.tenant_id,
         display=ctx.principal.role is Role.DISPLAY,
@@ -99,9 +110,8 @@ async def stream_events(
         key=stream_key(request),
     )
     end_on_stop(request.scope, lambda: hub.end(subscriber))
-    notice = None
-    if gap is not None and asked is not None:
-        notice = sse_gap(gap, asked, subscriber.start if resume is None else None)
+    if asked is not None and resume is None:
+        notice = sse_gap("unknown_cursor", asked, subscriber.start)
     return StreamingResponse(
         _stream(request, hub, subscriber, resume, notice),
         media_type="text/event-stream",
@@ -126,7 +136,8 @@ async def _stream(
 
 
 async def _replay(request: Request, subscriber: Subscriber, resume: Cursor) -> AsyncIterator[bytes]:
-    """The events between the client's cursor and the moment it subscribed, from the log."""
+    """The events between the client's cursor and the moment it subscribed, from the log; first, a notice
+    when some of them were pruned (asked after the first read, as list_events does)."""
     position = resume
     while not subscriber.dropped:  # ended (the server is stopping) or fallen behind: the client resumes
         async with acquire(get_pool(request), transaction=False) as conn:
@@ -140,6 +151,8 @@ async def _replay(request: Request, subscriber: Subscriber, resume: Cursor) -> A
                 ticket_id=subscriber.ticket_id,
                 limit=REPLAY_BATCH,
             )
+            if position == resume and await repository.gap(conn, subscriber.tenant_id, resume) == "expired":
+                yield sse_gap("expired", resume, None)
         for row in rows:
             if subscriber.dropped:
                 return

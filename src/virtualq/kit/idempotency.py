@@ -217,7 +217,7 @@ class IdempotencyMiddleware:
 
 REDACTED = (
     "(shown only in the first response; if it was lost, replace it: revoke the key and create another, or "
-    "delete the webhook and subscribe again)"
+    "rotate the webhook's secret with POST /v1/webhooks/{id}/rotate-secret)"
 )
 
 
@@ -321,4 +321,5 @@ def _canonical(body: bytes) -> bytes:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
         return body
-    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # ensure_ascii: a lone surrogate escape ("\\ud800") is valid JSON but no UTF-8 text; kept as an escape.
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()

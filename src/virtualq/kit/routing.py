@@ -131,12 +131,14 @@ def refuse_unknown_query(routes: list[BaseRoute], prefix: str = "/v1/") -> None:
             and route.path.startswith(prefix)
             and not getattr(route, _STRICT, False)
         ):
-            accepted = frozenset(_query_names(route.dependant))
+            accepted = frozenset(_query_names(route.dependant) | {CACHE_BUSTER})
             route.app = _known_query_only(route.app, accepted)
             setattr(route, _STRICT, True)
 
 
 _STRICT = "vq_refuses_unknown_query"
+# `_=<time>`, which browser libraries (jQuery's `cache: false`, EventSource polyfills) add to defeat caches.
+CACHE_BUSTER = "_"
 
 
 def _query_names(dependant: Dependant) -> set[str]:
@@ -147,7 +149,7 @@ def _query_names(dependant: Dependant) -> set[str]:
 
 
 def _known_query_only(inner: ASGIApp, accepted: frozenset[str]) -> ASGIApp:
-    takes = ", ".join(sorted(accepted)) if accepted else "none"
+    takes = ", ".join(sorted(accepted - {CACHE_BUSTER})) or "none"
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         query: bytes = scope.get("query_string", b"")

@@ -44,20 +44,26 @@ def set_clause(changes: dict[str, Any], first_param: int) -> tuple[str, list[Any
     return ", ".join(assignments), list(changes.values())
 
 
-def oldest_first_delete(table: str, age: str, condition: str = "true") -> str:
+def oldest_first_delete(
+    table: str, age: str, condition: str = "true", returning: str = "", then: str = ""
+) -> str:
     """A statement deleting up to `$3` rows of `table` whose `age` is from `$1` until before `$2` (and that
     meet `condition`), oldest first, skipping rows another transaction holds (each server process prunes).
     It deletes by the rows' address: the rows the sub-select locked are the rows deleted, at 0.8 µs a row
     where a join on a primary key cost 7. It answers how many it deleted and the last one's age, where the
     next batch starts, so that its index scan does not walk again over the entries this one left dead
-    (docs/performance.md "Table upkeep"); `age` needs an index (with `condition` as its predicate)."""
+    (docs/performance.md "Table upkeep"); `age` needs an index (with `condition` as its predicate).
+    `returning` names more columns of the deleted rows for `then`, further CTEs that read them from
+    `pruned` in the same statement."""
+    columns = f"{age}, {returning}" if returning else age
+    more = f", {then}" if then else ""
     return f"""
 WITH pruned AS (
     DELETE FROM {table} WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM {table} WHERE {condition} AND {age} >= $1 AND {age} < $2
          ORDER BY {age} LIMIT $3 FOR UPDATE SKIP LOCKED))
-    RETURNING {age}
-)
+    RETURNING {columns}
+){more}
 SELECT count(*) AS deleted, max({age}) AS last FROM pruned
 """
 

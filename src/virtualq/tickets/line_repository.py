@@ -200,6 +200,8 @@ async def move(
         f"""WITH t AS (
                 UPDATE tickets
                    SET queue_id = $3, sort_key = coalesce($4::numeric, nextval('ticket_sort_key_seq')),
+                       -- a counter belongs to the queue that called: a forward leaves it behind
+                       counter = CASE WHEN queue_id = $3 THEN counter END,
                        version = version + 1, updated_at = now()
                  WHERE tenant_id = $1 AND id = $2 RETURNING *
             ), p AS (

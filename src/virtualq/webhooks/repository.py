@@ -10,7 +10,8 @@ from virtualq.db import Connection, Record, fetch_returning
 from virtualq.kit.pagination import PageParams, fetch_page
 from virtualq.kit.sql import Where, oldest_first_delete, set_clause
 
-COLUMNS = "id, tenant_id, url, event_types, description, is_active, created_at, updated_at"
+COLUMNS = """id, tenant_id, url, event_types, description, is_active, created_at, updated_at,
+    CASE WHEN previous_secret_until > now() THEN previous_secret_until END AS previous_secret_expires_at"""
 DELIVERY_COLUMNS = """d.id, d.webhook_id, d.event_type, d.event_cursor AS event_id, d.status, d.attempts,
     CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at, d.last_status_code,
     d.last_error, d.last_duration_ms, d.created_at, d.updated_at, d.payload,
@@ -221,17 +222,27 @@ PRUNE_SQL = oldest_first_delete("webhook_deliveries", "updated_at", "status <> '
 async def rotate_secret(
     conn: Connection, tenant_id: uuid.UUID, webhook_id: uuid.UUID, secret: str, keep_minutes: int
 ) -> Record | None:
-    """The new secret signs from now on; the one it replaces signs too for `keep_minutes`."""
+    """The new secret signs from now on; the one it replaces signs too for `keep_minutes` (0: neither old one
+    signs any more). A rotation while an earlier one's overlap runs keeps the secret from before that
+    overlap, the one receivers may still have: the secret it replaces was current only for the overlap (a
+    response that was lost, two admins rotating at once) and stops signing."""
     row: Record | None = await conn.fetchrow(
         f"""UPDATE webhooks
-               SET previous_secret = CASE WHEN $4 > 0 THEN secret END,
+               SET previous_secret = CASE WHEN $4 = 0 THEN NULL
+                                          WHEN previous_secret_until > now() THEN previous_secret
+                                          ELSE secret END,
                    previous_secret_until = CASE WHEN $4 > 0 THEN now() + make_interval(mins => $4) END,
                    secret = $3, updated_at = now()
              WHERE tenant_id = $1 AND id = $2
-         RETURNING {COLUMNS}, previous_secret_until AS previous_secret_expires_at""",
+         RETURNING {COLUMNS}""",
         tenant_id,
         webhook_id,
         secret,
         keep_minutes,
     )
     return row
+
+
+# An overlap that has ended: the old secret signs nothing any more and is not kept (the sweeper's prune).
+FORGET_PREVIOUS_SECRETS = """UPDATE webhooks SET previous_secret = NULL, previous_secret_until = NULL
+                              WHERE previous_secret_until <= now()"""

@@ -17,7 +17,6 @@ from virtualq.webhooks.schemas import (
     Webhook,
     WebhookCreate,
     WebhookCreated,
-    WebhookRotated,
     WebhookUpdate,
 )
 
@@ -60,7 +59,7 @@ async def update_webhook(
     return await service.update(conn, ctx, webhook_id, body, _allow_private(request))
 
 
-@router.post("/v1/webhooks/{webhook_id}/rotate-secret", response_model=WebhookRotated, responses=WRITE_ERRORS)
+@router.post("/v1/webhooks/{webhook_id}/rotate-secret", response_model=WebhookCreated, responses=WRITE_ERRORS)
 async def rotate_webhook_secret(
     webhook_id: uuid.UUID,
     request: Request,
@@ -70,7 +69,8 @@ async def rotate_webhook_secret(
 ) -> Any:
     """A new signing secret, in this response only. Deliveries are signed with both the new and the old
     one (two `v1=` values) for `previous_secret_minutes` (a day unless told), so that receivers can switch
-    without refusing any; then with the new one alone."""
+    without refusing any; then with the new one alone. Rotating again during that time keeps the secret
+    from before it (the one receivers may still have) and drops the one in between."""
     request.state.idempotency_redact = "secret"
     return await service.rotate_secret(conn, ctx, webhook_id, body or SecretRotation())
 

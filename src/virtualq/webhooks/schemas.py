@@ -38,6 +38,9 @@ class Webhook(OutputModel):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    previous_secret_expires_at: datetime | None = Field(
+        description="After a rotation: until when deliveries are also signed with the previous secret."
+    )
 
 
 class WebhookCreated(Webhook):
@@ -77,10 +80,4 @@ class SecretRotation(InputModel):
         strict=True,
         description="How long deliveries stay signed with the old secret too (minutes, at most a week; 0: "
         "from now on only the new one). Default: a day.",
-    )
-
-
-class WebhookRotated(WebhookCreated):
-    previous_secret_expires_at: datetime | None = Field(
-        description="Until when deliveries also carry a signature by the previous secret; null: no longer."
     )

@@ -1030,3 +1030,61 @@ async def test_a_call_names_the_counter_the_customer_goes_to(
         )
         assert_error(response, 400, "validation_error")
     assert (await t.get(f"/v1/tickets/{first['id']}"))["current_state"] == "fee_paid"
+
+
+async def test_an_employee_calls_next_across_the_queues_they_serve(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """Binding staff to queues recorded a list and did nothing with it. Call-next for an employee takes the
+    waiting ticket that comes first in any queue they serve (the earliest to join, unless moved), assigns
+    it to them, and says so when nobody waits anywhere; two counters at once never get the same ticket."""
+    t = await Tenant.create(client, api)
+    order = await t.type("food_order", FOOD_ORDER_FSM)
+    counter, drive, other = [(await t.queue(name))["id"] for name in ("Counter", "Drive", "Other")]
+    ana = ok(
+        await client.post(
+            "/v1/employees", json={"fname": "Ana", "lname": "L", "email": "a@x.co"}, headers=t.h
+        ),
+        201,
+    )
+    path = f"/v1/employees/{ana['id']}/call-next"
+    assert_error(await client.post(path, headers=t.h), 400, "validation_error")  # serves no queue yet
+    ok(
+        await client.put(
+            f"/v1/employees/{ana['id']}/queues", json={"queue_ids": [counter, drive]}, headers=t.h
+        )
+    )
+    assert_error(await client.post(path, headers=t.h), 404, "queue_empty")
+
+    first_at_drive = await t.ticket(drive, order["id"])
+    elsewhere = await t.ticket(other, order["id"])  # not hers
+    at_counter = await t.ticket(counter, order["id"])
+    later_at_drive = await t.ticket(drive, order["id"])
+    called = [ok(await client.post(path, json={"counter": "Window 1"}, headers=t.h)) for _ in range(3)]
+    assert [c["id"] for c in called] == [first_at_drive["id"], at_counter["id"], later_at_drive["id"]]
+    assert {(c["employee_id"], c["counter"], c["current_state"]) for c in called} == {
+        (ana["id"], "Window 1", "in_progress")
+    }
+    assert_error(await client.post(path, headers=t.h), 404, "queue_empty")
+    assert (await t.get(f"/v1/tickets/{elsewhere['id']}"))["current_state"] == "received"
+
+    # Moved ahead counts as first; two calls at once take two different tickets.
+    made = [await t.ticket(queue, order["id"]) for queue in (counter, drive, drive, counter)]
+    ok(await client.post(f"/v1/tickets/{made[3]['id']}/reorder", json={"position": 1}, headers=t.h))
+    assert ok(await client.post(path, headers=t.h))["id"] == made[3]["id"]
+    both = await asyncio.gather(*(client.post(path, json={}, headers=t.h) for _ in range(2)))
+    assert sorted(ok(r)["id"] for r in both) == sorted([made[0]["id"], made[1]["id"]])
+
+    # Another tenant's employee is unknown here; a body naming someone else is refused.
+    stranger = await Tenant.create(client, api)
+    assert_error(await client.post(path, headers=stranger.h), 404, "not_found")
+    bob = ok(
+        await client.post(
+            "/v1/employees", json={"fname": "Bob", "lname": "B", "email": "b@x.co"}, headers=t.h
+        ),
+        201,
+    )
+    assert_error(
+        await client.post(path, json={"employee_id": bob["id"]}, headers=t.h), 400, "validation_error"
+    )
+    assert (await t.get(f"/v1/tickets/{made[2]['id']}"))["current_state"] == "received"

@@ -9,6 +9,7 @@ from typing import Any
 
 from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
+from virtualq.employees import repository as employees
 from virtualq.errors import (
     Conflict,
     InvalidTransition,
@@ -142,6 +143,39 @@ async def call_next(
             row["candidate_id"],
         )
     raise Conflict("the line kept changing while calling the next ticket; retry")
+
+
+async def call_next_for_employee(
+    conn: Connection, ctx: TenantContext, employee_id: uuid.UUID, body: CallNextRequest
+) -> dict[str, Any]:
+    """Call-next across the queues the employee serves (`PUT /v1/employees/{id}/queues`): the waiting ticket
+    that comes first in any of them (the earliest to join, unless moved), attributed to the employee. A
+    queue emptied meanwhile by another counter is passed over for the next one."""
+    if body.employee_id is not None and body.employee_id != employee_id:
+        raise ValidationFailed("employee_id in the body disagrees with the path", {"field": "employee_id"})
+    employee = await employees.get(conn, ctx.tenant_id, employee_id)
+    if employee is None:
+        raise not_found("employee")
+    if not employee["is_active"]:
+        raise ValidationFailed("the employee is deactivated", {"field": "employee_id"})
+    queue_ids = list(employee["queue_ids"])
+    if not queue_ids:
+        raise ValidationFailed(
+            "the employee serves no queue: bind some with PUT /v1/employees/{id}/queues",
+            {"field": "queue_ids"},
+        )
+    call = body.model_copy(update={"employee_id": employee_id})
+    for _ in range(CALL_ATTEMPTS):
+        queue_id = await line.first_waiting_queue(conn, ctx.tenant_id, queue_ids)
+        if queue_id is None:
+            break
+        try:
+            return await call_next(conn, ctx, queue_id, call)
+        except QueueEmpty:  # another counter took the last one there first: look again
+            continue
+    raise QueueEmpty(
+        "nobody is waiting in the employee's queues", {"queue_ids": [str(queue) for queue in queue_ids]}
+    )
 
 
 async def _learn(

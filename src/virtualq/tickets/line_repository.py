@@ -44,6 +44,23 @@ PEEK_FIRST_WAITING = """SELECT t.id, t.type_definition_id, td.version AS type_ve
  LIMIT 1"""
 
 
+# Of several queues, the one whose first waiting ticket comes first: sort keys come from one sequence, so they
+# order tickets across queues as within one (the earliest to join, or the one moved ahead). Each queue's head
+# is one step of tickets_waiting_line_idx.
+FIRST_WAITING_QUEUE = """SELECT q.id FROM unnest($2::uuid[]) AS q(id)
+  CROSS JOIN LATERAL (SELECT t.sort_key FROM tickets t
+                       WHERE t.tenant_id = $1 AND t.queue_id = q.id AND t.state_category = 'waiting'
+                       ORDER BY t.sort_key LIMIT 1) head
+ ORDER BY head.sort_key LIMIT 1"""
+
+
+async def first_waiting_queue(
+    conn: Connection, tenant_id: uuid.UUID, queue_ids: list[uuid.UUID]
+) -> uuid.UUID | None:
+    queue_id: uuid.UUID | None = await conn.fetchval(FIRST_WAITING_QUEUE, tenant_id, queue_ids)
+    return queue_id
+
+
 async def peek_first_waiting(conn: Connection, tenant_id: uuid.UUID, queue_id: uuid.UUID) -> Record | None:
     """The id, type, type version and state of the first waiting ticket, without locking it (so that learning
     a call plan never holds a ticket another counter would take)."""

@@ -241,6 +241,25 @@ async def _call_next_fast(request: Request) -> Response:
 
 
 @router.post(
+    "/v1/employees/{employee_id}/call-next",
+    response_model=TransitionedTicket,
+    responses=TRANSITION_ERRORS,
+    tags=["employees"],
+)
+async def call_next_for_employee(
+    employee_id: uuid.UUID,
+    response: Response,
+    ctx: TenantStaff,
+    conn: StatementConn,
+    body: Annotated[CallNextRequest | None, Body()] = None,
+) -> Any:
+    """Call-next across the queues this employee serves (`PUT /v1/employees/{id}/queues`): the waiting
+    ticket that comes first in any of them, assigned to the employee; the body as for a queue's call-next.
+    400 when the employee serves no queue, 404 queue_empty when nobody waits in any."""
+    return tag(response, await line.call_next_for_employee(conn, ctx, employee_id, body or CallNextRequest()))
+
+
+@router.post(
     "/v1/tickets/{ticket_id}/reorder", response_model=ReorderedTicket, responses=TICKET_TRANSITION_ERRORS
 )
 async def reorder_ticket(

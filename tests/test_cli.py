@@ -506,6 +506,43 @@ def test_serve_restart_on_the_same_data_dir_keeps_data(tmp_path: Path, serve: An
 
 
 @pytest.mark.slow
+def test_an_embedded_postgres_killed_under_a_running_server_is_started_again(
+    tmp_path: Path, serve: Any
+) -> None:
+    """The out-of-memory killer or a stray `kill` taking the embedded PostgreSQL's postmaster left the server
+    answering 503 until someone restarted everything. `virtualq serve` now starts it again, says so, and
+    stops it on the way out as before."""
+    data_dir = tmp_path / "vq"
+    server = serve(data_dir, "supervised")
+    server.wait_ready()
+    key = (data_dir / "admin_api_key").read_text().strip()
+    headers = {"Authorization": f"Bearer {key}"}
+    pgdata = data_dir / "pgdata"
+    killed = postmaster_pid(pgdata)
+    os.kill(killed, signal.SIGKILL)
+    assert gone_soon(killed)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ready = httpx.get(server.base + "/readyz", timeout=5).status_code == 200
+            created = httpx.post(
+                server.base + "/v1/accounts", json={"name": "After"}, headers=headers, timeout=5
+            )
+            if ready and created.status_code == 201:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.5)
+    assert postmaster_pid(pgdata) != killed
+    output = server.output()
+    assert "embedded_postgres_down" in output
+    assert "embedded_postgres_restarted" in output
+    assert server.terminate() == 0, server.output()
+    assert no_postgres_soon(pgdata) == []
+
+
+@pytest.mark.slow
 def test_one_server_per_data_dir_and_a_crashed_servers_database_is_taken_over(
     tmp_path: Path, serve: Any
 ) -> None:

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multi-proc
 METRICS_DIR_PREFIX = "virtualq-metrics-"  # + the pid of the server that made it (shared_metrics)
 ADMIN_KEY_FILE = "admin_api_key"
 SERVE_LOCK_FILE = "serve.lock"
+SUPERVISE_SECONDS = 2.0  # how often `virtualq serve` checks that its embedded PostgreSQL still runs
 
 log = get_logger("virtualq.cli")
 
@@ -58,12 +60,55 @@ def database(settings: Settings, *, serving: bool = False) -> Iterator[str]:
                 data_dir=str(data_dir),
                 hint="left running by a server that did not stop; stopped with this one",
             )
+        supervisor = _Supervisor(embedded) if serving else None
         try:
             yield dsn
         finally:
-            if embedded.started_here or left_running:
+            if supervisor is not None:
+                supervisor.stop()
+            if embedded.started_here or left_running:  # a restart by the supervisor counts as started here
                 embedded.stop()
                 log.info("embedded PostgreSQL stopped", data_dir=str(data_dir))
+
+
+class _Supervisor:
+    """Starts the embedded PostgreSQL again if it stops under a running server (its postmaster killed: the
+    out-of-memory killer, a stray `kill`). PostgreSQL restarts its own backends after one of them crashes;
+    nothing restarted the postmaster itself, and the server answered 503 until someone restarted it. Looks
+    every SUPERVISE_SECONDS from a thread of the `virtualq serve` process; the pool and the event hub
+    reconnect by themselves once it is back."""
+
+    def __init__(self, embedded: Any) -> None:
+        self.embedded = embedded
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="virtualq-embedded-pg", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=SUPERVISE_SECONDS + 35)  # a start in progress ends within pg_ctl's 30 s
+
+    def _run(self) -> None:
+        down_since: float | None = None
+        while not self._stopping.wait(SUPERVISE_SECONDS):
+            try:
+                if self.embedded.is_running():
+                    down_since = None
+                    continue
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("embedded_postgres_down", data_dir=str(self.embedded.data_dir))
+                if self._stopping.is_set():
+                    return
+                self.embedded.start()  # its old backends may still be exiting: tried again next time
+                log.warning(
+                    "embedded_postgres_restarted",
+                    data_dir=str(self.embedded.data_dir),
+                    down_seconds=round(time.monotonic() - down_since, 1),
+                )
+                down_since = None
+            except Exception as exc:  # logged; the next look tries again
+                log.warning("embedded_postgres_restart_failed", error=str(exc)[:300])
 
 
 class DataDirInUse(Exception):

@@ -207,6 +207,8 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         ("ENV", "prod"),
         ("DATABASE_URL", "mysql://x"),
         ("DB_POOL_MIN_SIZE", "50"),
+        ("PUBLIC_BASE_URL", "q.example.com"),
+        ("PUBLIC_BASE_URL", "https://q.example.com/?x=1"),
     ],
 )
 def test_invalid_configuration_is_one_line_and_exit_2(tmp_path: Path, variable: str, value: str) -> None:

@@ -1226,3 +1226,46 @@ async def test_delivery_references_kitchen_order(client: httpx.AsyncClient, api:
     )
     body = assert_error(response, 400, "validation_error")
     assert body["details"] == {"field": "references_ticket_id"}
+
+
+async def test_customer_links_are_whole_links_with_a_public_base_url(
+    client: httpx.AsyncClient, api: Api, database_dsn: str
+) -> None:
+    """`customer_page` was a path, so every integration sending it by text message or e-mail had to know
+    the server's public address. With PUBLIC_BASE_URL it is the whole link, in every ticket answer; without
+    it, the path as before."""
+    from tests.conftest import make_settings
+    from virtualq.app import create_app
+
+    t = await Tenant.create(client, api)
+    order = await t.type("order", FOOD_ORDER_FSM)
+    queue = (await t.queue("Main"))["id"]
+    made = await t.ticket(queue, order["id"])
+    assert made["customer_page"].startswith(f"/t/{made['id']}?token=")
+    app = create_app(make_settings(public_base_url="https://q.example.com/shop/"), dsn=database_dsn)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://other") as other,
+    ):
+        link = f"https://q.example.com/shop{made['customer_page']}"
+        answers = [
+            ok(await other.get(f"/v1/tickets/{made['id']}", headers=t.h)),
+            ok(await other.get("/v1/tickets", params={"queue_id": queue}, headers=t.h))["data"][0],
+            ok(await other.get(f"/v1/queues/{queue}/tickets", headers=t.h))["data"][0],
+            ok(
+                await other.post(
+                    f"/v1/tickets/{made['id']}/transition",
+                    json={"transition": "start_preparation"},
+                    headers=t.h,
+                )
+            ),
+        ]
+        assert [a["customer_page"] for a in answers] == [link] * 4
+        created = ok(
+            await other.post(
+                "/v1/tickets", json={"queue_id": queue, "type_definition_id": order["id"]}, headers=t.h
+            ),
+            201,
+        )
+        assert created["customer_page"].startswith(f"https://q.example.com/shop/t/{created['id']}?token=")
+    assert (await t.get(f"/v1/tickets/{made['id']}"))["customer_page"] == made["customer_page"]

@@ -68,6 +68,6 @@ SELECT EXISTS (SELECT 1 FROM q) AS queue_found, c.id AS candidate_id, c.type_def
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
        t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
        t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at, t.counter,
-       t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page,
+       t.version, t.created_at, t.updated_at, coalesce(current_setting('virtualq.public_base_url', true), '') || '/t/' || t.id || '?token=' || t.public_token AS customer_page,
        NULL::bigint AS position, t.from_state AS previous_state
   FROM (SELECT 1) AS one LEFT JOIN c ON true LEFT JOIN t ON true;

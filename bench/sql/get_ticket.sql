@@ -9,7 +9,7 @@ SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
        t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
        t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at, t.counter,
-       t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page,
+       t.version, t.created_at, t.updated_at, coalesce(current_setting('virtualq.public_base_url', true), '') || '/t/' || t.id || '?token=' || t.public_token AS customer_page,
        CASE WHEN t.state_category = 'waiting' THEN
          tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position
   FROM tickets t

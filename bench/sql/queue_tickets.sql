@@ -21,7 +21,7 @@ SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.number, t.display_
        t.current_state, t.state_category, t.customer_id, t.employee_id, t.references_ticket_id,
        t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
        t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at, t.counter,
-       t.version, t.created_at, t.updated_at, '/t/' || t.id || '?token=' || t.public_token AS customer_page,
+       t.version, t.created_at, t.updated_at, coalesce(current_setting('virtualq.public_base_url', true), '') || '/t/' || t.id || '?token=' || t.public_token AS customer_page,
        CASE WHEN t.grp = 0 THEN t.rank END AS position,
        (SELECT count(*) FROM tickets c WHERE c.tenant_id = :tenant_id AND c.queue_id = :line_queue
            AND c.state_category NOT IN ('done', 'cancelled')) AS _total

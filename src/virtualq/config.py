@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     env: Environment = "development"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Where customers reach this server ("https://q.example.com"): makes `customer_page` a whole link.
+    public_base_url: str | None = None
     admin_api_key: SecretStr | None = None
     web_concurrency: int = Field(default=1, ge=1, le=64)
     rate_limit_per_minute: int = Field(default=100, ge=0)
@@ -123,6 +125,16 @@ class Settings(BaseSettings):
         if urlsplit(value).scheme not in ("postgres", "postgresql"):
             raise ValueError("must start with postgresql:// or postgres://")
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must be http(s)://host[:port][/path], without a query or fragment")
+        return value.strip().rstrip("/")
 
     @field_validator("redis_url")
     @classmethod

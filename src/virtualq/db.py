@@ -103,6 +103,10 @@ async def create_pool(
             await _init_connection(conn)
             # Act as the application role, which row-level security always applies to (migration 0008).
             await conn.execute(f"SET ROLE {APP_ROLE}")
+            if settings.public_base_url:  # ticket answers' customer_page (tickets/repository.TICKET_COLUMNS)
+                await conn.execute(
+                    "SELECT set_config('virtualq.public_base_url', $1, false)", settings.public_base_url
+                )
         except BaseException:
             conn.terminate()
             raise

@@ -226,7 +226,8 @@ def urls(base: str, place: Place) -> dict[str, str]:
     return {
         "display": f"{base}/display/queues/{first}{extra}#key={place.keys['display']}",
         "console": f"{base}/console/queues/{first}#key={place.keys['staff']}",
-        "customer": f"{base}{ticket['customer_page']}",
+        # A whole link when the server has PUBLIC_BASE_URL, else a path on the server's own address.
+        "customer": page if (page := ticket["customer_page"]).startswith("http") else f"{base}{page}",
     }
 
 

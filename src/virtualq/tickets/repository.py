@@ -16,7 +16,8 @@ TICKET_COLUMNS = """t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.numbe
     t.estimated_wait_minutes, t.original_estimated_wait_minutes, t.actual_wait_minutes, t.ttl_minutes,
     t.expires_at, t.escalated_at, t.custom_data, t.started_at, t.ready_at, t.completed_at, t.cancelled_at,
     t.counter, t.version, t.created_at, t.updated_at,
-    '/t/' || t.id || '?token=' || t.public_token AS customer_page"""
+    coalesce(current_setting('virtualq.public_base_url', true), '') || '/t/' || t.id || '?token='
+        || t.public_token AS customer_page"""
 
 # What a change that does not lock first (tickets/service.transition_ticket) reads: no schemas (the compiled
 # type is cached by version), no lock (the change checks `version` and `type_version` itself).

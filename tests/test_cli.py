@@ -209,6 +209,8 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         ("DB_POOL_MIN_SIZE", "50"),
         ("PUBLIC_BASE_URL", "q.example.com"),
         ("PUBLIC_BASE_URL", "https://q.example.com/?x=1"),
+        ("PUBLIC_BASE_URL", "https://user:pw@q.example.com"),
+        ("PUBLIC_BASE_URL", "https://q.example.com:port"),
     ],
 )
 def test_invalid_configuration_is_one_line_and_exit_2(tmp_path: Path, variable: str, value: str) -> None:
@@ -524,14 +526,15 @@ def test_an_embedded_postgres_killed_under_a_running_server_is_started_again(
     os.kill(killed, signal.SIGKILL)
     assert gone_soon(killed)
     deadline = time.monotonic() + 30
-    while True:
+    while True:  # until a new postmaster serves (backends of the killed one may answer for a moment)
         try:
-            ready = httpx.get(server.base + "/readyz", timeout=5).status_code == 200
-            created = httpx.post(
-                server.base + "/v1/accounts", json={"name": "After"}, headers=headers, timeout=5
-            )
-            if ready and created.status_code == 201:
-                break
+            restarted = "embedded_postgres_restarted" in server.output()
+            ready = restarted and httpx.get(server.base + "/readyz", timeout=5).status_code == 200
+            if ready:
+                body = {"name": "After"}
+                created = httpx.post(server.base + "/v1/accounts", json=body, headers=headers, timeout=5)
+                if created.status_code == 201:
+                    break
         except httpx.HTTPError:
             pass
         assert time.monotonic() < deadline, server.output()
@@ -540,6 +543,11 @@ def test_an_embedded_postgres_killed_under_a_running_server_is_started_again(
     output = server.output()
     assert "embedded_postgres_down" in output
     assert "embedded_postgres_restarted" in output
+    # Stopped on purpose (as a shutdown signal to the whole process group does): not started again.
+    EmbeddedPostgres(data_dir).stop()
+    time.sleep(3 * 2.0)  # three looks of the supervisor
+    assert not EmbeddedPostgres(data_dir).is_running()
+    assert server.output().count("embedded_postgres_restarted") == 1
     assert server.terminate() == 0, server.output()
     assert no_postgres_soon(pgdata) == []
 

@@ -1088,3 +1088,34 @@ async def test_an_employee_calls_next_across_the_queues_they_serve(
         await client.post(path, json={"employee_id": bob["id"]}, headers=t.h), 400, "validation_error"
     )
     assert (await t.get(f"/v1/tickets/{made[2]['id']}"))["current_state"] == "received"
+    # A staff key bound to Bob calls for Bob only.
+    bobs_key = await api.key(
+        "tenant", "staff", key=t.world.tenant_admin, tenant_id=t.id, employee_id=bob["id"]
+    )
+    assert_error(await client.post(path, headers=auth(bobs_key)), 403, "forbidden")
+
+    # A queue whose first ticket is held by another change at this instant, or cannot be called (its type
+    # has no way out of the line), is passed over: the other queue's ticket is called, not a 404 or a 400.
+    stuck_fsm = {
+        "init": "w",
+        "states": ["w", "x"],
+        "transitions": [{"name": "cancel", "from": "w", "to": "x"}],
+        "categories": {"x": "cancelled"},
+    }
+    stuck_type = await t.type("stuck", stuck_fsm)
+    ok(
+        await client.post(
+            f"/v1/tickets/{made[2]['id']}/transition", json={"transition": "cancel"}, headers=t.h
+        )
+    )
+    held, other_line = await t.ticket(counter, order["id"]), await t.ticket(drive, order["id"])
+    async with db.transaction():  # the counter's only waiting ticket is being changed at this instant
+        await db.execute("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE", uuid.UUID(held["id"]))
+        got = ok(await client.post(path, headers=t.h))
+    assert got["id"] == other_line["id"]  # not a 404 while the drive's line waits
+    assert ok(await client.post(path, headers=t.h))["id"] == held["id"]
+    stuck, callable_ = await t.ticket(drive, stuck_type["id"]), await t.ticket(counter, order["id"])
+    assert ok(await client.post(path, headers=t.h))["id"] == callable_["id"]  # the stuck head passed over
+    assert (await t.get(f"/v1/tickets/{stuck['id']}"))["current_state"] == "w"
+    refused = assert_error(await client.post(path, headers=t.h), 400, "invalid_transition")
+    assert refused["details"]["ticket_id"] == stuck["id"]  # only the uncallable one is left: its refusal

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import math
 import os
 import secrets
 import shutil
@@ -72,11 +73,15 @@ def database(settings: Settings, *, serving: bool = False) -> Iterator[str]:
 
 
 class _Supervisor:
-    """Starts the embedded PostgreSQL again if it stops under a running server (its postmaster killed: the
-    out-of-memory killer, a stray `kill`). PostgreSQL restarts its own backends after one of them crashes;
-    nothing restarted the postmaster itself, and the server answered 503 until someone restarted it. Looks
-    every SUPERVISE_SECONDS from a thread of the `virtualq serve` process; the pool and the event hub
-    reconnect by themselves once it is back."""
+    """Starts the embedded PostgreSQL again if its postmaster dies under a running server (the out-of-memory
+    killer, a stray `kill -9`). PostgreSQL restarts its own backends after one of them crashes; nothing
+    restarted the postmaster itself, and the server answered 503 until someone restarted it. Looks every
+    SUPERVISE_SECONDS from a thread of the `virtualq serve` process; the pool and the event hub reconnect by
+    themselves once it is back.
+
+    Only a postmaster that died is restarted: it leaves its `postmaster.pid` behind. A PostgreSQL that was
+    stopped (a shutdown signal to the whole process group, `pg_ctl stop`) removed that file and stays
+    stopped, and a data dir that is gone is not initialised afresh under a running server."""
 
     def __init__(self, embedded: Any) -> None:
         self.embedded = embedded
@@ -88,11 +93,15 @@ class _Supervisor:
         self._stopping.set()
         self._thread.join(timeout=SUPERVISE_SECONDS + 35)  # a start in progress ends within pg_ctl's 30 s
 
+    def _died(self) -> bool:
+        return (self.embedded.pgdata / "postmaster.pid").exists() and not self.embedded.is_running()
+
     def _run(self) -> None:
         down_since: float | None = None
+        last_complaint = -math.inf
         while not self._stopping.wait(SUPERVISE_SECONDS):
             try:
-                if self.embedded.is_running():
+                if not self._died():
                     down_since = None
                     continue
                 if down_since is None:
@@ -107,8 +116,10 @@ class _Supervisor:
                     down_seconds=round(time.monotonic() - down_since, 1),
                 )
                 down_since = None
-            except Exception as exc:  # logged; the next look tries again
-                log.warning("embedded_postgres_restart_failed", error=str(exc)[:300])
+            except Exception as exc:  # logged (the first time, then once a minute); the next look tries again
+                if time.monotonic() - last_complaint >= 60:
+                    last_complaint = time.monotonic()
+                    log.warning("embedded_postgres_restart_failed", error=str(exc)[-500:])
 
 
 class DataDirInUse(Exception):

@@ -132,8 +132,20 @@ class Settings(BaseSettings):
         if value is None or value.strip() == "":
             return None
         parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            raise ValueError("must be http(s)://host[:port][/path], without a query or fragment")
+        try:
+            parts.port  # noqa: B018 - a port that is not a number raises
+        except ValueError:
+            raise ValueError("must be http(s)://host[:port][/path] with a numeric port") from None
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(
+                "must be http(s)://host[:port][/path], without credentials, a query or a fragment"
+            )
         return value.strip().rstrip("/")
 
     @field_validator("redis_url")

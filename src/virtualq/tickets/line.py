@@ -12,6 +12,7 @@ from virtualq.db import Connection, Record
 from virtualq.employees import repository as employees
 from virtualq.errors import (
     Conflict,
+    Forbidden,
     InvalidTransition,
     NotFound,
     QueueDisabled,
@@ -150,7 +151,11 @@ async def call_next_for_employee(
 ) -> dict[str, Any]:
     """Call-next across the queues the employee serves (`PUT /v1/employees/{id}/queues`): the waiting ticket
     that comes first in any of them (the earliest to join, unless moved), attributed to the employee. A
-    queue emptied meanwhile by another counter is passed over for the next one."""
+    queue that gives nothing (its waiting tickets taken by another counter, or held by another change at
+    this instant, as a queue's call-next skips them) or whose first ticket cannot be called is passed over
+    for the next; the refusal is the answer only when no queue had a ticket to call."""
+    if ctx.principal.employee_id is not None and ctx.principal.employee_id != employee_id:
+        raise Forbidden("this key belongs to another employee: it calls for that employee only")
     if body.employee_id is not None and body.employee_id != employee_id:
         raise ValidationFailed("employee_id in the body disagrees with the path", {"field": "employee_id"})
     employee = await employees.get(conn, ctx.tenant_id, employee_id)
@@ -165,14 +170,20 @@ async def call_next_for_employee(
             {"field": "queue_ids"},
         )
     call = body.model_copy(update={"employee_id": employee_id})
-    for _ in range(CALL_ATTEMPTS):
-        queue_id = await line.first_waiting_queue(conn, ctx.tenant_id, queue_ids)
+    candidates, refused = list(queue_ids), None
+    while candidates:  # each pass calls, or drops a queue
+        queue_id = await line.first_waiting_queue(conn, ctx.tenant_id, candidates)
         if queue_id is None:
             break
         try:
             return await call_next(conn, ctx, queue_id, call)
-        except QueueEmpty:  # another counter took the last one there first: look again
-            continue
+        except QueueEmpty:
+            candidates.remove(queue_id)
+        except InvalidTransition as exc:
+            refused = refused or exc
+            candidates.remove(queue_id)
+    if refused is not None:
+        raise refused
     raise QueueEmpty(
         "nobody is waiting in the employee's queues", {"queue_ids": [str(queue) for queue in queue_ids]}
     )

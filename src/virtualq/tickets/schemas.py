@@ -95,8 +95,9 @@ class Ticket(OutputModel):
     created_at: datetime
     updated_at: datetime
     customer_page: str | None = Field(
-        description="The customer's own live ticket page (path with its secret token); give it to the "
-        "customer. Null for display-role keys."
+        description="The customer's own live ticket page, with its secret token: a path on this server, or "
+        "the whole link when the server has PUBLIC_BASE_URL; give it to the customer. Null for display-role "
+        "keys."
     )
 
 

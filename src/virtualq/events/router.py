@@ -151,8 +151,11 @@ async def _replay(request: Request, subscriber: Subscriber, resume: Cursor) -> A
                 ticket_id=subscriber.ticket_id,
                 limit=REPLAY_BATCH,
             )
-            if position == resume and await repository.gap(conn, subscriber.tenant_id, resume) == "expired":
-                yield sse_gap("expired", resume, None)
+            expired = (
+                position == resume and await repository.gap(conn, subscriber.tenant_id, resume) == "expired"
+            )
+        if expired:  # sent with the connection back in the pool: a client leaving here cannot hold it
+            yield sse_gap("expired", resume, None)
         for row in rows:
             if subscriber.dropped:
                 return

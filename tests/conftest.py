@@ -89,6 +89,7 @@ def make_settings(**overrides: Any) -> Settings:
         "sweeper_interval_seconds": 0,
         # Tests send far more than 100 requests a minute with one key; test_rate_limits turns limits on.
         "rate_limit_per_minute": 0,
+        "self_join_rate_per_minute": 0,  # likewise every self-join comes from one address; tested on its own
         "event_poll_seconds": 0.2,
         # Webhook tests run their own apps with delivery on; loopback receivers are allowed in tests.
         "webhook_delivery": False,

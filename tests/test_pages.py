@@ -547,7 +547,91 @@ async def test_demo_data_and_its_urls(client: httpx.AsyncClient, live_server: Li
         await expect(page.locator("#place")).to_contain_text("in line", timeout=5000)
         await page.goto(urls["console"])
         await expect(page.locator("#line tr").first).to_be_visible(timeout=5000)
+    # The coffee shop takes orders at the door too: its join link and the QR code to print.
+    urls = demo.urls(live_server.url, coffee)
+    assert "join" not in demo.urls(live_server.url, dmv)
+    await page.goto(urls["join"])
+    await expect(page.locator("#queue")).to_have_text("Main counter", timeout=5000)
+    async with httpx.AsyncClient() as http:
+        qr = await http.get(urls["join QR"])
+    assert (qr.status_code, qr.headers["content-type"]) == (200, "image/svg+xml")
     await page.goto(demo.urls(live_server.url, dmv)["display"])
     await expect(page.locator("#queues h2")).to_have_text(
         ["Registration", "Licences", "Testing"], timeout=5000
     )
+
+
+async def test_customers_join_by_themselves_on_a_phone_and_at_a_kiosk(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    t = await Tenant.create(client, api)
+    schema = {
+        "type": "object",
+        "properties": {
+            "party_size": {"type": "integer", "minimum": 1, "maximum": 12, "title": "Party size"},
+            "seating": {"enum": ["inside", "terrace"]},
+            "high_chair": {"type": "boolean", "title": "High chair"},
+            "note": {"type": "string"},
+        },
+        "required": ["party_size", "seating", "high_chair"],
+    }
+    table = await t.type("table", ORDER_FSM, custom_fields_schema=schema)
+    queue = await t.queue(
+        "Tables",
+        ticket_prefix="T",
+        self_join_type_definition_id=table["id"],
+        wait_estimation_method="manual",
+        manual_wait_minutes=4,
+    )
+
+    # A phone, from the QR code: the form asks for the name and the required fields only.
+    await page.goto(live_server.url + queue["join_page"])
+    await expect(page.locator("#queue")).to_have_text("Tables", timeout=5000)
+    await expect(page.locator("#line")).to_have_text("Nobody is waiting · about 4 min")
+    await expect(page.locator("[data-field]")).to_have_count(3)
+    await no_serious_violations(page)
+    await page.get_by_label("First name").fill("Ana")
+    await page.get_by_label("Last name").fill("Lopez")
+    await page.get_by_role("button", name="Join the line").click()
+    await expect(page.locator("#status")).to_have_text("Please fill in Party size.")
+    await page.get_by_label("Party size").fill("3")
+    await page.get_by_label("Seating").select_option(label="terrace")
+    await page.get_by_label("High chair").check()
+    await shot(page, "join")
+    await page.get_by_role("button", name="Join the line").click()
+    # Joined: the customer's own page, following the ticket.
+    await expect(page).to_have_url(re.compile(r"/t/[0-9a-f-]{36}\?token=[0-9a-f]{64}$"), timeout=5000)
+    await expect(page.locator("#code")).to_have_text("T001", timeout=5000)
+    await expect(page.locator("#place")).to_contain_text("You are next")
+    ticket_id = page.url.split("/t/")[1].split("?")[0]
+    ticket = await t.get(f"/v1/tickets/{ticket_id}")
+    assert ticket["custom_data"] == {"party_size": 3, "seating": "terrace", "high_chair": True}
+    monitor = await t.get(f"/v1/queues/{queue['id']}/monitor")
+    assert [w["display_name"] for w in monitor["groups"]["waiting"]] == ["Ana L."]
+
+    # A kiosk: the number is shown, then the form is ready for the next customer.
+    await page.goto(live_server.url + queue["join_page"] + "?kiosk=1")
+    await expect(page.locator("#line")).to_have_text("1 person is waiting · about 8 min", timeout=5000)
+    await page.get_by_label("Party size").fill("2")
+    await page.get_by_label("Seating").select_option(label="inside")
+    await page.get_by_role("button", name="Join the line").click()
+    await expect(page.locator("#joined #code")).to_have_text("T002", timeout=5000)
+    await expect(page.locator("#joined #place")).to_have_text("Number 2 in line")
+    assert "/join/" in page.url
+    await page.get_by_role("button", name="Done").click()
+    await expect(page.locator("#form")).to_be_visible()
+    await expect(page.locator("#line")).to_have_text("2 people are waiting · about 12 min", timeout=FAST)
+    await expect(page.get_by_label("Party size")).to_have_value("")
+    second = await t.get("/v1/tickets", queue_id=queue["id"])
+    assert sorted(row["display_code"] for row in second["data"]) == ["T001", "T002"]
+
+    # A closed queue, and a link that was replaced: the page says so.
+    ok(await client.post(f"/v1/queues/{queue['id']}/disable", headers=t.h))
+    await page.reload()
+    await expect(page.locator("#status")).to_have_text(
+        "This line is not taking sign-ins right now.", timeout=5000
+    )
+    await expect(page.locator("#form")).to_be_hidden()
+    ok(await client.post(f"/v1/queues/{queue['id']}/rotate-join-link", headers=t.h))
+    await page.reload()
+    await expect(page.locator("#status")).to_have_text("This join link is not in use.", timeout=5000)

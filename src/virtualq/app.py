@@ -44,6 +44,8 @@ from virtualq.tickets.reads import ReadBatching
 from virtualq.tickets.router import router as tickets_router
 from virtualq.type_definitions import compiled as compiled_types
 from virtualq.type_definitions.router import router as type_definitions_router
+from virtualq.web.join import pages as join_pages
+from virtualq.web.join import public as join_public
 from virtualq.web.router import pages as web_pages
 from virtualq.web.router import public as public_router
 from virtualq.webhooks.router import router as webhooks_router
@@ -209,7 +211,9 @@ def create_app(
         events_router,
         webhooks_router,
         public_router,
+        join_public,
         web_pages,
+        join_pages,
     ):
         # The routes themselves, not a wrapper per router: FastAPI's included-router matching costs
         # about 0.4 ms per request with this many routes (docs/performance.md).
@@ -302,7 +306,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             # Our validation failures are 400 with the error envelope, never FastAPI's 422.
             responses.pop("422", None)
             statuses = ["503"]  # every other operation reads the database, which may be unavailable
-            if path != "/readyz":
+            if path.startswith("/v1/public/"):
+                operation["security"] = []  # no API key: the link's token (a customer's page, a join link)
+            elif path != "/readyz":
                 operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
             if path.startswith("/v1/") and not path.startswith("/v1/public/"):
                 statuses.append("429")  # every API key is rate limited

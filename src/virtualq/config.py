@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(default=1, ge=1, le=64)
     rate_limit_per_minute: int = Field(default=100, ge=0)
     rate_limit_burst: int = Field(default=200, ge=0)
+    # Self-service joins (no API key) per client address and join link: a kiosk is one address (0: no limit).
+    self_join_rate_per_minute: int = Field(default=20, ge=0)
+    self_join_rate_burst: int = Field(default=20, ge=1)
     db_pool_min_size: int = Field(default=2, ge=0, le=100)
     db_pool_max_size: int = Field(default=20, ge=1, le=100)
     # A pooled connection older than this is replaced when next given back or found idle (0: never).

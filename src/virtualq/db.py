@@ -263,6 +263,11 @@ async def _write_transaction(request: Request) -> AsyncIterator[Connection]:
         yield conn
 
 
+def writing_transaction(request: Request) -> AbstractAsyncContextManager[Connection]:
+    """What `WriteConn` gives a route, for one that learns its tenant only inside its body (self-join)."""
+    return _writing(request, transaction=True)
+
+
 def writing_statement(request: Request) -> AbstractAsyncContextManager[Connection]:
     """For endpoints whose change is one statement (a transition, which checks the version it read and is
     retried when another change came first; a create; a call-next): no BEGIN and COMMIT round trips. With

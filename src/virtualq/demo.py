@@ -73,6 +73,7 @@ class Place:
     queues: dict[str, str] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     tickets: list[dict[str, Any]] = field(default_factory=list)
+    join_page: str | None = None  # the self-join link of the first queue, where it has one
 
 
 class _Api:
@@ -129,9 +130,13 @@ async def coffee(client: httpx.AsyncClient, admin_key: str) -> Place:
         },
     )
     queue = await api.post(
-        "/v1/queues", {"name": "Main counter", "ticket_prefix": "C", "manual_wait_minutes": 3}
-    )
+        "/v1/queues",
+        # Customers may also order at the door, from a QR code (self-join).
+        {"name": "Main counter", "ticket_prefix": "C", "manual_wait_minutes": 3,
+         "self_join_type_definition_id": order["id"]},
+    )  # fmt: skip
     place.queues["Main counter"] = queue["id"]
+    place.join_page = queue["join_page"]
     for fname, lname, email in (("Ana", "Lopez", "ana@example.com"), ("Ben", "Okafor", "ben@example.com")):
         await api.post("/v1/employees", {"fname": fname, "lname": lname, "email": email, "role": "barista"})
     customers = [
@@ -223,12 +228,20 @@ def urls(base: str, place: Place) -> dict[str, str]:
     extra = f"?queues={','.join(others)}" if others else ""
     waiting = [t for t in place.tickets if t["state_category"] == "waiting"]
     ticket = waiting[-1] if waiting else place.tickets[-1]
-    return {
+
+    def whole(link: str) -> str:
+        # A whole link when the server has PUBLIC_BASE_URL, else a path on the server's own address.
+        return link if link.startswith("http") else f"{base}{link}"
+
+    found = {
         "display": f"{base}/display/queues/{first}{extra}#key={place.keys['display']}",
         "console": f"{base}/console/queues/{first}#key={place.keys['staff']}",
-        # A whole link when the server has PUBLIC_BASE_URL, else a path on the server's own address.
-        "customer": page if (page := ticket["customer_page"]).startswith("http") else f"{base}{page}",
+        "customer": whole(ticket["customer_page"]),
     }
+    if place.join_page:
+        found["join"] = whole(place.join_page)
+        found["join QR"] = whole(place.join_page) + "/qr.svg"
+    return found
 
 
 async def build(client: httpx.AsyncClient, admin_key: str) -> list[Place]:

@@ -35,6 +35,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "Conflicts with existing data (conflict).",
         412: "If-Match names another version of the ticket (precondition_failed); details.etag is current.",
         413: "Request body too large (payload_too_large).",
+        429: "Too many requests (rate_limited); retry after `Retry-After` seconds.",
     }
     return {status: {"model": ErrorBody, "description": descriptions[status]} for status in statuses}
 

@@ -12,8 +12,15 @@ from virtualq.kit.sql import Where, set_clause
 
 COLUMNS = (
     "id, tenant_id, name, description, allowed_type_definition_ids, wait_estimation_method, show_wait_time, "
-    "max_wait_minutes, manual_wait_minutes, ticket_prefix, display_order, is_active, created_at, updated_at"
+    "max_wait_minutes, manual_wait_minutes, ticket_prefix, display_order, is_active, created_at, updated_at, "
+    "self_join_type_definition_id, join_token"
 )
+# What a queue's answer adds: the self-join link while self-join is on (the path, or the whole link with
+# PUBLIC_BASE_URL, as a ticket's customer_page).
+JOIN_PAGE = """CASE WHEN self_join_type_definition_id IS NOT NULL THEN
+    coalesce(current_setting('virtualq.public_base_url', true), '') || '/join/' || join_token
+    END AS join_page"""
+OUTPUT = f"{COLUMNS}, {JOIN_PAGE}"
 
 
 async def insert(
@@ -23,8 +30,8 @@ async def insert(
         conn,
         f"""INSERT INTO queues (tenant_id, id, name, description, allowed_type_definition_ids,
                                 wait_estimation_method, show_wait_time, max_wait_minutes, manual_wait_minutes,
-                                ticket_prefix, display_order)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}""",
+                                ticket_prefix, display_order, self_join_type_definition_id, join_token)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {OUTPUT}""",
         tenant_id,
         queue_id,
         fields["name"],
@@ -36,6 +43,8 @@ async def insert(
         fields.get("manual_wait_minutes"),
         fields["ticket_prefix"],
         fields["display_order"],
+        fields.get("self_join_type_definition_id"),
+        fields.get("join_token"),
     )
 
 
@@ -46,7 +55,7 @@ async def get(
     transaction ends, so that two changes compare against what the other wrote."""
     lock = " FOR NO KEY UPDATE" if for_change else ""
     row: Record | None = await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM queues WHERE tenant_id = $1 AND id = $2{lock}", tenant_id, queue_id
+        f"SELECT {OUTPUT} FROM queues WHERE tenant_id = $1 AND id = $2{lock}", tenant_id, queue_id
     )
     return row
 
@@ -77,7 +86,7 @@ async def list_page(
     where.add_if("created_at > {}", filters.created_after)
     where.add_if("created_at < {}", filters.created_before)
     return await fetch_page(
-        conn, f"SELECT {COLUMNS} FROM queues", where, "display_order, created_at, id", params
+        conn, f"SELECT {OUTPUT} FROM queues", where, "display_order, created_at, id", params
     )
 
 
@@ -87,7 +96,7 @@ async def update(
     assignments, values = set_clause(changes, first_param=3)
     return await fetch_returning(
         conn,
-        f"UPDATE queues SET {assignments} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}",
+        f"UPDATE queues SET {assignments} WHERE tenant_id = $1 AND id = $2 RETURNING {OUTPUT}",
         tenant_id,
         queue_id,
         *values,

@@ -80,6 +80,13 @@ async def disable_queue(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) 
     return await service.set_queue_active(conn, ctx, queue_id, active=False)
 
 
+@router.post("/v1/queues/{queue_id}/rotate-join-link", response_model=Queue, responses=WRITE_ERRORS)
+async def rotate_join_link(queue_id: uuid.UUID, ctx: TenantAdmin, conn: WriteConn) -> Any:
+    """Replace the queue's self-join link (`join_page`): the old link and its QR code stop working at once.
+    409 while self-join is off."""
+    return await service.rotate_join_link(conn, ctx, queue_id)
+
+
 @router.get(
     "/v1/queues/{queue_id}/monitor",
     response_model=Monitor,

@@ -38,6 +38,11 @@ class QueueCreate(InputModel):
     manual_wait_minutes: ManualMinutes | None = None
     ticket_prefix: TicketPrefix = Field(default="", examples=["A"])
     display_order: DisplayOrder = 0
+    self_join_type_definition_id: uuid.UUID | None = Field(
+        default=None,
+        description="Customers may join this queue themselves through its `join_page` (a QR code, a kiosk) "
+        "and get tickets of this type; null: they may not (docs/workflows.md, Self-service join).",
+    )
 
 
 class QueueUpdate(PatchModel):
@@ -55,6 +60,9 @@ class QueueUpdate(PatchModel):
     ticket_prefix: TicketPrefix | None = None
     display_order: DisplayOrder | None = None
     is_active: Flag | None = None
+    self_join_type_definition_id: uuid.UUID | None = Field(
+        default=None, description="The type of self-joined tickets; null turns self-join off."
+    )
 
 
 class Queue(OutputModel):
@@ -70,6 +78,12 @@ class Queue(OutputModel):
     ticket_prefix: str
     display_order: int
     is_active: bool
+    self_join_type_definition_id: uuid.UUID | None
+    join_page: str | None = Field(
+        description="Where customers join by themselves (`/join/{token}`; the whole link when the server "
+        "has PUBLIC_BASE_URL); its QR code is `{join_page}/qr.svg`. Null while self-join is off.",
+        examples=["/join/8kVxqz3u0mWcTgQ1rX2bLw"],
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -4,12 +4,12 @@ import uuid
 
 from virtualq.auth.principal import TenantContext
 from virtualq.db import Connection, Record
-from virtualq.errors import ValidationFailed, not_found
+from virtualq.errors import Conflict, ValidationFailed, not_found
 from virtualq.events import repository as events
 from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
 from virtualq.kit.schemas import CommonFilters
-from virtualq.queues import repository
+from virtualq.queues import repository, self_join
 from virtualq.queues.estimates import forget_queue
 from virtualq.queues.schemas import QueueCreate, QueueUpdate
 from virtualq.type_definitions import repository as types
@@ -34,6 +34,11 @@ async def create_queue(conn: Connection, ctx: TenantContext, body: QueueCreate) 
     if fields["allowed_type_definition_ids"] is not None:
         fields["allowed_type_definition_ids"] = list(dict.fromkeys(fields["allowed_type_definition_ids"]))
     await _check_allowed_types(conn, ctx.tenant_id, fields["allowed_type_definition_ids"])
+    if fields["self_join_type_definition_id"] is not None:
+        await self_join.check_type(
+            conn, ctx.tenant_id, fields["self_join_type_definition_id"], fields["allowed_type_definition_ids"]
+        )
+        fields["join_token"] = self_join.new_token()
     return await repository.insert(conn, ctx.tenant_id, new_id(), fields)
 
 
@@ -62,9 +67,15 @@ async def update_queue(
     if changes.get("allowed_type_definition_ids") is not None:
         changes["allowed_type_definition_ids"] = list(dict.fromkeys(changes["allowed_type_definition_ids"]))
         await _check_allowed_types(conn, ctx.tenant_id, changes["allowed_type_definition_ids"])
+    join_type = changes.get(self_join.FIELD, current[self_join.FIELD])
+    if join_type is not None and (self_join.FIELD in changes or "allowed_type_definition_ids" in changes):
+        allowed = changes.get("allowed_type_definition_ids", current["allowed_type_definition_ids"])
+        await self_join.check_type(conn, ctx.tenant_id, join_type, allowed)
+        if current["join_token"] is None:
+            changes["join_token"] = self_join.new_token()  # kept when self-join is turned off and on
     # Opening or closing the queue through PATCH is announced as /enable and /disable announce it.
     toggled = "is_active" in changes and changes["is_active"] != current["is_active"]
-    changed = sorted(name for name in changes if name != "is_active")
+    changed = sorted(name for name in changes if name not in ("is_active", "join_token"))
     if not changed and not toggled:
         return current
     row = await repository.update(conn, ctx.tenant_id, queue_id, changes)
@@ -86,4 +97,24 @@ async def set_queue_active(conn: Connection, ctx: TenantContext, queue_id: uuid.
     row = await repository.update(conn, ctx.tenant_id, queue_id, {"is_active": active})
     event_type = "queue.enabled" if active else "queue.disabled"
     await events.record(conn, ctx.tenant_id, event_type, queue_id=queue_id, ticket_id=None, data={})
+    return row
+
+
+async def rotate_join_link(conn: Connection, ctx: TenantContext, queue_id: uuid.UUID) -> Record:
+    """A new self-join link; the old one stops working at once (a printed code is replaced)."""
+    current = await get_queue(conn, ctx, queue_id, for_change=True)
+    if current[self_join.FIELD] is None:
+        raise Conflict(
+            "self-join is off for this queue: set self_join_type_definition_id first",
+            {"field": self_join.FIELD},
+        )
+    row = await repository.update(conn, ctx.tenant_id, queue_id, {"join_token": self_join.new_token()})
+    await events.record(
+        conn,
+        ctx.tenant_id,
+        "queue.updated",
+        queue_id=queue_id,
+        ticket_id=None,
+        data={"changed": ["join_page"]},
+    )
     return row

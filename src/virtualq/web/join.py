@@ -1,0 +1,225 @@
+"""Self-service join: the page at a queue's `join_page`, its QR code, and the public API behind them (no API
+key; the link's token says which queue). See queues/self_join.py and docs/workflows.md."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+
+from virtualq.auth.principal import Principal, Role, Scope, TenantContext
+from virtualq.customers import repository as customers
+from virtualq.db import DB_SCOPE, SystemReadConn, acquire, get_pool, request_state, writing_transaction
+from virtualq.errors import Conflict, NotFound, QueueDisabled, RateLimited
+from virtualq.kit.ids import new_id
+from virtualq.kit.ratelimit import Policy
+from virtualq.kit.routing import error_responses
+from virtualq.kit.schemas import InputModel, JsonObject, Name
+from virtualq.queues import self_join
+from virtualq.queues.estimates import Estimator, minutes_for
+from virtualq.tickets import service as tickets
+from virtualq.tickets.schemas import TicketCreate
+from virtualq.web.router import PAGE_HEADERS, PAGES
+
+pages = APIRouter(include_in_schema=False)
+public = APIRouter(tags=["customer"])
+
+# A token as new_token() makes them; anything else is no link of ours (404 without a database read).
+Token = Annotated[
+    str,
+    Path(
+        min_length=16,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The token in the queue's join_page link.",
+    ),
+]
+NOT_IN_USE = "this join link is not in use (self-join is off, or the link was replaced)"
+
+
+class FormField(BaseModel):
+    name: str = Field(description="The custom_data key.")
+    title: str = Field(description="The schema's title, else the name.")
+    kind: str = Field(description="text, integer, number, boolean or choice.")
+    choices: list[Any] | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class JoinForm(BaseModel):
+    queue_name: str
+    accepting: bool = Field(
+        description="False while the queue is disabled or its self-join type is deactivated: a join is "
+        "refused with 409."
+    )
+    waiting: int = Field(description="Tickets in line now.")
+    estimated_wait_minutes: int | None = Field(
+        description="For someone joining now; null when the queue hides wait times or has no estimate."
+    )
+    show_wait_time: bool
+    fields: list[FormField] = Field(
+        description="What to ask for in custom_data: the type's required fields (optional ones are staff's)."
+    )
+
+
+class JoinRequest(InputModel):
+    fname: Name | None = Field(default=None, examples=["Ana"], description='Shown on the wall as "Ana L.".')
+    lname: Name | None = Field(default=None, examples=["Lopez"])
+    custom_data: JsonObject = Field(
+        default_factory=dict, description="The form's fields, validated against the type's schema."
+    )
+
+
+class JoinedTicket(BaseModel):
+    id: Any
+    display_code: str
+    queue_name: str
+    position: int | None
+    estimated_wait_minutes: int | None = Field(description="Null when the queue hides wait times.")
+    customer_page: str = Field(description="The customer's own page for this ticket (its token included).")
+
+
+def _page(name: str) -> FileResponse:
+    return FileResponse(PAGES / name, media_type="text/html", headers=PAGE_HEADERS)
+
+
+@pages.get("/join/{token}")
+async def join_page(token: str) -> FileResponse:
+    # Any token: a link that is not (or no longer) in use gets the page, which says so.
+    return _page("join.html")
+
+
+@pages.get("/join/{token}/qr.svg")
+async def join_qr(token: Token, request: Request, conn: SystemReadConn) -> Response:
+    """The join link as a QR code to print (SVG). The link is absolute: PUBLIC_BASE_URL if set, else the
+    address this request came to."""
+    if await self_join.queue_by_token(conn, token) is None:
+        raise NotFound(NOT_IN_USE)
+    base = request.app.state.settings.public_base_url or str(request.base_url).rstrip("/")
+    return Response(
+        _qr_svg(f"{base}/join/{token}"),
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _qr_svg(text: str) -> bytes:
+    import qrcode  # type: ignore[import-untyped]  # only the printing of a code needs it
+    from qrcode.image.svg import SvgPathFillImage  # type: ignore[import-untyped]
+
+    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=4)
+    code.add_data(text)
+    code.make(fit=True)
+    out = io.BytesIO()
+    code.make_image(image_factory=SvgPathFillImage).save(out)
+    return out.getvalue()
+
+
+async def _form(conn: Any, queue: Any) -> dict[str, Any]:
+    fields, _ = self_join.form_fields(queue["custom_fields_schema"])
+    estimate = None
+    if queue["show_wait_time"]:
+        estimator = Estimator(conn, queue["tenant_id"])
+        estimator.remember_queue(queue)
+        pair = (queue["id"], queue["self_join_type_definition_id"])
+        await estimator.paces_for([pair])
+        estimate = minutes_for(queue["waiting"] + 1, estimator.pace_of(*pair))
+    return {
+        "queue_name": queue["name"],
+        "accepting": bool(queue["is_active"] and queue["type_is_active"]),
+        "waiting": queue["waiting"],
+        "estimated_wait_minutes": estimate,
+        "show_wait_time": queue["show_wait_time"],
+        "fields": fields,
+    }
+
+
+@public.get("/v1/public/join/{token}", response_model=JoinForm, responses=error_responses(400, 404))
+async def join_form(token: Token, conn: SystemReadConn) -> Any:
+    """What the join page shows: the queue's name, the line, and the fields to ask for (no API key)."""
+    queue = await self_join.queue_by_token(conn, token)
+    if queue is None:
+        raise NotFound(NOT_IN_USE)
+    return await _form(conn, queue)
+
+
+async def _take_join_token(request: Request, queue_id: Any) -> None:
+    """Rate limit per client address and link (a kiosk is one address for every customer it serves)."""
+    settings = request.app.state.settings
+    if settings.self_join_rate_per_minute <= 0:
+        return
+    policy = Policy(settings.self_join_rate_per_minute, settings.self_join_rate_burst)
+    client = request.scope.get("client")
+    address = client[0] if client else "unknown"
+    decision = await request.app.state.rate_limiter.take(f"join:{queue_id}:{address}", policy)
+    request_state(request)["rate_limit"] = decision
+    if not decision.allowed:
+        raise RateLimited(
+            f"too many sign-ins from this address; retry in {decision.retry_after} s",
+            {"retry_after": decision.retry_after, "limit": decision.limit},
+        )
+
+
+@public.post(
+    "/v1/public/join/{token}",
+    status_code=201,
+    response_model=JoinedTicket,
+    responses=error_responses(400, 404, 409, 413, 429),
+)
+async def join_queue(token: Token, body: JoinRequest, request: Request) -> Any:
+    """Take a ticket in the queue whose join link this is (no API key). A name, if given, becomes a new
+    customer (the wall shows "Ana L."); the answer's `customer_page` is the customer's own page. 409 while
+    the queue is closed; 429 after `SELF_JOIN_RATE_PER_MINUTE` joins a minute from one address."""
+    async with acquire(get_pool(request), transaction=False, system=True) as conn:
+        queue = await self_join.queue_by_token(conn, token)
+    if queue is None:
+        raise NotFound(NOT_IN_USE)
+    await _take_join_token(request, queue["id"])
+    if not queue["is_active"]:
+        raise QueueDisabled("the queue is closed and accepts no new tickets", {"queue_id": str(queue["id"])})
+    if not queue["type_is_active"]:
+        raise Conflict("this queue is not taking sign-ins right now", {"queue_id": str(queue["id"])})
+    tenant_id = queue["tenant_id"]
+    state = request_state(request)
+    state["tenant_id"], state["tenant"] = str(tenant_id), tenant_id
+    DB_SCOPE.set(str(tenant_id))  # row-level security: the tenant of the link only
+    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
+    ctx = TenantContext(
+        tenant_id=tenant_id,
+        account_id=queue["account_id"],
+        principal=Principal(None, Scope.TENANT, Role.STAFF, queue["account_id"], tenant_id, None),
+    )
+    async with writing_transaction(request) as conn:
+        customer_id = None
+        if body.fname is not None or body.lname is not None:
+            customer_id = new_id()
+            await customers.insert(
+                conn, customer_id, ctx.account_id, {"fname": body.fname, "lname": body.lname}
+            )
+        create = TicketCreate.model_construct(
+            tenant_id=None,
+            # uuid.UUID, as a parsed body holds: the insert sends the ticket as JSON, which knows no other.
+            queue_id=uuid.UUID(bytes=queue["id"].bytes),
+            type_definition_id=uuid.UUID(bytes=queue["self_join_type_definition_id"].bytes),
+            customer_id=customer_id,
+            references_ticket_id=None,
+            custom_data=body.custom_data,
+            estimated_wait_minutes=None,
+            ttl_minutes=None,
+        )
+        ticket = await tickets.create_ticket(conn, ctx, create, request.app.state.create_batching)
+    return {
+        "id": ticket["id"],
+        "display_code": ticket["display_code"],
+        "queue_name": queue["name"],
+        "position": ticket.get("position"),
+        "estimated_wait_minutes": ticket["estimated_wait_minutes"] if queue["show_wait_time"] else None,
+        "customer_page": ticket["customer_page"],
+    }

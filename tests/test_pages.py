@@ -585,6 +585,11 @@ async def test_customers_join_by_themselves_on_a_phone_and_at_a_kiosk(
     )
 
     # A phone, from the QR code: the form asks for the name and the required fields only.
+    keys: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: keys.append(r.headers.get("idempotency-key")) if r.method == "POST" else None,
+    )
     await page.goto(live_server.url + queue["join_page"])
     await expect(page.locator("#queue")).to_have_text("Tables", timeout=5000)
     await expect(page.locator("#line")).to_have_text("Nobody is waiting · about 4 min")
@@ -604,6 +609,8 @@ async def test_customers_join_by_themselves_on_a_phone_and_at_a_kiosk(
     await expect(page.locator("#code")).to_have_text("T001", timeout=5000)
     await expect(page.locator("#place")).to_contain_text("You are next")
     ticket_id = page.url.split("/t/")[1].split("?")[0]
+    assert len(keys) == 1, keys
+    assert re.fullmatch(r"[0-9a-f]{32}", keys[0] or ""), keys  # a retry of this form would join once
     ticket = await t.get(f"/v1/tickets/{ticket_id}")
     assert ticket["custom_data"] == {"party_size": 3, "seating": "terrace", "high_chair": True}
     monitor = await t.get(f"/v1/queues/{queue['id']}/monitor")

@@ -413,3 +413,39 @@ async def test_the_public_operations_are_documented_without_a_key(client: httpx.
         public["/v1/public/join/{token}"]["post"]["responses"]
     )
     assert paths["/v1/queues/{queue_id}"]["get"]["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}]
+
+
+async def test_a_retried_join_with_an_idempotency_key_makes_one_ticket(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """A phone that lost the answer sends the join again with the same key: one ticket, the first answer.
+    Everyone at the door shares the link, so its keys must be long enough to be random."""
+    t, queue, _ = await restaurant(client, api)
+    _, other, _ = await restaurant(client, api)
+    url = f"/v1/public/join/{token_of(queue)}"
+    key = uuid.uuid4().hex
+    answers = await asyncio.gather(
+        *(client.post(url, json=GOOD, headers={"Idempotency-Key": key}) for _ in range(5))
+    )
+    assert [a.status_code for a in answers] == [201] * 5
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sorted(a.headers.get("idempotent-replayed", "") for a in answers) == [""] + ["true"] * 4
+    assert await counts(db, t) == (1, 1)
+
+    body = assert_error(
+        await client.post(url, json={**GOOD, "fname": "Ben"}, headers={"Idempotency-Key": key}),
+        409,
+        "idempotency_conflict",
+    )
+    assert body["details"] == {"field": "Idempotency-Key"}
+    body = assert_error(
+        await client.post(url, json=GOOD, headers={"Idempotency-Key": "x" * 31}), 400, "validation_error"
+    )
+    assert "32" in body["message"]
+    # The same key on another link is another request.
+    elsewhere = ok(
+        await client.post(f"/v1/public/join/{token_of(other)}", json=GOOD, headers={"Idempotency-Key": key}),
+        201,
+    )
+    assert elsewhere["id"] != answers[0].json()["id"]
+    assert await counts(db, t) == (1, 1)

@@ -11,6 +11,9 @@ so two callers never share keys, and a revoked key cannot replay anything. The f
 
 Concurrent retries of the same key wait for the first one and answer with its stored response. A retry with
 a different body is 409 `idempotency_conflict`. Keys are kept 24 hours.
+
+A self-join (`POST /v1/public/join/{token}`) has no API key: its keys belong to the link, and must be at
+least 32 characters, since everyone at the door shares the link (a random key cannot be hit by someone else).
 """
 
 from __future__ import annotations
@@ -72,7 +75,15 @@ SELECT fingerprint, state, lease_until < now() AS lapsed, response_status, respo
 """
 
 
+# Keyless POSTs whose link is the credential (web/join.py); their keys must be long enough not to collide.
+PUBLIC_LINKS = "/v1/public/join/"
+PUBLIC_KEY_MIN = 32
+
+
 def _credential(scope: Scope) -> str | None:
+    path: str = scope["path"]
+    if path.startswith(PUBLIC_LINKS):
+        return path  # the link: everyone using it shares its keys, so they must be random
     try:
         return presented_key(Headers(scope=scope))
     except Unauthorized:
@@ -93,13 +104,17 @@ class IdempotencyMiddleware:
             # No key or no credential: the request runs as usual (refused with 401 if unauthenticated).
             await self.app(scope, receive, send)
             return
-        if not _VALID_KEY.fullmatch(key):
+        public = credential.startswith(PUBLIC_LINKS)
+        if not _VALID_KEY.fullmatch(key) or (public and len(key) < PUBLIC_KEY_MIN):
             await _send_error(
                 scope,
                 send,
                 400,
                 "validation_error",
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                f"Idempotency-Key must be {PUBLIC_KEY_MIN} to 255 visible ASCII characters on a public link "
+                "(a random UUID will do)"
+                if public
+                else "Idempotency-Key must be 1 to 255 visible ASCII characters",
                 {"field": "Idempotency-Key"},
             )
             return
@@ -265,6 +280,8 @@ async def _admitted(scope: Scope, send: Send) -> bool:
     """Whether the caller may have an answer from the store (a replay, or a 409 about the key): its key is
     authenticated as the request itself would be, so the answer costs a rate-limit token and carries the
     X-RateLimit-* headers like any other (PRODUCT §6); otherwise the refusal (401, 403, 429) is sent."""
+    if scope["path"].startswith(PUBLIC_LINKS):
+        return True  # no key to check: the link is the permission, and the key was random
     request = Request(scope)
     try:
         await authenticate(request)

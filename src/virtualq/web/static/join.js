@@ -15,6 +15,11 @@
   const button = document.getElementById("join");
   let fields = [];
   let reset = null;
+  let attempt = null;  // the Idempotency-Key of this filled-in form: a retry after a lost answer joins once
+
+  function randomKey() {  // crypto.randomUUID needs HTTPS; this works on any page
+    return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
 
   function describeLine(info) {
     const waiting = info.waiting === 0 ? "Nobody is waiting" : info.waiting === 1 ? "1 person is waiting" : info.waiting + " people are waiting";
@@ -107,10 +112,13 @@
     button.disabled = true;
     status.textContent = "";
     try {
+      attempt = attempt || randomKey();
       const ticket = await VQ.api("/v1/public/join/" + encodeURIComponent(token), {
         method: "POST",
+        headers: { "Idempotency-Key": attempt },
         body: { fname: text("fname"), lname: text("lname"), custom_data: custom },
       });
+      attempt = null;
       if (!kiosk) {
         location.assign(ticket.customer_page);
         return;
@@ -133,7 +141,7 @@
     joined.hidden = true;
     load();
   }
-  form.addEventListener("input", () => { status.textContent = ""; });
+  form.addEventListener("input", () => { status.textContent = ""; attempt = null; });
   document.getElementById("next").addEventListener("click", next);
   load();
 })();

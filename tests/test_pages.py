@@ -584,6 +584,16 @@ async def test_customers_join_by_themselves_on_a_phone_and_at_a_kiosk(
         manual_wait_minutes=4,
     )
 
+    # The wall shows the link's QR code (a display key reads the queue's join_page).
+    display_key = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id)
+    wall = await page.context.new_page()
+    await wall.goto(f"{live_server.url}/display/queues/{queue['id']}#key={display_key}")
+    qr = wall.locator("#join-qr")
+    await expect(qr).to_be_visible(timeout=5000)
+    await expect(qr).to_have_attribute("src", queue["join_page"] + "/qr.svg")
+    assert await qr.evaluate("img => img.naturalWidth") > 0  # the image loaded (the page's policy allows it)
+    await shot(wall, "display-join")
+
     # A phone, from the QR code: the form asks for the name and the required fields only.
     keys: list[str | None] = []
     page.on(
@@ -639,6 +649,14 @@ async def test_customers_join_by_themselves_on_a_phone_and_at_a_kiosk(
         "This line is not taking sign-ins right now.", timeout=5000
     )
     await expect(page.locator("#form")).to_be_hidden()
-    ok(await client.post(f"/v1/queues/{queue['id']}/rotate-join-link", headers=t.h))
+    rotated = ok(await client.post(f"/v1/queues/{queue['id']}/rotate-join-link", headers=t.h))
     await page.reload()
     await expect(page.locator("#status")).to_have_text("This join link is not in use.", timeout=5000)
+    # The wall follows: the new code at once, none once self-join is off.
+    await expect(qr).to_have_attribute("src", rotated["join_page"] + "/qr.svg", timeout=FAST)
+    ok(
+        await client.patch(
+            f"/v1/queues/{queue['id']}", json={"self_join_type_definition_id": None}, headers=t.h
+        )
+    )
+    await expect(wall.locator("#join")).to_be_hidden(timeout=FAST)

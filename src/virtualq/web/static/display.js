@@ -99,19 +99,39 @@
       + (state ? " — " + state.replace(/_/g, " ") : "");
   }
 
+  // The first queue's self-join QR code, while it has one (`?qr=0`: never). Its link can change (turned
+  // off, replaced): read again on the queue's `queue.updated` and after a reconnect.
+  const joinBox = document.getElementById("join");
+  const joinQr = document.getElementById("join-qr");
+  const showQr = new URLSearchParams(location.search).get("qr") !== "0";
+  async function loadJoin() {
+    if (!showQr) return;
+    try {
+      const queue = await VQ.api("/v1/queues/" + pathId, { key });
+      // The code is served by this server whatever PUBLIC_BASE_URL says (the page allows its own images).
+      const src = queue.join_page ? new URL(queue.join_page, location.origin).pathname + "/qr.svg" : null;
+      if (src && joinQr.getAttribute("src") !== src) joinQr.src = src;
+      joinBox.hidden = !src;
+    } catch (error) {
+      joinBox.hidden = true;
+    }
+  }
+
   const later = VQ.debounce(refresh, 30);
   VQ.follow("/v1/events/stream", headers, (type, event) => {
     const data = event.data || {};
     // A forward is filed under the queue the ticket joined: the queue it left must redraw too.
     if (!queueIds.includes(event.queue_id) && !queueIds.includes(data.previous_queue_id)) return;
+    if (type === "queue.updated" && event.queue_id === pathId) loadJoin();
     if (type === "ticket.state_changed" && data.previous_state && (data.state_category === "in_service" || data.state_category === "ready")) {
       announce(data.display_code, data.current_state, data.counter);
     }
     later();
   }, {
-    onOpen: (reconnected) => { refused = false; status.textContent = ""; if (reconnected) refresh(); },
+    onOpen: (reconnected) => { refused = false; status.textContent = ""; if (reconnected) { refresh(); loadJoin(); } },
     onDown: () => { if (!refused) status.textContent = "Reconnecting…"; },
     onRefused: (error) => { refuse(error); },
   });
   refresh();
+  loadJoin();
 })();

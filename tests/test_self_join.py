@@ -142,6 +142,12 @@ async def test_refused_joins_change_nothing(
         (data(party_size=13, seating="terrace"), 400, "validation_error"),
         (data(party_size="2", seating="terrace"), 400, "validation_error"),
         (data(party_size=2, seating="roof"), 400, "validation_error"),
+        (
+            data(party_size=2, seating="inside", note="VIP, seat first"),
+            400,
+            "validation_error",
+        ),  # staff's field
+        (data(party_size=2, seating="inside", made_up="x"), 400, "validation_error"),
         ({"content": huge, "headers": json_header}, 413, "payload_too_large"),
     ]
     for request, status, code in cases:
@@ -152,6 +158,12 @@ async def test_refused_joins_change_nothing(
         "validation_error",
     )
     assert body["details"]["custom_data"][0]["path"] == "party_size"
+    body = assert_error(
+        await client.post(url, json={**GOOD, "custom_data": {**GOOD["custom_data"], "note": "VIP", "x": 1}}),
+        400,
+        "validation_error",
+    )
+    assert body["details"] == {"field": "custom_data", "unknown": ["note", "x"]}
 
     # Tokens: a malformed one is a 400 before any read; one of the right shape that is no link, a 404.
     for bad in ("short", "x" * 65, "abc$def0123456789"):
@@ -208,17 +220,34 @@ async def test_a_closed_queue_or_a_retired_type_takes_no_sign_ins(
     url = f"/v1/public/join/{token_of(queue)}"
     ok(await client.post(f"/v1/queues/{queue['id']}/disable", headers=t.h))
     assert ok(await client.get(url))["accepting"] is False
-    assert_error(await client.post(url, json=GOOD), 409, "queue_disabled")
+    assert assert_error(await client.post(url, json=GOOD), 409, "queue_disabled")["details"] == {}
     ok(await client.post(f"/v1/queues/{queue['id']}/enable", headers=t.h))
     assert ok(await client.get(url))["accepting"] is True
 
     ok(await client.patch(f"/v1/type-definitions/{type_id}", json={"is_active": False}, headers=t.h))
     assert ok(await client.get(url))["accepting"] is False
-    assert_error(await client.post(url, json=GOOD), 409, "conflict")
+    assert assert_error(await client.post(url, json=GOOD), 409, "conflict")["details"] == {}  # no ids
+    ok(await client.patch(f"/v1/type-definitions/{type_id}", json={"is_active": True}, headers=t.h))
+
+    # The type changed after it was chosen, so that it no longer fits: its tickets would skip the line, or
+    # the form could not ask for a field it requires. The link refuses until the type fits again.
+    type_path = f"/v1/type-definitions/{type_id}"
+    skipping = {**FOOD_ORDER_FSM, "categories": {FOOD_ORDER_FSM["init"]: "in_service"}}
+    unaskable = {**SCHEMA, "properties": {**SCHEMA["properties"], "address": {"type": "object"}}}
+    unaskable["required"] = [*SCHEMA["required"], "address"]
+    for change in ({"fsm_schema": skipping}, {"custom_fields_schema": unaskable}):
+        ok(await client.patch(type_path, json=change, headers=t.h))
+        assert ok(await client.get(url))["accepting"] is False
+        assert_error(await client.post(url, json=GOOD), 409, "conflict")
+        ok(
+            await client.patch(
+                type_path, json={"fsm_schema": FOOD_ORDER_FSM, "custom_fields_schema": SCHEMA}, headers=t.h
+            )
+        )
+        assert ok(await client.get(url))["accepting"] is True
     assert await counts(db, t) == (0, 0)
 
     # A deactivated tenant's link is no link.
-    ok(await client.patch(f"/v1/type-definitions/{type_id}", json={"is_active": True}, headers=t.h))
     ok(await api.client.patch(f"/v1/tenants/{t.id}", json={"is_active": False}, headers=auth(api.admin_key)))
     assert_error(await client.get(url), 404, "not_found")
     assert_error(await client.post(url, json=GOOD), 404, "not_found")
@@ -354,9 +383,13 @@ async def test_joins_are_limited_per_address(database_dsn: str, client: httpx.As
         body = assert_error(refused, 429, "rate_limited")
         assert int(refused.headers["retry-after"]) >= 1
         assert body["details"]["limit"] == 2
-        # Another queue's link has its own bucket; reading the form is not limited.
+        # Another queue's link has its own bucket; reading the form and the QR code has one of its own,
+        # three times as large (a kiosk reads the form again after each join).
         ok(await limited.post(f"/v1/public/join/{token_of(other_queue)}", json=GOOD), 201)
-        ok(await limited.get(url))
+        for _ in range(3):
+            ok(await limited.get(url))
+            assert (await limited.get(f"{queue['join_page']}/qr.svg")).status_code == 200
+        assert_error(await limited.get(url), 429, "rate_limited")
     form = ok(await client.get(url))
     assert form["waiting"] == 2  # the refused join wrote nothing
 
@@ -376,6 +409,10 @@ async def test_the_qr_code_holds_the_whole_link(
         out = io.BytesIO()
         code.make_image(image_factory=SvgPathFillImage).save(out)
         return out.getvalue()
+
+    # A Host too long for a code (without PUBLIC_BASE_URL the link is built from it): a 400, not a 500.
+    long_host = await client.get(f"{queue['join_page']}/qr.svg", headers={"Host": "h" * 250 + ".example"})
+    assert assert_error(long_host, 400, "validation_error")["details"] == {"field": "Host"}
 
     answer = await client.get(f"{queue['join_page']}/qr.svg")
     assert answer.status_code == 200
@@ -449,3 +486,32 @@ async def test_a_retried_join_with_an_idempotency_key_makes_one_ticket(
     )
     assert elsewhere["id"] != answers[0].json()["id"]
     assert await counts(db, t) == (1, 1)
+
+
+async def test_a_link_replaced_during_a_join_takes_no_ticket(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, monkeypatch: Any
+) -> None:
+    """The link is read before the join's transaction; replaced in between, it must not take the ticket
+    (it "stops working at once"). Neither does a stored answer of the old link replay."""
+    from virtualq.queues import self_join
+
+    t, queue, _ = await restaurant(client, api)
+    token = token_of(queue)
+    key = uuid.uuid4().hex
+    ok(await client.post(f"/v1/public/join/{token}", json=GOOD, headers={"Idempotency-Key": key}), 201)
+    read = self_join.queue_by_token
+
+    async def read_then_rotate(conn: Any, given: str) -> Any:
+        found = await read(conn, given)
+        await db.execute(
+            "UPDATE queues SET join_token = $1 WHERE id = $2", self_join.new_token(), uuid.UUID(queue["id"])
+        )
+        return found
+
+    monkeypatch.setattr(self_join, "queue_by_token", read_then_rotate)
+    assert_error(await client.post(f"/v1/public/join/{token}", json=GOOD), 404, "not_found")
+    monkeypatch.setattr(self_join, "queue_by_token", read)
+    assert await counts(db, t) == (1, 1)
+    # The first join's retry, after the link was replaced: the link answers nothing any more.
+    replay = await client.post(f"/v1/public/join/{token}", json=GOOD, headers={"Idempotency-Key": key})
+    assert_error(replay, 404, "not_found")

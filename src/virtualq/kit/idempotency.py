@@ -39,6 +39,7 @@ from virtualq.errors import AppError, Unauthorized, Unavailable
 from virtualq.kit.exception_handlers import handler_for
 from virtualq.kit.middleware import header, replay_body, send_error
 from virtualq.logging import get_logger
+from virtualq.queues import self_join
 
 HEADER = b"idempotency-key"
 KEEP = "24 hours"
@@ -104,7 +105,7 @@ class IdempotencyMiddleware:
             # No key or no credential: the request runs as usual (refused with 401 if unauthenticated).
             await self.app(scope, receive, send)
             return
-        public = credential.startswith(PUBLIC_LINKS)
+        public = scope["path"].startswith(PUBLIC_LINKS)
         if not _VALID_KEY.fullmatch(key) or (public and len(key) < PUBLIC_KEY_MIN):
             await _send_error(
                 scope,
@@ -280,8 +281,15 @@ async def _admitted(scope: Scope, send: Send) -> bool:
     """Whether the caller may have an answer from the store (a replay, or a 409 about the key): its key is
     authenticated as the request itself would be, so the answer costs a rate-limit token and carries the
     X-RateLimit-* headers like any other (PRODUCT §6); otherwise the refusal (401, 403, 429) is sent."""
-    if scope["path"].startswith(PUBLIC_LINKS):
-        return True  # no key to check: the link is the permission, and the key was random
+    path: str = scope["path"]
+    if path.startswith(PUBLIC_LINKS):
+        # No key to check: the link is the permission (and the key was random). A link replaced or switched
+        # off since answers nothing any more, its stored answers included.
+        async with acquire(scope["app"].state.pool, transaction=False, system=True) as conn:
+            live = await self_join.queue_by_token(conn, path.removeprefix(PUBLIC_LINKS))
+        if live is None:
+            await _send_error(scope, send, 404, "not_found", self_join.NOT_IN_USE, {})
+        return live is not None
     request = Request(scope)
     try:
         await authenticate(request)

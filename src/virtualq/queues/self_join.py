@@ -19,6 +19,7 @@ from virtualq.type_definitions import repository as types
 from virtualq.type_definitions.compiled import compiled
 
 FIELD = "self_join_type_definition_id"
+NOT_IN_USE = "this join link is not in use (self-join is off, or the link was replaced)"
 SIMPLE_TYPES = {"string": "text", "integer": "integer", "number": "number", "boolean": "boolean"}
 
 
@@ -113,10 +114,37 @@ async def check_type(
         )
 
 
+def fits(type_row: Record) -> bool:
+    """Whether a self-join type (its row from JOIN_SQL) still passes `check_type`'s rules: it may have been
+    changed since it was chosen (its first state out of the line, a field no form can ask for)."""
+    if not type_row["type_is_active"] or type_row["fsm_schema"] is None:
+        return False
+    machine = compiled(
+        type_row["self_join_type_definition_id"],
+        type_row["type_version"],
+        type_row["fsm_schema"],
+        type_row["custom_fields_schema"],
+    ).machine
+    if machine is None or machine.category(machine.init) is not Category.WAITING:
+        return False
+    return not form_fields(type_row["custom_fields_schema"])[1]
+
+
+def check_answers(custom_data: dict[str, Any], fields: list[dict[str, Any]]) -> None:
+    """400 for custom data the form does not ask for: the type's other fields are for staff to fill."""
+    asked = {field["name"] for field in fields}
+    unknown = sorted(key for key in custom_data if key not in asked)
+    if unknown:
+        raise ValidationFailed(
+            "custom_data may hold only the join form's fields: " + ", ".join(sorted(asked) or ["none"]),
+            {"field": "custom_data", "unknown": unknown[:20]},
+        )
+
+
 JOIN_SQL = """
 SELECT q.tenant_id, q.id, q.name, q.is_active, q.show_wait_time, q.wait_estimation_method,
        q.manual_wait_minutes, q.self_join_type_definition_id, te.account_id,
-       td.custom_fields_schema, td.is_active AS type_is_active,
+       td.custom_fields_schema, td.fsm_schema, td.version AS type_version, td.is_active AS type_is_active,
        queue_waiting_count(q.tenant_id, q.id) AS waiting
   FROM queues q JOIN tenants te ON te.id = q.tenant_id
   JOIN accounts a ON a.id = te.account_id
@@ -129,3 +157,16 @@ async def queue_by_token(conn: Connection, token: str) -> Record | None:
     """The queue whose join link carries `token`, while self-join is on (any tenant: a system read)."""
     row: Record | None = await conn.fetchrow(JOIN_SQL, token)
     return row
+
+
+# In the join's own transaction: the link is still this queue's, for this type, and stays so until the
+# ticket commits (a rotation or switching self-join off waits for the row lock, and then takes effect).
+LIVE_SQL = """
+SELECT true FROM queues
+ WHERE tenant_id = $1 AND id = $2 AND join_token = $3 AND self_join_type_definition_id = $4
+   FOR SHARE
+"""
+
+
+async def still_live(conn: Connection, queue: Record, token: str) -> bool:
+    return bool(await conn.fetchval(LIVE_SQL, queue["tenant_id"], queue["id"], token, queue[FIELD]))

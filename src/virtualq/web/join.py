@@ -3,8 +3,10 @@ key; the link's token says which queue). See queues/self_join.py and docs/workfl
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
+from collections import OrderedDict
 from typing import Annotated, Any
 
 import structlog
@@ -14,8 +16,8 @@ from pydantic import BaseModel, Field
 
 from virtualq.auth.principal import Principal, Role, Scope, TenantContext
 from virtualq.customers import repository as customers
-from virtualq.db import DB_SCOPE, SystemReadConn, acquire, get_pool, request_state, writing_transaction
-from virtualq.errors import Conflict, NotFound, QueueDisabled, RateLimited
+from virtualq.db import DB_SCOPE, acquire, get_pool, request_state, writing_transaction
+from virtualq.errors import Conflict, NotFound, QueueDisabled, RateLimited, ValidationFailed
 from virtualq.kit.ids import new_id
 from virtualq.kit.ratelimit import Policy
 from virtualq.kit.routing import error_responses
@@ -29,7 +31,7 @@ from virtualq.web.router import PAGE_HEADERS, PAGES
 pages = APIRouter(include_in_schema=False)
 public = APIRouter(tags=["customer"])
 
-# A token as new_token() makes them; anything else is no link of ours (404 without a database read).
+# A token as new_token() makes them; anything else is refused (400) before any database read.
 Token = Annotated[
     str,
     Path(
@@ -39,7 +41,7 @@ Token = Annotated[
         description="The token in the queue's join_page link.",
     ),
 ]
-NOT_IN_USE = "this join link is not in use (self-join is off, or the link was replaced)"
+NOT_IN_USE = self_join.NOT_IN_USE
 
 
 class FormField(BaseModel):
@@ -56,8 +58,8 @@ class FormField(BaseModel):
 class JoinForm(BaseModel):
     queue_name: str
     accepting: bool = Field(
-        description="False while the queue is disabled or its self-join type is deactivated: a join is "
-        "refused with 409."
+        description="False while the queue is disabled, or its self-join type is deactivated or no longer "
+        "fits (changed since it was chosen): a join is refused with 409."
     )
     waiting: int = Field(description="Tickets in line now.")
     estimated_wait_minutes: int | None = Field(
@@ -96,15 +98,35 @@ async def join_page(token: str) -> FileResponse:
     return _page("join.html")
 
 
+# A base longer than this (a forged or odd Host header, without PUBLIC_BASE_URL) makes no QR code.
+MAX_QR_BASE = 200
+_qr_cache: OrderedDict[str, bytes] = OrderedDict()
+QR_CACHE_SIZE = 256
+
+
 @pages.get("/join/{token}/qr.svg")
-async def join_qr(token: Token, request: Request, conn: SystemReadConn) -> Response:
+async def join_qr(token: Token, request: Request) -> Response:
     """The join link as a QR code to print (SVG). The link is absolute: PUBLIC_BASE_URL if set, else the
-    address this request came to."""
-    if await self_join.queue_by_token(conn, token) is None:
+    address this request came to (set PUBLIC_BASE_URL before printing one)."""
+    async with acquire(get_pool(request), transaction=False, system=True) as conn:
+        queue = await self_join.queue_by_token(conn, token)
+    if queue is None:
         raise NotFound(NOT_IN_USE)
+    await _take(request, "read", queue["id"], READS_PER_JOIN)
     base = request.app.state.settings.public_base_url or str(request.base_url).rstrip("/")
+    if len(base) > MAX_QR_BASE:
+        raise ValidationFailed(
+            "this address is too long for a QR code; set PUBLIC_BASE_URL", {"field": "Host"}
+        )
+    link = f"{base}/join/{token}"
+    svg = _qr_cache.get(link)
+    if svg is None:
+        svg = await asyncio.to_thread(_qr_svg, link)  # ~15 ms of pure Python: off the event loop
+        _qr_cache[link] = svg
+        if len(_qr_cache) > QR_CACHE_SIZE:
+            _qr_cache.popitem(last=False)
     return Response(
-        _qr_svg(f"{base}/join/{token}"),
+        svg,
         media_type="image/svg+xml",
         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
@@ -133,7 +155,7 @@ async def _form(conn: Any, queue: Any) -> dict[str, Any]:
         estimate = minutes_for(queue["waiting"] + 1, estimator.pace_of(*pair))
     return {
         "queue_name": queue["name"],
-        "accepting": bool(queue["is_active"] and queue["type_is_active"]),
+        "accepting": bool(queue["is_active"] and self_join.fits(queue)),
         "waiting": queue["waiting"],
         "estimated_wait_minutes": estimate,
         "show_wait_time": queue["show_wait_time"],
@@ -142,27 +164,36 @@ async def _form(conn: Any, queue: Any) -> dict[str, Any]:
 
 
 @public.get("/v1/public/join/{token}", response_model=JoinForm, responses=error_responses(400, 404))
-async def join_form(token: Token, conn: SystemReadConn) -> Any:
-    """What the join page shows: the queue's name, the line, and the fields to ask for (no API key)."""
-    queue = await self_join.queue_by_token(conn, token)
-    if queue is None:
-        raise NotFound(NOT_IN_USE)
-    return await _form(conn, queue)
+async def join_form(token: Token, request: Request) -> Any:
+    """What the join page shows: the queue's name, the line, and the fields to ask for (no API key).
+    `accepting` is false while the queue is closed or its self-join type no longer fits (deactivated, or
+    changed so that its tickets no longer start in line or a form cannot ask for its required fields)."""
+    async with acquire(get_pool(request), transaction=False, system=True) as conn:
+        queue = await self_join.queue_by_token(conn, token)
+        if queue is None:
+            raise NotFound(NOT_IN_USE)
+        await _take(request, "read", queue["id"], READS_PER_JOIN)
+        return await _form(conn, queue)
 
 
-async def _take_join_token(request: Request, queue_id: Any) -> None:
+# Reading the form or the QR code draws from a bucket of its own, this many times the joins' (a kiosk
+# reads the form again after each join).
+READS_PER_JOIN = 3
+
+
+async def _take(request: Request, bucket: str, queue_id: Any, scale: int = 1) -> None:
     """Rate limit per client address and link (a kiosk is one address for every customer it serves)."""
     settings = request.app.state.settings
     if settings.self_join_rate_per_minute <= 0:
         return
-    policy = Policy(settings.self_join_rate_per_minute, settings.self_join_rate_burst)
+    policy = Policy(settings.self_join_rate_per_minute * scale, settings.self_join_rate_burst * scale)
     client = request.scope.get("client")
     address = client[0] if client else "unknown"
-    decision = await request.app.state.rate_limiter.take(f"join:{queue_id}:{address}", policy)
+    decision = await request.app.state.rate_limiter.take(f"{bucket}:{queue_id}:{address}", policy)
     request_state(request)["rate_limit"] = decision
     if not decision.allowed:
         raise RateLimited(
-            f"too many sign-ins from this address; retry in {decision.retry_after} s",
+            f"too many requests from this address; retry in {decision.retry_after} s",
             {"retry_after": decision.retry_after, "limit": decision.limit},
         )
 
@@ -181,11 +212,13 @@ async def join_queue(token: Token, body: JoinRequest, request: Request) -> Any:
         queue = await self_join.queue_by_token(conn, token)
     if queue is None:
         raise NotFound(NOT_IN_USE)
-    await _take_join_token(request, queue["id"])
+    await _take(request, "join", queue["id"])
+    # The refusals name no ids: the link is all the public knows of the queue.
     if not queue["is_active"]:
-        raise QueueDisabled("the queue is closed and accepts no new tickets", {"queue_id": str(queue["id"])})
-    if not queue["type_is_active"]:
-        raise Conflict("this queue is not taking sign-ins right now", {"queue_id": str(queue["id"])})
+        raise QueueDisabled("the queue is closed and accepts no new tickets")
+    if not self_join.fits(queue):
+        raise Conflict("this queue is not taking sign-ins right now")
+    self_join.check_answers(body.custom_data, self_join.form_fields(queue["custom_fields_schema"])[0])
     tenant_id = queue["tenant_id"]
     state = request_state(request)
     state["tenant_id"], state["tenant"] = str(tenant_id), tenant_id
@@ -197,6 +230,8 @@ async def join_queue(token: Token, body: JoinRequest, request: Request) -> Any:
         principal=Principal(None, Scope.TENANT, Role.STAFF, queue["account_id"], tenant_id, None),
     )
     async with writing_transaction(request) as conn:
+        if not await self_join.still_live(conn, queue, token):
+            raise NotFound(NOT_IN_USE)  # replaced or switched off since it was read
         customer_id = None
         if body.fname is not None or body.lname is not None:
             customer_id = new_id()

@@ -329,6 +329,22 @@ async def test_a_call_from_a_counter_tells_the_wall_and_the_customer_where_to_go
         assert (await s.t.get(f"/v1/tickets/{first['id']}"))["counter"] == "Desk 2"
         await no_serious_violations(console)
 
+        # The customer has not come: "recall" calls them again, on the wall and on their own page.
+        await wall.evaluate("document.getElementById('announcer').textContent = ''")
+        await expect(
+            console.locator(f"tr[data-code='{second['display_code']}'] button.recall")
+        ).to_have_count(0)
+        await console.locator(f"tr[data-code='{code}'] button.recall").click()
+        await expect(console.locator("#message")).to_have_text(f"Recalled {code}", timeout=FAST)
+        await expect(wall.locator("#announcer")).to_contain_text(
+            f"Now calling {code}, please go to Desk 2", timeout=FAST
+        )
+        await expect(wall.locator("#calling li").first).to_have_attribute("data-code", code)
+        await expect(phone.locator("#turn")).to_have_text(
+            "You are being called again! It's your turn! Please go to Desk 2.", timeout=FAST
+        )
+        assert (await s.t.get("/v1/events", type="ticket.recalled"))["data"][0]["ticket_id"] == first["id"]
+
         # The counter stays with this browser: a console opened again calls to it too.
         again = await context.new_page()
         await again.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={s.keys['staff']}")

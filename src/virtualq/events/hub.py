@@ -38,6 +38,8 @@ BATCH = 500
 BEHIND_RETRY_SECONDS = 0.02
 HEARTBEAT_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
 PING = b"event: changed\ndata: {}\n\n"
+# To a ping-only subscriber following one ticket (the customer's page): that ticket was called again.
+RECALLED = b"event: recalled\ndata: {}\n\n"
 # A publish after a commit waits no longer than this (redis-py's own socket timeout is 5 s).
 PUBLISH_TIMEOUT_SECONDS = 0.5
 # A notification that API keys (or their accounts/tenants) changed: every process drops its key cache.
@@ -278,7 +280,12 @@ class EventHub:
                 if subscriber.dropped or not subscriber.wants(event):
                     continue
                 if subscriber.ping_only:
-                    message = PING
+                    recalled = (
+                        event["type"] == "ticket.recalled"
+                        and subscriber.ticket_id is not None
+                        and event["ticket_id"] == str(subscriber.ticket_id)
+                    )
+                    message = RECALLED if recalled else PING
                 elif subscriber.display:
                     message = safe = safe or sse_message(display_safe(event))
                 else:

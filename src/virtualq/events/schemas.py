@@ -21,6 +21,7 @@ EventTypeName = Literal[
     "ticket.cancelled",
     "ticket.expired",
     "ticket.wait_exceeded",
+    "ticket.recalled",
     "item.created",
     "item.state_changed",
     "item.deleted",

@@ -28,7 +28,7 @@ from virtualq.queues.estimates import forget_queue
 from virtualq.tickets import line_repository as line
 from virtualq.tickets import repository as tickets
 from virtualq.tickets.rules import Effects, effects_of
-from virtualq.tickets.schemas import CallNextRequest, ForwardRequest, ReorderRequest
+from virtualq.tickets.schemas import CallNextRequest, ForwardRequest, RecallRequest, ReorderRequest
 from virtualq.tickets.service import (
     _apply,
     _compile,
@@ -327,4 +327,23 @@ async def assign(
     if employee_id is not None:
         await check_employee(conn, ctx.tenant_id, employee_id)
     row = await line.set_employee(conn, ctx.tenant_id, ticket_id, employee_id, locked["employee_id"])
+    return await annotated(conn, ctx, row)
+
+
+# Who has been called and is still expected at a counter.
+CALLED = (Category.IN_SERVICE, Category.READY)
+
+
+async def recall(
+    conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID, body: RecallRequest
+) -> dict[str, Any]:
+    """Call a called ticket again (the customer did not come): ticket.recalled tells the wall to announce it
+    again and the customer's page to say so. The state does not change."""
+    locked = await _locked(conn, ctx, ticket_id)
+    if Category(locked["state_category"]) not in CALLED:
+        raise Conflict(
+            "only a called ticket (in service or ready) can be recalled",
+            {"current_state": locked["current_state"], "state_category": locked["state_category"]},
+        )
+    row = await line.recall(conn, ctx.tenant_id, ticket_id, body.counter, ctx.principal.employee_id)
     return await annotated(conn, ctx, row)

@@ -266,3 +266,33 @@ async def set_employee(
     )
     EVENTS_WRITTEN.set(True)
     return row
+
+
+RECALL_EVENT = ticket_event(
+    "'ticket.recalled'", "jsonb_build_object('counter', counter, 'employee_id', $4::uuid)"
+)
+
+
+async def recall(
+    conn: Connection,
+    tenant_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    counter: str | None,
+    employee_id: uuid.UUID | None,
+) -> Record:
+    """Call a called ticket again (its counter changed if given), and write ticket.recalled, in one
+    statement."""
+    row = await fetch_returning(
+        conn,
+        f"""WITH t AS (UPDATE tickets SET counter = coalesce($3, counter), version = version + 1,
+                               updated_at = now()
+                        WHERE tenant_id = $1 AND id = $2 RETURNING *),
+                 {RECALL_EVENT}
+            SELECT {TICKET_COLUMNS}, {POSITION} FROM t""",
+        tenant_id,
+        ticket_id,
+        counter,
+        employee_id,
+    )
+    EVENTS_WRITTEN.set(True)
+    return row

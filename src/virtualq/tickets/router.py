@@ -34,6 +34,7 @@ from virtualq.tickets.schemas import (
     Item,
     ItemCreate,
     ItemUpdate,
+    RecallRequest,
     ReorderedTicket,
     ReorderRequest,
     Ticket,
@@ -303,6 +304,23 @@ async def assign_ticket(
     """Assign an active employee of the tenant (400 otherwise)."""
     await check_if_match(conn, ctx, ticket_id, if_match)
     return tag(response, await line.assign(conn, ctx, ticket_id, body.employee_id))
+
+
+@router.post("/v1/tickets/{ticket_id}/recall", response_model=Ticket, responses=TICKET_WRITE_ERRORS)
+async def recall_ticket(
+    ticket_id: uuid.UUID,
+    response: Response,
+    ctx: TenantStaff,
+    conn: WriteConn,
+    body: Annotated[RecallRequest | None, Body()] = None,
+    if_match: IfMatch = None,
+) -> Any:
+    """Call a ticket that was called (in service or ready) again, when its customer has not come: the wall
+    display announces it again, the customer's page says so, and `ticket.recalled` goes to the stream and
+    webhooks (for a text message, say). The state stays; `counter` changes where to go. 409 for a ticket
+    not called. The body is optional."""
+    await check_if_match(conn, ctx, ticket_id, if_match)
+    return tag(response, await line.recall(conn, ctx, ticket_id, body or RecallRequest()))
 
 
 @router.post("/v1/tickets/{ticket_id}/unassign", response_model=Ticket, responses=TICKET_WRITE_ERRORS)

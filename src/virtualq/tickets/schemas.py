@@ -184,6 +184,14 @@ class CallNextRequest(InputModel):
     )
 
 
+class RecallRequest(InputModel):
+    counter: CounterName | None = Field(
+        default=None,
+        description="Where to go now, if it changed; default the counter of the first call.",
+        examples=["Desk 3"],
+    )
+
+
 class ReorderRequest(InputModel):
     position: LinePosition = Field(description="1-based; past the end means the end of the line.")
     reason: Reason | None = None

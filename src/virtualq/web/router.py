@@ -172,8 +172,8 @@ async def public_ticket_stream(
     ticket_id: uuid.UUID, request: Request, token: Token = None, x_ticket_token: TokenHeader = None
 ) -> StreamingResponse:
     """`event: changed` whenever something that can move this ticket happens (its own changes, or any
-    change in its queue): the page then reads `/v1/public/tickets/{id}` again. Nothing about other tickets
-    is sent."""
+    change in its queue): the page then reads `/v1/public/tickets/{id}` again; `event: recalled` when staff
+    call this ticket again (`POST /v1/tickets/{id}/recall`). Nothing about other tickets is sent."""
     async with acquire(get_pool(request), transaction=False, system=True) as conn:
         row = await _ticket_by_token(conn, ticket_id, x_ticket_token or token)
     hub: EventHub = request.app.state.event_hub
@@ -181,6 +181,7 @@ async def public_ticket_stream(
     subscriber = hub.subscribe(
         row["tenant_id"],
         display=True,
+        ticket_id=row["id"],  # its own recall is told as `event: recalled`
         match=lambda event: event["ticket_id"] == ticket or concerns_queue(event, queue),
         ping_only=True,
     )

@@ -109,6 +109,11 @@
       VQ.el("button", { type: "button", class: "down", "data-focus": "down", "aria-label": "Move " + code + " down", text: "▼",
         onclick: () => act("Moved " + code, () => post("/v1/tickets/" + ticket.id + "/reorder", { position: ticket.position + 1 })) }),
     ] : [];
+    // A called customer who has not come: call them again (the wall and their page announce it).
+    const recall = ticket.state_category === "in_service" || ticket.state_category === "ready"
+      ? VQ.el("button", { type: "button", class: "recall", "data-focus": "recall", text: "recall",
+        onclick: () => act("Recalled " + code, () => post("/v1/tickets/" + ticket.id + "/recall", {})) })
+      : null;
     const cancel = cancellable(type, ticket.current_state)
       ? VQ.el("button", { type: "button", class: "cancel", "data-focus": "cancel", text: "cancel",
         onclick: () => act("Cancelled " + code, () => VQ.api("/v1/tickets/" + ticket.id, { key, method: "DELETE" })) })
@@ -117,7 +122,7 @@
       VQ.el("td", { text: ticket.position || "" }),
       VQ.el("th", { scope: "row", text: code }),
       VQ.el("td", { class: "state", text: ticket.current_state.replace(/_/g, " ") + (ticket.counter ? " · " + ticket.counter : "") }),
-      VQ.el("td", { class: "actions" }, ...buttons, cancel),
+      VQ.el("td", { class: "actions" }, ...buttons, recall, cancel),
       VQ.el("td", {}, ...moves),
       VQ.el("td", {}, ...(targets.length ? [forwardTo, VQ.el("button", { type: "button", "data-focus": "forward", text: "forward",
         onclick: () => act("Forwarded " + code, async () => {

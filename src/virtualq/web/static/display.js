@@ -126,6 +126,7 @@
     if (type === "ticket.state_changed" && data.previous_state && (data.state_category === "in_service" || data.state_category === "ready")) {
       announce(data.display_code, data.current_state, data.counter);
     }
+    if (type === "ticket.recalled") announce(data.display_code, data.current_state, data.counter);
     later();
   }, {
     onOpen: (reconnected) => { refused = false; status.textContent = ""; if (reconnected) { refresh(); loadJoin(); } },

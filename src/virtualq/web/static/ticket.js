@@ -14,6 +14,7 @@
   let queueId = null;
   let retries = 0;
   let retry = null;
+  let recalled = null;  // staff called this ticket again: said on the page for a minute
 
   async function refresh() {
     clearTimeout(retry);
@@ -31,7 +32,8 @@
       } else if (ticket.state_category === "in_service" || ticket.state_category === "ready") {
         place.textContent = "";
         const go = ticket.counter ? " Please go to " + ticket.counter + "." : "";
-        turn.textContent = (ticket.state_category === "ready" ? "It's ready — it's your turn!" : "It's your turn!") + go;
+        const again = recalled ? "You are being called again! " : "";
+        turn.textContent = again + (ticket.state_category === "ready" ? "It's ready — it's your turn!" : "It's your turn!") + go;
       } else {
         place.textContent = "";
         turn.textContent = ticket.state_category === "done" ? "All done. Thank you!" : "This ticket was cancelled.";
@@ -40,7 +42,14 @@
       if (queueId !== ticket.queue_id) {  // first load, or forwarded to another queue: follow that one
         queueId = ticket.queue_id;
         if (following) following.stop();
-        following = VQ.follow("/v1/public/tickets/" + id + "/stream", headers, later, {
+        following = VQ.follow("/v1/public/tickets/" + id + "/stream", headers, (type) => {
+          if (type === "recalled") {
+            clearTimeout(recalled);
+            recalled = setTimeout(() => { recalled = null; refresh(); }, 60000);
+            if (navigator.vibrate) navigator.vibrate([300, 150, 300]);
+          }
+          later();
+        }, {
           onOpen: (reconnected) => { if (reconnected) refresh(); },
           onDown: () => { status.textContent = "Reconnecting…"; },
         });

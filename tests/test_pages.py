@@ -344,6 +344,11 @@ async def test_a_call_from_a_counter_tells_the_wall_and_the_customer_where_to_go
             "You are being called again! It's your turn! Please go to Desk 2.", timeout=FAST
         )
         assert (await s.t.get("/v1/events", type="ticket.recalled"))["data"][0]["ticket_id"] == first["id"]
+        # Once the ticket moves on, the page no longer says it was called again.
+        await s.t.move(first["id"], "mark_ready")
+        await expect(phone.locator("#turn")).to_have_text(
+            "It's ready — it's your turn! Please go to Desk 2.", timeout=FAST
+        )
 
         # The counter stays with this browser: a console opened again calls to it too.
         again = await context.new_page()

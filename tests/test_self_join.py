@@ -390,6 +390,11 @@ async def test_joins_are_limited_per_address(database_dsn: str, client: httpx.As
             ok(await limited.get(url))
             assert (await limited.get(f"{queue['join_page']}/qr.svg")).status_code == 200
         assert_error(await limited.get(url), 429, "rate_limited")
+        # A retry's stored answer costs a join too: replays cannot hammer the link either.
+        keyed = {"Idempotency-Key": uuid.uuid4().hex}
+        other_url = f"/v1/public/join/{token_of(other_queue)}"
+        ok(await limited.post(other_url, json=GOOD, headers=keyed), 201)
+        assert_error(await limited.post(other_url, json=GOOD, headers=keyed), 429, "rate_limited")
     form = ok(await client.get(url))
     assert form["waiting"] == 2  # the refused join wrote nothing
 
@@ -515,3 +520,33 @@ async def test_a_link_replaced_during_a_join_takes_no_ticket(
     # The first join's retry, after the link was replaced: the link answers nothing any more.
     replay = await client.post(f"/v1/public/join/{token}", json=GOOD, headers={"Idempotency-Key": key})
     assert_error(replay, 404, "not_found")
+
+
+async def test_changes_during_a_join_leave_nothing_and_name_no_ids(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection, monkeypatch: Any
+) -> None:
+    """Between the link's read and the join's transaction the queue may close, or the type change so that
+    its tickets would skip the line: the join is refused as it would have been a moment later."""
+    from virtualq.queues import self_join
+
+    t, queue, type_id = await restaurant(client, api)
+    url = f"/v1/public/join/{token_of(queue)}"
+    read = self_join.queue_by_token
+    skipping = {**FOOD_ORDER_FSM, "categories": {FOOD_ORDER_FSM["init"]: "in_service"}}
+    changes = [
+        lambda: client.post(f"/v1/queues/{queue['id']}/disable", headers=t.h),
+        lambda: client.patch(f"/v1/type-definitions/{type_id}", json={"fsm_schema": skipping}, headers=t.h),
+    ]
+    for change, code in zip(changes, ("queue_disabled", "conflict"), strict=True):
+
+        async def read_then_change(conn: Any, given: str, change: Any = change) -> Any:
+            found = await read(conn, given)
+            ok(await change())
+            return found
+
+        monkeypatch.setattr(self_join, "queue_by_token", read_then_change)
+        body = assert_error(await client.post(url, json=GOOD), 409, code)
+        assert body["details"] == {}
+        monkeypatch.setattr(self_join, "queue_by_token", read)
+        ok(await client.post(f"/v1/queues/{queue['id']}/enable", headers=t.h))
+    assert await counts(db, t) == (0, 0)

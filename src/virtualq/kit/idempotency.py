@@ -39,7 +39,6 @@ from virtualq.errors import AppError, Unauthorized, Unavailable
 from virtualq.kit.exception_handlers import handler_for
 from virtualq.kit.middleware import header, replay_body, send_error
 from virtualq.logging import get_logger
-from virtualq.queues import self_join
 
 HEADER = b"idempotency-key"
 KEEP = "24 hours"
@@ -281,18 +280,16 @@ async def _admitted(scope: Scope, send: Send) -> bool:
     """Whether the caller may have an answer from the store (a replay, or a 409 about the key): its key is
     authenticated as the request itself would be, so the answer costs a rate-limit token and carries the
     X-RateLimit-* headers like any other (PRODUCT §6); otherwise the refusal (401, 403, 429) is sent."""
-    path: str = scope["path"]
-    if path.startswith(PUBLIC_LINKS):
-        # No key to check: the link is the permission (and the key was random). A link replaced or switched
-        # off since answers nothing any more, its stored answers included.
-        async with acquire(scope["app"].state.pool, transaction=False, system=True) as conn:
-            live = await self_join.queue_by_token(conn, path.removeprefix(PUBLIC_LINKS))
-        if live is None:
-            await _send_error(scope, send, 404, "not_found", self_join.NOT_IN_USE, {})
-        return live is not None
     request = Request(scope)
     try:
-        await authenticate(request)
+        if scope["path"].startswith(PUBLIC_LINKS):
+            from virtualq.web.join import admit_replay  # the web layer imports this module's app
+
+            # No key: the link is the permission. One replaced or switched off since answers nothing any
+            # more, its stored answers included; an answer costs a token of the join's bucket.
+            await admit_replay(request, scope["path"].removeprefix(PUBLIC_LINKS))
+        else:
+            await authenticate(request)
     except AppError as exc:
         answer = handler_for(scope["app"].exception_handlers, exc)
         if answer is None:  # pragma: no cover - every AppError has a handler (kit/exception_handlers.py)

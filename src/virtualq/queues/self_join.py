@@ -162,11 +162,14 @@ async def queue_by_token(conn: Connection, token: str) -> Record | None:
 # In the join's own transaction: the link is still this queue's, for this type, and stays so until the
 # ticket commits (a rotation or switching self-join off waits for the row lock, and then takes effect).
 LIVE_SQL = """
-SELECT true FROM queues
+SELECT is_active FROM queues
  WHERE tenant_id = $1 AND id = $2 AND join_token = $3 AND self_join_type_definition_id = $4
    FOR SHARE
 """
 
 
-async def still_live(conn: Connection, queue: Record, token: str) -> bool:
-    return bool(await conn.fetchval(LIVE_SQL, queue["tenant_id"], queue["id"], token, queue[FIELD]))
+async def still_live(conn: Connection, queue: Record, token: str) -> bool | None:
+    """None: the link is no longer this queue's (replaced, or self-join off or on another type); else
+    whether the queue is open."""
+    active: bool | None = await conn.fetchval(LIVE_SQL, queue["tenant_id"], queue["id"], token, queue[FIELD])
+    return active

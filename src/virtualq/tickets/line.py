@@ -339,11 +339,20 @@ async def recall(
 ) -> dict[str, Any]:
     """Call a called ticket again (the customer did not come): ticket.recalled tells the wall to announce it
     again and the customer's page to say so. The state does not change."""
-    locked = await _locked(conn, ctx, ticket_id)
-    if Category(locked["state_category"]) not in CALLED:
-        raise Conflict(
-            "only a called ticket (in service or ready) can be recalled",
-            {"current_state": locked["current_state"], "state_category": locked["state_category"]},
-        )
+    # Read before locking: a lock on a waiting ticket would make a call-next at that instant pass it over
+    # (SKIP LOCKED) for a recall that is refused anyway; checked again once locked, as it may have moved.
+    current = await tickets.get_ticket(conn, ctx.tenant_id, ticket_id)
+    if current is None:
+        raise not_found("ticket")
+    _check_called(current)
+    _check_called(await _locked(conn, ctx, ticket_id))
     row = await line.recall(conn, ctx.tenant_id, ticket_id, body.counter, ctx.principal.employee_id)
     return await annotated(conn, ctx, row)
+
+
+def _check_called(ticket: Record) -> None:
+    if Category(ticket["state_category"]) not in CALLED:
+        raise Conflict(
+            "only a called ticket (in service or ready) can be recalled",
+            {"current_state": ticket["current_state"], "state_category": ticket["state_category"]},
+        )

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from virtualq.auth.principal import Principal, Role, Scope, TenantContext
 from virtualq.customers import repository as customers
 from virtualq.db import DB_SCOPE, acquire, get_pool, request_state, writing_transaction
-from virtualq.errors import Conflict, NotFound, QueueDisabled, RateLimited, ValidationFailed
+from virtualq.errors import Conflict, NotFound, QueueDisabled, RateLimited, TypeNotAllowed, ValidationFailed
 from virtualq.kit.ids import new_id
 from virtualq.kit.ratelimit import Policy
 from virtualq.kit.routing import error_responses
@@ -198,6 +198,16 @@ async def _take(request: Request, bucket: str, queue_id: Any, scale: int = 1) ->
         )
 
 
+async def admit_replay(request: Request, token: str) -> None:
+    """Before an idempotent join's stored answer is replayed (kit/idempotency.py): 404 if the link is no
+    longer in use, 429 if the address is over its joins."""
+    async with acquire(get_pool(request), transaction=False, system=True) as conn:
+        queue = await self_join.queue_by_token(conn, token)
+    if queue is None:
+        raise NotFound(NOT_IN_USE)
+    await _take(request, "join", queue["id"])
+
+
 @public.post(
     "/v1/public/join/{token}",
     status_code=201,
@@ -230,8 +240,11 @@ async def join_queue(token: Token, body: JoinRequest, request: Request) -> Any:
         principal=Principal(None, Scope.TENANT, Role.STAFF, queue["account_id"], tenant_id, None),
     )
     async with writing_transaction(request) as conn:
-        if not await self_join.still_live(conn, queue, token):
+        live = await self_join.still_live(conn, queue, token)
+        if live is None:
             raise NotFound(NOT_IN_USE)  # replaced or switched off since it was read
+        if not live:
+            raise QueueDisabled("the queue is closed and accepts no new tickets")  # closed since
         customer_id = None
         if body.fname is not None or body.lname is not None:
             customer_id = new_id()
@@ -249,7 +262,14 @@ async def join_queue(token: Token, body: JoinRequest, request: Request) -> Any:
             estimated_wait_minutes=None,
             ttl_minutes=None,
         )
-        ticket = await tickets.create_ticket(conn, ctx, create, request.app.state.create_batching)
+        try:
+            ticket = await tickets.create_ticket(conn, ctx, create, request.app.state.create_batching)
+        except (QueueDisabled, TypeNotAllowed):  # changed since the link was read: as then, no ids
+            raise Conflict("this queue is not taking sign-ins right now") from None
+        if ticket["state_category"] != "waiting":
+            # The type changed between the check and the insert so that its tickets skip the line: the
+            # transaction rolls back, nothing stands.
+            raise Conflict("this queue is not taking sign-ins right now")
     return {
         "id": ticket["id"],
         "display_code": ticket["display_code"],

@@ -14,7 +14,13 @@
   let queueId = null;
   let retries = 0;
   let retry = null;
-  let recalled = null;  // staff called this ticket again: said on the page for a minute
+  // Staff called this ticket again: said on the page for a minute, or until the ticket moves on.
+  let recalled = null;  // { state: the state it was recalled in (null until read), timer }
+
+  function forgetRecall() {
+    if (recalled) clearTimeout(recalled.timer);
+    recalled = null;
+  }
 
   async function refresh() {
     clearTimeout(retry);
@@ -25,6 +31,7 @@
       queue.textContent = ticket.queue_name;
       state.textContent = ticket.current_state.replace(/_/g, " ");
       document.body.dataset.category = ticket.state_category;
+      if (ticket.state_category !== "in_service" && ticket.state_category !== "ready") forgetRecall();
       if (ticket.state_category === "waiting") {
         const wait = ticket.show_wait_time && ticket.estimated_wait_minutes !== null ? " · " + VQ.waitText(ticket.estimated_wait_minutes) : "";
         place.textContent = (ticket.position === 1 ? "You are next" : "Number " + ticket.position + " in line") + wait;
@@ -32,6 +39,8 @@
       } else if (ticket.state_category === "in_service" || ticket.state_category === "ready") {
         place.textContent = "";
         const go = ticket.counter ? " Please go to " + ticket.counter + "." : "";
+        if (recalled && recalled.state === null) recalled.state = ticket.current_state;
+        if (recalled && recalled.state !== ticket.current_state) forgetRecall();
         const again = recalled ? "You are being called again! " : "";
         turn.textContent = again + (ticket.state_category === "ready" ? "It's ready — it's your turn!" : "It's your turn!") + go;
       } else {
@@ -44,8 +53,8 @@
         if (following) following.stop();
         following = VQ.follow("/v1/public/tickets/" + id + "/stream", headers, (type) => {
           if (type === "recalled") {
-            clearTimeout(recalled);
-            recalled = setTimeout(() => { recalled = null; refresh(); }, 60000);
+            forgetRecall();
+            recalled = { state: null, timer: setTimeout(() => { forgetRecall(); refresh(); }, 60000) };
             if (navigator.vibrate) navigator.vibrate([300, 150, 300]);
           }
           later();

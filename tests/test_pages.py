@@ -681,3 +681,29 @@ async def test_customers_join_by_themselves_on_a_phone_and_at_a_kiosk(
         )
     )
     await expect(wall.locator("#join")).to_be_hidden(timeout=FAST)
+
+
+async def test_a_customer_leaves_the_line_from_their_page(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    s = await shop(client, api)
+    mine, behind = await s.ticket(), await s.ticket()
+    await page.goto(live_server.url + mine["customer_page"])
+    leave = page.locator("#leave")
+    await expect(leave).to_have_text("Leave the line", timeout=5000)
+    await leave.click()
+    await expect(leave).to_have_text("Yes, leave the line")  # a second press, so a slip does not leave
+    assert (await s.t.get(f"/v1/tickets/{mine['id']}"))["state_category"] == "waiting"
+    await no_serious_violations(page)
+    await leave.click()
+    await expect(page.locator("#turn")).to_have_text("You left the line.", timeout=FAST)
+    await expect(leave).to_be_hidden()
+    assert (await s.t.get(f"/v1/tickets/{mine['id']}"))["state_category"] == "cancelled"
+    assert (await s.t.get(f"/v1/tickets/{behind['id']}"))["position"] == 1
+
+    # Once called, the page offers no way out: staff decide from there.
+    await page.goto(live_server.url + behind["customer_page"])
+    await expect(page.locator("#leave")).to_be_visible(timeout=5000)
+    await client.post(f"/v1/queues/{s.queue['id']}/call-next", json={}, headers=s.t.h)
+    await expect(page.locator("#turn")).to_contain_text("your turn", timeout=FAST)
+    await expect(page.locator("#leave")).to_be_hidden()

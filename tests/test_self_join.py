@@ -447,6 +447,7 @@ async def test_the_public_operations_are_documented_without_a_key(client: httpx.
     assert set(public) == {
         "/v1/public/tickets/{ticket_id}",
         "/v1/public/tickets/{ticket_id}/stream",
+        "/v1/public/tickets/{ticket_id}/leave",
         "/v1/public/join/{token}",
     }
     for operations in public.values():

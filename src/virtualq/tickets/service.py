@@ -362,6 +362,28 @@ async def cancel_ticket(
     return await _change(conn, ctx, ticket_id, cancel, None, None, if_match)
 
 
+LEFT_NOTE = "left the line (the customer's page)"
+
+
+async def leave_line(conn: Connection, ctx: TenantContext, ticket_id: uuid.UUID) -> dict[str, Any]:
+    """The customer leaves the line from their own page: the cancel transition, only while the ticket is
+    waiting (once called, staff decide). A call-next at the same instant wins or loses as a whole: the
+    write checks the version read."""
+
+    def leave(machine: Machine, state: str) -> str:
+        if machine.category(state) is not Category.WAITING:
+            raise Conflict(
+                "only a ticket still in line can leave it; ask at the counter",
+                {"current_state": state, "state_category": machine.category(state).value},
+            )
+        transition = machine.cancel_transition(state)
+        if transition is None:
+            raise Conflict("this kind of ticket cannot leave the line here; ask at the counter")
+        return transition
+
+    return await _change(conn, ctx, ticket_id, leave, None, LEFT_NOTE, None)
+
+
 async def _change(
     conn: Connection,
     ctx: TenantContext,

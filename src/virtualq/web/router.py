@@ -8,18 +8,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no type information upstream
 
-from virtualq.db import SystemReadConn, acquire, get_pool
+from virtualq.auth.principal import Principal, Role, Scope, TenantContext
+from virtualq.db import DB_SCOPE, SystemReadConn, acquire, get_pool, request_state, writing_statement
 from virtualq.errors import NotFound, not_found
 from virtualq.events.envelope import concerns_queue
 from virtualq.events.hub import EventHub
 from virtualq.kit.routing import error_responses
 from virtualq.kit.transport import end_on_stop
 from virtualq.queues.estimates import Estimator
+from virtualq.tickets import service
 
 PAGES = Path(__file__).parent / "pages"
 STATIC = Path(__file__).parent / "static"
@@ -117,6 +120,7 @@ PUBLIC_SQL = """
 SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
        t.estimated_wait_minutes, t.counter, t.public_token, t.updated_at, q.name AS queue_name,
        q.show_wait_time, q.wait_estimation_method, q.manual_wait_minutes, q.id AS q_id,
+       (SELECT account_id FROM tenants WHERE id = t.tenant_id) AS account_id,
        CASE WHEN t.state_category = 'waiting' THEN
          tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position
   FROM tickets t JOIN queues q ON q.tenant_id = t.tenant_id AND q.id = t.queue_id
@@ -141,7 +145,40 @@ async def public_ticket(
     ticket_id: uuid.UUID, conn: SystemReadConn, token: Token = None, x_ticket_token: TokenHeader = None
 ) -> Any:
     """A customer's own ticket, by the token in its link (no API key): code, state, place, estimate."""
-    row = await _ticket_by_token(conn, ticket_id, x_ticket_token or token)
+    return await _public_view(conn, await _ticket_by_token(conn, ticket_id, x_ticket_token or token))
+
+
+@public.post(
+    "/v1/public/tickets/{ticket_id}/leave",
+    response_model=PublicTicket,
+    responses=error_responses(400, 404, 409),
+)
+async def leave_line(
+    ticket_id: uuid.UUID, request: Request, token: Token = None, x_ticket_token: TokenHeader = None
+) -> Any:
+    """The customer leaves the line from their own page (no API key: the token in its link). Applies the
+    type's cancel transition (`ticket.cancelled`, noted in the history) while the ticket is waiting; 409
+    once it has been called or finished, or when its type has no way to a cancelled state."""
+    pool = get_pool(request)
+    async with acquire(pool, transaction=False, system=True) as conn:
+        row = await _ticket_by_token(conn, ticket_id, x_ticket_token or token)
+    tenant_id = row["tenant_id"]
+    state = request_state(request)
+    state["tenant_id"], state["tenant"] = str(tenant_id), tenant_id
+    DB_SCOPE.set(str(tenant_id))  # row-level security: this ticket's tenant only
+    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
+    ctx = TenantContext(
+        tenant_id=tenant_id,
+        account_id=row["account_id"],
+        principal=Principal(None, Scope.TENANT, Role.STAFF, row["account_id"], tenant_id, None),
+    )
+    async with writing_statement(request) as conn:
+        await service.leave_line(conn, ctx, row["id"])
+    async with acquire(pool, transaction=False, system=True) as conn:
+        return await _public_view(conn, await _ticket_by_token(conn, ticket_id, x_ticket_token or token))
+
+
+async def _public_view(conn: Any, row: Any) -> dict[str, Any]:
     estimator = Estimator(conn, row["tenant_id"])
     estimator.remember_queue(
         {

@@ -32,6 +32,8 @@
       state.textContent = ticket.current_state.replace(/_/g, " ");
       document.body.dataset.category = ticket.state_category;
       if (ticket.state_category !== "in_service" && ticket.state_category !== "ready") forgetRecall();
+      leave.hidden = ticket.state_category !== "waiting";
+      if (leave.hidden) resetLeave();
       if (ticket.state_category === "waiting") {
         const wait = ticket.show_wait_time && ticket.estimated_wait_minutes !== null ? " · " + VQ.waitText(ticket.estimated_wait_minutes) : "";
         place.textContent = (ticket.position === 1 ? "You are next" : "Number " + ticket.position + " in line") + wait;
@@ -45,7 +47,7 @@
         turn.textContent = again + (ticket.state_category === "ready" ? "It's ready — it's your turn!" : "It's your turn!") + go;
       } else {
         place.textContent = "";
-        turn.textContent = ticket.state_category === "done" ? "All done. Thank you!" : "This ticket was cancelled.";
+        turn.textContent = ticket.state_category === "done" ? "All done. Thank you!" : left ? "You left the line." : "This ticket was cancelled.";
       }
       status.textContent = "";
       if (queueId !== ticket.queue_id) {  // first load, or forwarded to another queue: follow that one
@@ -77,6 +79,33 @@
       }
     }
   }
+  // Leaving takes two presses: "Leave the line", then "Yes, leave the line" (no dialog a kiosk could hide).
+  const leave = document.getElementById("leave");
+  let left = false;
+  function resetLeave() {
+    leave.dataset.confirm = "";
+    leave.textContent = "Leave the line";
+  }
+  leave.addEventListener("click", async () => {
+    if (!leave.dataset.confirm) {
+      leave.dataset.confirm = "1";
+      leave.textContent = "Yes, leave the line";
+      return;
+    }
+    leave.disabled = true;
+    let problem = "";
+    try {
+      await VQ.api("/v1/public/tickets/" + id + "/leave", { method: "POST", headers });
+      left = true;
+    } catch (error) {
+      problem = VQ.problem(error, "ticket page");  // called meanwhile, say: the page shows what is now
+    }
+    leave.disabled = false;
+    resetLeave();
+    await refresh();
+    if (problem) status.textContent = problem;
+  });
+
   const later = VQ.debounce(refresh, 30);
   refresh();
 })();

@@ -707,3 +707,49 @@ async def test_a_customer_leaves_the_line_from_their_page(
     await client.post(f"/v1/queues/{s.queue['id']}/call-next", json={}, headers=s.t.h)
     await expect(page.locator("#turn")).to_contain_text("your turn", timeout=FAST)
     await expect(page.locator("#leave")).to_be_hidden()
+
+
+async def test_the_console_calls_as_its_employee_across_their_queues(
+    client: httpx.AsyncClient, api: Api, live_server: LiveServer, page: Page
+) -> None:
+    s = await shop(client, api)
+    other = await s.t.queue("Drive-thru", ticket_prefix="D")
+    ana = ok(
+        await client.post(
+            "/v1/employees",
+            json={"fname": "Ana", "lname": "Lopez", "email": "ana@example.com"},
+            headers=s.t.h,
+        ),
+        201,
+    )
+    both = {"queue_ids": [s.queue["id"], other["id"]]}
+    ok(await client.put(f"/v1/employees/{ana['id']}/queues", json=both, headers=s.t.h))
+    key = await api.key(
+        "tenant", "staff", key=s.t.world.tenant_admin, tenant_id=s.t.id, employee_id=ana["id"]
+    )
+    earlier = await s.t.ticket(other["id"], s.order["id"])  # in the other line, and first to join
+    later = await s.ticket()
+
+    await page.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={key}")
+    await expect(page.locator("#me")).to_have_text("Calling as Ana Lopez", timeout=5000)
+    mine = page.get_by_role("button", name="Call next in my queues")
+    await expect(mine).to_be_visible()
+    await page.get_by_label("Counter").fill("Window 1")
+    await mine.click()
+    await expect(page.locator("#message")).to_have_text(
+        f"Called {earlier['display_code']} to Window 1", timeout=FAST
+    )
+    called = await s.t.get(f"/v1/tickets/{earlier['id']}")
+    assert (called["state_category"], called["employee_id"], called["counter"]) == (
+        "in_service",
+        ana["id"],
+        "Window 1",
+    )
+    assert (await s.t.get(f"/v1/tickets/{later['id']}"))["state_category"] == "waiting"
+
+    # A key bound to nobody (or to someone with one queue) has the queue's own button only.
+    await page.goto(f"{live_server.url}/console/queues/{s.queue['id']}#key={s.keys['staff']}")
+    await page.reload()  # only the fragment changed: load the page again with the other key
+    await expect(page.locator("#line tr")).to_have_count(1, timeout=5000)
+    await expect(page.locator("#me")).to_have_text("")
+    await expect(page.get_by_role("button", name="Call next in my queues")).to_be_hidden()

@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from virtualq import __version__, migrate, sweeper
 from virtualq.accounts.router import router as accounts_router
 from virtualq.auth.principal import CALLER_CHECKS, authenticate, key_still_usable
+from virtualq.auth.router import me_router
 from virtualq.auth.router import router as api_keys_router
 from virtualq.config import Settings
 from virtualq.customers.router import router as customers_router
@@ -205,6 +206,7 @@ def create_app(
         customers_router,
         employees_router,
         api_keys_router,
+        me_router,
         type_definitions_router,
         queues_router,
         tickets_router,

@@ -6,14 +6,34 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from virtualq.auth import service
-from virtualq.auth.principal import AdminOnly, invalidate_keys, named_tenant
-from virtualq.auth.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyLimits
-from virtualq.db import ReadConn, WriteConn
+from virtualq.auth.principal import AdminOnly, AnyRole, invalidate_keys, named_tenant
+from virtualq.auth.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyLimits, Me
+from virtualq.db import ReadConn, WriteConn, use_tenant
+from virtualq.employees import repository as employees
 from virtualq.kit.pagination import PageQuery, page_envelope
 from virtualq.kit.routing import READ_ERRORS, WRITE_ERRORS
 from virtualq.kit.schemas import Page
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+me_router = APIRouter(tags=["api keys"])
+
+
+@me_router.get("/v1/me", response_model=Me, responses=READ_ERRORS)
+async def who_am_i(principal: AnyRole, conn: ReadConn) -> Any:
+    """The calling key: its scope, role, account and tenant, and the employee it acts as (any role). A
+    console shows whom it calls as; an integration checks its key before it starts."""
+    employee = None
+    if principal.employee_id is not None and principal.tenant_id is not None:
+        await use_tenant(conn, principal.tenant_id)  # employees sit behind row-level security
+        employee = await employees.get(conn, principal.tenant_id, principal.employee_id)
+    return {
+        "key_id": principal.key_id,
+        "scope": principal.scope,
+        "role": principal.role,
+        "account_id": principal.account_id,
+        "tenant_id": principal.tenant_id,
+        "employee": None if employee is None else dict(employee),
+    }
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated, responses=WRITE_ERRORS)

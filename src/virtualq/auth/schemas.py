@@ -80,3 +80,21 @@ class ApiKey(OutputModel):
 
 class ApiKeyCreated(ApiKey):
     key: str = Field(description="The secret key. Shown only in this response; store it now.")
+
+
+class MeEmployee(OutputModel):
+    id: uuid.UUID
+    fname: str
+    lname: str
+    queue_ids: list[uuid.UUID] = Field(description="The queues this person serves (their call-next's).")
+
+
+class Me(OutputModel):
+    key_id: uuid.UUID | None = Field(description="Null for the ADMIN_API_KEY of the environment.")
+    scope: Scope
+    role: Role
+    account_id: uuid.UUID | None
+    tenant_id: uuid.UUID | None
+    employee: MeEmployee | None = Field(
+        description="The employee a staff key acts as (call-next assigns them), if it is bound to one."
+    )

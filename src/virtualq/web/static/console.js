@@ -12,6 +12,8 @@
   const offline = document.getElementById("offline");
   const shown = document.getElementById("shown");
   const callNext = document.getElementById("call-next");
+  const callMine = document.getElementById("call-mine");
+  let employee = null;  // whom this key calls as (GET /v1/me), if anyone
   // Where this workstation calls customers to ("Desk 2"): kept in this browser, sent with every call.
   const counter = document.getElementById("counter");
   counter.value = localStorage.getItem("vq-counter") || "";
@@ -195,10 +197,16 @@
     document.getElementById("refused").textContent = "";
     document.getElementById("console").hidden = false;
     try {
-      [queues, employees] = await Promise.all([
+      let me;
+      [queues, employees, me] = await Promise.all([
         VQ.api("/v1/queues?limit=100", { key }).then((p) => p.data),
         VQ.api("/v1/employees?limit=100&is_active=true", { key }).then((p) => p.data),
+        VQ.api("/v1/me", { key }),
       ]);
+      // A key bound to a member of staff calls as them; across their queues when they serve several.
+      employee = me.employee;
+      document.getElementById("me").textContent = employee ? "Calling as " + employee.fname + " " + employee.lname : "";
+      callMine.hidden = !employee || employee.queue_ids.length < 2 || !employee.queue_ids.includes(queueId);
     } catch (error) {
       if (refusedKey(error)) return backToLogin(error);
       say(error.message, true);
@@ -218,17 +226,19 @@
   }
 
   // One call at a time: a double click must not call two people.
-  callNext.addEventListener("click", async () => {
-    if (callNext.disabled) return;
-    callNext.disabled = true;
+  async function call(button, path) {
+    if (callNext.disabled || callMine.disabled) return;
+    callNext.disabled = callMine.disabled = true;
     try {
       const at = counter.value.trim();
       await act((ticket) => "Called " + ticket.display_code + (ticket.counter ? " to " + ticket.counter : ""),
-        () => VQ.api("/v1/queues/" + queueId + "/call-next", { key, method: "POST", body: at ? { counter: at } : {} }));
+        () => VQ.api(path, { key, method: "POST", body: at ? { counter: at } : {} }));
     } finally {
-      callNext.disabled = false;
+      callNext.disabled = callMine.disabled = false;
     }
-  });
+  }
+  callNext.addEventListener("click", () => call(callNext, "/v1/queues/" + queueId + "/call-next"));
+  callMine.addEventListener("click", () => call(callMine, "/v1/employees/" + employee.id + "/call-next"));
 
   login.addEventListener("submit", (event) => {
     event.preventDefault();

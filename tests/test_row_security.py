@@ -233,6 +233,8 @@ async def test_background_work_spans_tenants_only_when_it_asks(app: Any) -> None
             "web/join.py",  # its QR code,
             "web/join.py",  # and a retry's stored answer (kit/idempotency.py)
             "web/router.py",
+            "web/router.py",  # a customer leaving the line: their ticket by its token,
+            "web/router.py",  # and its page's answer after
             "webhooks/worker.py",
             "webhooks/worker.py",
         ]

@@ -175,3 +175,18 @@ async def test_the_customer_s_own_stream_hears_the_recall(
     assert own_events[-1:] == ["recalled"], own_events
     assert "changed" in other_events, other_events  # its line changed; nothing says whose recall it was
     assert "recalled" not in other_events, other_events
+
+
+async def test_a_refused_recall_takes_no_lock(client: httpx.AsyncClient, api: Api, monkeypatch: Any) -> None:
+    """A recall of a waiting ticket is refused from a plain read: a lock on it, even for an instant, would
+    make a call-next at that moment skip the head of the line (SKIP LOCKED)."""
+    from virtualq.tickets import line
+
+    t, queue, order = await coffee(client, api)
+    head = await t.ticket(queue, order)
+
+    async def no_lock(*args: Any) -> Any:
+        raise AssertionError("a refused recall locked the ticket")
+
+    monkeypatch.setattr(line, "_locked", no_lock)
+    assert_error(await client.post(f"/v1/tickets/{head['id']}/recall", headers=t.h), 409, "conflict")

@@ -11,7 +11,7 @@ import uuid
 import asyncpg
 import httpx
 
-from tests.helpers import Api, assert_error
+from tests.helpers import Api, assert_error, auth
 from tests.test_ticket_flows import DRINK_FSM, FOOD_ORDER_FSM, Tenant, coffee, ok
 
 
@@ -100,3 +100,45 @@ async def test_leaving_while_a_counter_calls_is_one_or_the_other(client: httpx.A
         # Clear the line for the next round.
         for ticket in await t.all_pages(f"/v1/queues/{queue}/tickets"):
             ok(await client.delete(f"/v1/tickets/{ticket['id']}", headers=t.h))
+
+
+async def test_a_stale_memory_of_the_ticket_does_not_refuse_a_leave(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    """This process remembers the ticket as called (it made that change); another process has since put it
+    back in line. The leave must be decided by the database, not by the memory."""
+    t = await Tenant.create(client, api)
+    fsm = {
+        **FOOD_ORDER_FSM,
+        "transitions": [
+            *FOOD_ORDER_FSM["transitions"],
+            {"name": "requeue", "from": "in_progress", "to": "received"},
+        ],
+    }
+    order = await t.type("order", fsm)
+    queue = (await t.queue("Main"))["id"]
+    mine = await t.ticket(queue, order["id"])
+    await t.move(mine["id"], "start_preparation")  # remembered here as in progress
+    await db.execute(  # another process's requeue, as its statement would write it
+        "UPDATE tickets SET current_state = 'received', state_category = 'waiting', version = version + 1 "
+        "WHERE id = $1",
+        uuid.UUID(mine["id"]),
+    )
+    left = ok(
+        await client.post(
+            f"/v1/public/tickets/{mine['id']}/leave", headers={"X-Ticket-Token": token_of(mine)}
+        )
+    )
+    assert left["state_category"] == "cancelled"
+
+
+async def test_a_deactivated_business_s_tickets_cannot_be_left(
+    client: httpx.AsyncClient, api: Api, db: asyncpg.Connection
+) -> None:
+    t, queue, order = await coffee(client, api)
+    mine = await t.ticket(queue, order)
+    ok(await client.patch(f"/v1/tenants/{t.id}", json={"is_active": False}, headers=auth(api.admin_key)))
+    url = f"/v1/public/tickets/{mine['id']}/leave"
+    assert_error(await client.post(url, headers={"X-Ticket-Token": token_of(mine)}), 404, "not_found")
+    state = await db.fetchval("SELECT state_category FROM tickets WHERE id = $1", uuid.UUID(mine["id"]))
+    assert state == "waiting"

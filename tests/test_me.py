@@ -33,6 +33,9 @@ async def test_each_key_sees_itself(client: httpx.AsyncClient, api: Api) -> None
 
     shown = ok(await client.get("/v1/me", headers=auth(display)))
     assert (shown["role"], shown["employee"]) == ("display", None)
+    # A display key made with an employee still gets no staff names (personal data).
+    wall = await api.key("tenant", "display", key=t.world.tenant_admin, tenant_id=t.id, employee_id=ana["id"])
+    assert ok(await client.get("/v1/me", headers=auth(wall)))["employee"] is None
     platform = ok(await client.get("/v1/me", headers=auth(api.admin_key)))
     assert (platform["key_id"], platform["scope"], platform["tenant_id"]) == (None, "platform", None)
     account = ok(await client.get("/v1/me", headers=auth(t.world.account_admin)))

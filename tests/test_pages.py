@@ -691,10 +691,15 @@ async def test_a_customer_leaves_the_line_from_their_page(
     await page.goto(live_server.url + mine["customer_page"])
     leave = page.locator("#leave")
     await expect(leave).to_have_text("Leave the line", timeout=5000)
+    await leave.dblclick()  # a double tap asks; it does not leave
+    await expect(leave).to_have_text("Yes, leave the line")
+    await expect(leave).to_have_text("Leave the line", timeout=7000)  # the question lapses
+    assert (await s.t.get(f"/v1/tickets/{mine['id']}"))["state_category"] == "waiting"
     await leave.click()
     await expect(leave).to_have_text("Yes, leave the line")  # a second press, so a slip does not leave
     assert (await s.t.get(f"/v1/tickets/{mine['id']}"))["state_category"] == "waiting"
     await no_serious_violations(page)
+    await page.wait_for_timeout(700)  # a deliberate second press, not a double tap
     await leave.click()
     await expect(page.locator("#turn")).to_have_text("You left the line.", timeout=FAST)
     await expect(leave).to_be_hidden()

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from virtualq.auth import service
-from virtualq.auth.principal import AdminOnly, AnyRole, invalidate_keys, named_tenant
+from virtualq.auth.principal import AdminOnly, AnyRole, Role, invalidate_keys, named_tenant
 from virtualq.auth.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyLimits, Me
 from virtualq.db import ReadConn, WriteConn, use_tenant
 from virtualq.employees import repository as employees
@@ -20,10 +20,17 @@ me_router = APIRouter(tags=["api keys"])
 
 @me_router.get("/v1/me", response_model=Me, responses=READ_ERRORS)
 async def who_am_i(principal: AnyRole, conn: ReadConn) -> Any:
-    """The calling key: its scope, role, account and tenant, and the employee it acts as (any role). A
-    console shows whom it calls as; an integration checks its key before it starts."""
+    """The calling key: its scope, role, account and tenant, and the employee it acts as (any role; no
+    employee for display keys). A console shows whom it calls as; an integration checks its key before it
+    starts. The tenant context (`X-Tenant-ID`) is not read here: a request naming a tenant is checked by
+    the endpoint it goes to."""
     employee = None
-    if principal.employee_id is not None and principal.tenant_id is not None:
+    # Staff names are personal data: not for display keys (docs/access.md), even one made with an employee.
+    if (
+        principal.employee_id is not None
+        and principal.tenant_id is not None
+        and principal.role is not Role.DISPLAY
+    ):
         await use_tenant(conn, principal.tenant_id)  # employees sit behind row-level security
         employee = await employees.get(conn, principal.tenant_id, principal.employee_id)
     return {

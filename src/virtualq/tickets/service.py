@@ -311,7 +311,9 @@ async def _change_as_last_written(
     }
     try:
         return await _apply(conn, ctx, current, machine, choose(machine, state), employee_id, notes, counter)
-    except (Superseded, InvalidTransition):
+    except (Superseded, InvalidTransition, Conflict):
+        # Refused from memory (it may be stale: another process moved the ticket), or overtaken: the
+        # change starts again from the database, which decides.
         return None
 
 

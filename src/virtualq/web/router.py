@@ -120,10 +120,11 @@ PUBLIC_SQL = """
 SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
        t.estimated_wait_minutes, t.counter, t.public_token, t.updated_at, q.name AS queue_name,
        q.show_wait_time, q.wait_estimation_method, q.manual_wait_minutes, q.id AS q_id,
-       (SELECT account_id FROM tenants WHERE id = t.tenant_id) AS account_id,
+       te.account_id, te.is_active AND a.is_active AS tenant_active,
        CASE WHEN t.state_category = 'waiting' THEN
          tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position
   FROM tickets t JOIN queues q ON q.tenant_id = t.tenant_id AND q.id = t.queue_id
+  JOIN tenants te ON te.id = t.tenant_id JOIN accounts a ON a.id = te.account_id
  WHERE t.id = $1
 """
 
@@ -162,6 +163,10 @@ async def leave_line(
     pool = get_pool(request)
     async with acquire(pool, transaction=False, system=True) as conn:
         row = await _ticket_by_token(conn, ticket_id, x_ticket_token or token)
+    if not row["tenant_active"]:  # a deactivated business changes nothing (as its join links are gone)
+        raise NotFound(
+            "no ticket matches this id and token (the token is in the ticket's customer_page link)"
+        )
     tenant_id = row["tenant_id"]
     state = request_state(request)
     state["tenant_id"], state["tenant"] = str(tenant_id), tenant_id

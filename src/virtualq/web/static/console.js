@@ -40,6 +40,7 @@
   function backToLogin(error) {
     if (stream) stream.stop();
     stream = null;
+    showEmployee(null);  // the next key may be someone else's
     sessionStorage.removeItem("vq-key-console");
     key = null;
     document.getElementById("console").hidden = true;
@@ -196,17 +197,14 @@
     login.hidden = true;
     document.getElementById("refused").textContent = "";
     document.getElementById("console").hidden = false;
+    showEmployee(null);
+    // Whom the key calls as: nobody if that cannot be read (the queue's own call still works).
+    VQ.api("/v1/me", { key }).then((me) => showEmployee(me.employee), () => showEmployee(null));
     try {
-      let me;
-      [queues, employees, me] = await Promise.all([
+      [queues, employees] = await Promise.all([
         VQ.api("/v1/queues?limit=100", { key }).then((p) => p.data),
         VQ.api("/v1/employees?limit=100&is_active=true", { key }).then((p) => p.data),
-        VQ.api("/v1/me", { key }),
       ]);
-      // A key bound to a member of staff calls as them; across their queues when they serve several.
-      employee = me.employee;
-      document.getElementById("me").textContent = employee ? "Calling as " + employee.fname + " " + employee.lname : "";
-      callMine.hidden = !employee || employee.queue_ids.length < 2 || !employee.queue_ids.includes(queueId);
     } catch (error) {
       if (refusedKey(error)) return backToLogin(error);
       say(error.message, true);
@@ -225,6 +223,13 @@
     refresh();
   }
 
+  // A key bound to a member of staff calls as them; across their queues when they serve this one and others.
+  function showEmployee(who) {
+    employee = who;
+    document.getElementById("me").textContent = who ? "Calling as " + who.fname + " " + who.lname : "";
+    callMine.hidden = !who || who.queue_ids.length < 2 || !who.queue_ids.includes(queueId);
+  }
+
   // One call at a time: a double click must not call two people.
   async function call(button, path) {
     if (callNext.disabled || callMine.disabled) return;
@@ -238,7 +243,7 @@
     }
   }
   callNext.addEventListener("click", () => call(callNext, "/v1/queues/" + queueId + "/call-next"));
-  callMine.addEventListener("click", () => call(callMine, "/v1/employees/" + employee.id + "/call-next"));
+  callMine.addEventListener("click", () => { if (employee) call(callMine, "/v1/employees/" + employee.id + "/call-next"); });
 
   login.addEventListener("submit", (event) => {
     event.preventDefault();

@@ -80,18 +80,28 @@
     }
   }
   // Leaving takes two presses: "Leave the line", then "Yes, leave the line" (no dialog a kiosk could hide).
+  // The second counts only after a moment (a double tap is one press), and the question lapses after 5 s.
   const leave = document.getElementById("leave");
+  const CONFIRM_AFTER_MS = 600;
+  const CONFIRM_FOR_MS = 5000;
   let left = false;
+  let armed = null;  // { at: when the question was asked, timer }
   function resetLeave() {
+    if (armed) clearTimeout(armed.timer);
+    armed = null;
     leave.dataset.confirm = "";
     leave.textContent = "Leave the line";
   }
+  window.addEventListener("pageshow", resetLeave);
+  document.addEventListener("visibilitychange", resetLeave);
   leave.addEventListener("click", async () => {
-    if (!leave.dataset.confirm) {
+    if (!armed) {
+      armed = { at: Date.now(), timer: setTimeout(resetLeave, CONFIRM_FOR_MS) };
       leave.dataset.confirm = "1";
       leave.textContent = "Yes, leave the line";
       return;
     }
+    if (Date.now() - armed.at < CONFIRM_AFTER_MS) return;
     leave.disabled = true;
     let problem = "";
     try {

@@ -60,9 +60,17 @@ async def test_wrong_tokens_and_refusals_change_nothing(
     ok(await client.post(f"/v1/queues/{queue}/call-next", json={}, headers=t.h))
     body = assert_error(await client.post(url, headers={"X-Ticket-Token": token_of(mine)}), 409, "conflict")
     assert body["details"] == {"current_state": "in_progress", "state_category": "in_service"}
-    # A type with no way to a cancelled state: the customer is told to ask at the counter.
+    # A type with no way to a cancelled state: the page offers no button, and the API says to ask.
     drink = await t.type("drink_ticket", DRINK_FSM)
     plain = await t.ticket(queue, drink["id"])
+    shown = ok(await client.get(f"/v1/public/tickets/{plain['id']}", params={"token": token_of(plain)}))
+    assert (shown["state_category"], shown["can_leave"]) == ("waiting", False)
+    assert ok(await client.get(f"/v1/public/tickets/{other['id']}", params={"token": token_of(other)}))[
+        "can_leave"
+    ]
+    assert not ok(await client.get(f"/v1/public/tickets/{mine['id']}", params={"token": token_of(mine)}))[
+        "can_leave"
+    ]
     assert_error(
         await client.post(
             f"/v1/public/tickets/{plain['id']}/leave", headers={"X-Ticket-Token": token_of(plain)}

@@ -540,7 +540,7 @@ async def test_the_customer_link_opens_only_its_own_ticket(
         assert shown["display_code"] == mine["display_code"]
         assert set(shown) == {
             "id", "display_code", "queue_id", "queue_name", "current_state", "state_category", "position",
-            "counter", "estimated_wait_minutes", "show_wait_time", "updated_at",
+            "counter", "estimated_wait_minutes", "show_wait_time", "can_leave", "updated_at",
         }  # fmt: skip
         for ticket_id, given in ((other["id"], token), (mine["id"], "0" * 64), (mine["id"], "")):
             response = await http.get(f"/v1/public/tickets/{ticket_id}", params={"token": given})

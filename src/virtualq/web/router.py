@@ -19,10 +19,12 @@ from virtualq.db import DB_SCOPE, SystemReadConn, acquire, get_pool, request_sta
 from virtualq.errors import NotFound, not_found
 from virtualq.events.envelope import concerns_queue
 from virtualq.events.hub import EventHub
+from virtualq.fsm import Machine
 from virtualq.kit.routing import error_responses
 from virtualq.kit.transport import end_on_stop
 from virtualq.queues.estimates import Estimator
 from virtualq.tickets import service
+from virtualq.type_definitions.compiled import cached
 
 PAGES = Path(__file__).parent / "pages"
 STATIC = Path(__file__).parent / "static"
@@ -113,6 +115,10 @@ class PublicTicket(BaseModel):
     counter: str | None = Field(description="Where to go once called (a desk, a window); null until then.")
     estimated_wait_minutes: int | None = Field(description="Null when the queue hides wait times.")
     show_wait_time: bool
+    can_leave: bool = Field(
+        description="The customer may leave the line themselves (`POST .../leave`): the ticket waits and its "
+        "type has a way to a cancelled state."
+    )
     updated_at: Any
 
 
@@ -120,11 +126,13 @@ PUBLIC_SQL = """
 SELECT t.id, t.tenant_id, t.queue_id, t.type_definition_id, t.display_code, t.current_state, t.state_category,
        t.estimated_wait_minutes, t.counter, t.public_token, t.updated_at, q.name AS queue_name,
        q.show_wait_time, q.wait_estimation_method, q.manual_wait_minutes, q.id AS q_id,
-       te.account_id, te.is_active AND a.is_active AS tenant_active,
+       te.account_id, te.is_active AND a.is_active AS tenant_active, td.version AS type_version,
+       td.fsm_schema,
        CASE WHEN t.state_category = 'waiting' THEN
          tickets_waiting_ahead(t.tenant_id, t.queue_id, t.sort_key) + 1 END AS position
   FROM tickets t JOIN queues q ON q.tenant_id = t.tenant_id AND q.id = t.queue_id
   JOIN tenants te ON te.id = t.tenant_id JOIN accounts a ON a.id = te.account_id
+  JOIN type_definitions td ON td.id = t.type_definition_id
  WHERE t.id = $1
 """
 
@@ -201,8 +209,20 @@ async def _public_view(conn: Any, row: Any) -> dict[str, Any]:
         "counter": row["counter"],
         "estimated_wait_minutes": live["estimated_wait_minutes"] if row["show_wait_time"] else None,
         "show_wait_time": row["show_wait_time"],
+        "can_leave": _can_leave(row),
         "updated_at": live["updated_at"],
     }
+
+
+def _can_leave(row: Any) -> bool:
+    if row["state_category"] != "waiting" or not row["tenant_active"]:
+        return False
+    found = cached(row["type_definition_id"], row["type_version"])
+    if found is not None:
+        machine = found.machine
+    else:  # not into the shared cache: that one holds the type's custom-data validator too
+        machine = Machine.from_schema(row["fsm_schema"]) if row["fsm_schema"] is not None else None
+    return machine is not None and machine.cancel_transition(row["current_state"]) is not None
 
 
 @public.get(

@@ -32,7 +32,7 @@
       state.textContent = ticket.current_state.replace(/_/g, " ");
       document.body.dataset.category = ticket.state_category;
       if (ticket.state_category !== "in_service" && ticket.state_category !== "ready") forgetRecall();
-      leave.hidden = ticket.state_category !== "waiting";
+      leave.hidden = !ticket.can_leave;
       if (leave.hidden) resetLeave();
       if (ticket.state_category === "waiting") {
         const wait = ticket.show_wait_time && ticket.estimated_wait_minutes !== null ? " · " + VQ.waitText(ticket.estimated_wait_minutes) : "";

@@ -7,7 +7,7 @@ import asyncio
 import io
 import uuid
 from collections import OrderedDict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Path, Request
@@ -47,12 +47,12 @@ NOT_IN_USE = self_join.NOT_IN_USE
 class FormField(BaseModel):
     name: str = Field(description="The custom_data key.")
     title: str = Field(description="The schema's title, else the name.")
-    kind: str = Field(description="text, integer, number, boolean or choice.")
-    choices: list[Any] | None = None
+    kind: Literal["text", "integer", "number", "boolean", "choice"]
+    choices: list[Any] | None = Field(default=None, description="For a choice: the values to offer.")
     min_length: int | None = None
     max_length: int | None = None
-    minimum: float | None = None
-    maximum: float | None = None
+    minimum: int | float | None = None
+    maximum: int | float | None = None
 
 
 class JoinForm(BaseModel):

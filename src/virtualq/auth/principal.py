@@ -289,6 +289,17 @@ async def resolve_tenant(
     return TenantContext(tenant_id=tenant_id, account_id=account_id, principal=principal)
 
 
+def act_by_link(request: Request, tenant_id: uuid.UUID, account_id: uuid.UUID) -> TenantContext:
+    """The tenant context of a keyless request whose link's token named the tenant (a self-join, a
+    customer leaving the line): scoped as `resolve_tenant` scopes a key's request, acting as no key and no
+    employee."""
+    _set_tenant(request, tenant_id)
+    DB_SCOPE.set(str(tenant_id))  # row-level security: the link's tenant only
+    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
+    principal = Principal(None, Scope.TENANT, Role.STAFF, account_id, tenant_id, None)
+    return TenantContext(tenant_id=tenant_id, account_id=account_id, principal=principal)
+
+
 def tenant_context(*roles: Role) -> object:
     role_check = require_roles(*roles)
 

@@ -9,14 +9,13 @@ import uuid
 from collections import OrderedDict
 from typing import Annotated, Any, Literal
 
-import structlog
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
-from virtualq.auth.principal import Principal, Role, Scope, TenantContext
+from virtualq.auth.principal import act_by_link
 from virtualq.customers import repository as customers
-from virtualq.db import DB_SCOPE, acquire, get_pool, request_state, writing_transaction
+from virtualq.db import acquire, get_pool, request_state, writing_transaction
 from virtualq.errors import Conflict, NotFound, QueueDisabled, RateLimited, TypeNotAllowed, ValidationFailed
 from virtualq.kit.ids import new_id
 from virtualq.kit.ratelimit import Policy
@@ -229,16 +228,7 @@ async def join_queue(token: Token, body: JoinRequest, request: Request) -> Any:
     if not self_join.fits(queue):
         raise Conflict("this queue is not taking sign-ins right now")
     self_join.check_answers(body.custom_data, self_join.form_fields(queue["custom_fields_schema"])[0])
-    tenant_id = queue["tenant_id"]
-    state = request_state(request)
-    state["tenant_id"], state["tenant"] = str(tenant_id), tenant_id
-    DB_SCOPE.set(str(tenant_id))  # row-level security: the tenant of the link only
-    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
-    ctx = TenantContext(
-        tenant_id=tenant_id,
-        account_id=queue["account_id"],
-        principal=Principal(None, Scope.TENANT, Role.STAFF, queue["account_id"], tenant_id, None),
-    )
+    ctx = act_by_link(request, queue["tenant_id"], queue["account_id"])
     async with writing_transaction(request) as conn:
         live = await self_join.still_live(conn, queue, token)
         if live is None:

@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-import structlog
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no type information upstream
 
-from virtualq.auth.principal import Principal, Role, Scope, TenantContext
-from virtualq.db import DB_SCOPE, SystemReadConn, acquire, get_pool, request_state, writing_statement
+from virtualq.auth.principal import act_by_link
+from virtualq.db import SystemReadConn, acquire, get_pool, writing_statement
 from virtualq.errors import NotFound, not_found
 from virtualq.events.envelope import concerns_queue
 from virtualq.events.hub import EventHub
@@ -175,16 +174,7 @@ async def leave_line(
         raise NotFound(
             "no ticket matches this id and token (the token is in the ticket's customer_page link)"
         )
-    tenant_id = row["tenant_id"]
-    state = request_state(request)
-    state["tenant_id"], state["tenant"] = str(tenant_id), tenant_id
-    DB_SCOPE.set(str(tenant_id))  # row-level security: this ticket's tenant only
-    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
-    ctx = TenantContext(
-        tenant_id=tenant_id,
-        account_id=row["account_id"],
-        principal=Principal(None, Scope.TENANT, Role.STAFF, row["account_id"], tenant_id, None),
-    )
+    ctx = act_by_link(request, row["tenant_id"], row["account_id"])
     async with writing_statement(request) as conn:
         await service.leave_line(conn, ctx, row["id"])
     async with acquire(pool, transaction=False, system=True) as conn:

@@ -467,6 +467,12 @@ def test_serve_end_to_end_with_embedded_postgres(tmp_path: Path, serve: Any) -> 
     assert docs.headers["content-type"].startswith("text/html")
     assert "<html" in docs.text.lower()
 
+    # The first start migrated the new database in a child process: the server itself never loaded
+    # Alembic's SQLAlchemy (nor redis-py, with no REDIS_URL), ~40 MB of its idle memory (migrate.py).
+    mapped = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "/sqlalchemy/" not in mapped
+    assert "/hiredis/" not in mapped
+
     banner = server.stdout.read_text()
     assert "rate_limits_per_worker" not in server.output()  # one worker: one bucket per key
     assert server.base in banner
@@ -956,3 +962,52 @@ def test_migrate_api_key_create_and_downgrade(tmp_path: Path, empty_database: st
     assert downgraded.returncode == 0, downgraded.stderr
     assert "downgraded to base" in downgraded.stdout
     assert public_tables(empty_database) - {"alembic_version"} == set()
+
+
+def test_head_revision_is_alembics() -> None:
+    """The server reads the head revision from the migration files without Alembic: the same one."""
+    from alembic.script import ScriptDirectory
+
+    assert (
+        migrate.head_revision() == ScriptDirectory.from_config(migrate.alembic_config("")).get_current_head()
+    )
+
+
+def test_the_app_imports_neither_alembic_nor_redis() -> None:
+    """What a server process holds at start: Alembic, SQLAlchemy and redis-py (~40 MB) only on demand."""
+    program = (
+        "import sys\n"
+        "from virtualq.app import create_app\n"
+        "from virtualq.cli import create_app_from_env\n"
+        "from virtualq.config import Settings\n"
+        "create_app(Settings(), dsn='postgresql://unused')\n"
+        "print(sorted(m for m in ('alembic', 'sqlalchemy', 'redis') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], env=base_env(Path("/nonexistent")), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_serve_on_a_database_from_a_newer_build_stops_with_the_migrations_error(
+    tmp_path: Path, empty_database: str, database_dsn: str
+) -> None:
+    """The upgrade runs in a child process: its error is shown, and serve stops with status 1 before its
+    banner, instead of a traceback from inside the server. (`database_dsn`: the server has the app role.)"""
+    asyncio.run(
+        execute(
+            empty_database,
+            "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); "
+            "INSERT INTO alembic_version VALUES ('9999')",
+        )
+    )
+    env = base_env(
+        tmp_path / "unused", DATABASE_URL=empty_database, PORT=str(free_port()), LOG_LEVEL="warning"
+    )
+    result = run_cli("serve", env=env)
+    assert result.returncode == 1, result
+    assert "Can't locate revision identified by '9999'" in result.stderr
+    assert result.stderr.strip().endswith("the migrations failed (exit status 1; see above)")
+    assert "VirtualQ http" not in result.stdout
+    assert asyncio.run(fetch(empty_database, "SELECT version_num FROM alembic_version")) == [("9999",)]

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
@@ -95,13 +94,16 @@ def create_app(
         # connections: it never waits behind requests, and the request pool's connections keep their
         # tenant scope instead of flipping to 'system' and back (a round trip each way).
         app.state.system_pool = await create_pool(settings, database_dsn, sizes=SYSTEM_POOL_SIZES)
-        app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
-        # Its own client with short timeouts: a Redis that hangs must not hold requests up.
-        limiter_redis = (
-            aioredis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-            if settings.redis_url
-            else None
-        )
+        app.state.redis = limiter_redis = None
+        if settings.redis_url:
+            # Imported only when configured: redis-py costs a process ~20 MB (docs/performance.md).
+            import redis.asyncio as aioredis
+
+            app.state.redis = aioredis.from_url(settings.redis_url)
+            # Its own client with short timeouts: a Redis that hangs must not hold requests up.
+            limiter_redis = aioredis.from_url(
+                settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
         app.state.rate_limiter = RateLimiter(limiter_redis)
         hub = EventHub(
             app.state.system_pool,

@@ -206,12 +206,17 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     with contextlib.ExitStack() as stack:
         dsn = stack.enter_context(database(settings, serving=True))  # DataDirInUse: main() says it
-        if (problem := _cannot_start_on(dsn, settings.auto_migrate)) is not None:
+        problem, revision = _check_database(dsn, settings.auto_migrate)
+        if problem is not None:
             print(problem, file=sys.stderr)
             return 2
         settings, key_file = _development_admin_key(settings)  # only once the server can start
-        if settings.auto_migrate:
-            migrate.upgrade(dsn)
+        if settings.auto_migrate and revision != migrate.head_revision():
+            try:
+                migrate.upgrade_apart(dsn)  # the server process never imports Alembic (migrate.py)
+            except migrate.MigrationFailed as exc:
+                print(exc, file=sys.stderr)
+                return 1
         os.environ[RESOLVED_DSN_ENV] = dsn
         if settings.admin_api_key is not None:
             os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
@@ -270,17 +275,21 @@ ROLE_REVISION = "0008"  # the migration that creates the application role every 
 
 
 def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
+    return _check_database(dsn, migrating)[0]
+
+
+def _check_database(dsn: str, migrating: bool) -> tuple[str | None, str | None]:
     """Why no server can start on this database, or None: it cannot be reached (or DATABASE_URL cannot be
     read); it is from migration 0008 on but lacks the application role that migration made (a dump restored
     on another server); or, when it is not to be migrated at start (AUTO_MIGRATE=false), it is before 0008
     (the application role, row security), with nothing to serve. From 0008 on the server starts, and
-    `/readyz` answers 503 until the database is at this build's revision."""
+    `/readyz` answers 503 until the database is at this build's revision. Second: the database's revision."""
     import asyncpg
 
     from virtualq import migrate
     from virtualq.db import APP_ROLE
 
-    async def check() -> str | None:
+    async def check() -> tuple[str | None, str | None]:
         conn = await asyncpg.connect(dsn)
         try:
             revision = await migrate.current_revision(conn)
@@ -289,18 +298,18 @@ def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
             await conn.close()
         if revision is None or revision < ROLE_REVISION:
             if migrating:  # the migrations make the role
-                return None
+                return None, revision
             return (
                 f"the database is not migrated (at revision {revision or 'none'}; this build needs "
                 f"{migrate.head_revision()}): run `virtualq migrate`, or start without AUTO_MIGRATE=false"
-            )
+            ), revision
         if not role:  # e.g. restored with pg_dump, which does not copy roles, on another server
             return (
                 f"the database is at revision {revision}, but the role {APP_ROLE} it needs does not exist on "
                 f"this server (roles are not part of a dump): create it (CREATE ROLE {APP_ROLE} NOLOGIN) and "
                 "restore again, see docs/operations.md"
-            )
-        return None
+            ), revision
+        return None, revision
 
     try:
         return asyncio.run(check())
@@ -310,9 +319,9 @@ def _cannot_start_on(dsn: str, migrating: bool) -> str | None:
         return (
             "DATABASE_URL cannot be read: check its form (postgresql://user:password@host:port/database), "
             "and percent-encode any of : / ? # @ % in the user name or password"
-        )
+        ), None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return f"cannot connect to the database: {exc}"
+        return f"cannot connect to the database: {exc}", None
 
 
 def _port_taken(host: str, port: int) -> str | None:

@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from virtualq.logging import get_logger
 
 log = get_logger("virtualq.ratelimit")
@@ -117,7 +115,14 @@ class RateLimiter:
     def __init__(self, redis: Any | None) -> None:
         self.redis = redis
         self.local = LocalBuckets()
-        self._script: Any = redis.register_script(_TAKE_SCRIPT) if redis is not None else None
+        self._script: Any = None
+        self._failures: tuple[type[Exception], ...] = (OSError,)
+        if redis is not None:
+            # Imported only with Redis configured: redis-py costs a process ~20 MB (docs/performance.md).
+            from redis.exceptions import RedisError
+
+            self._script = redis.register_script(_TAKE_SCRIPT)
+            self._failures = (RedisError, OSError)
         self._redis_failing = False
         self._retry_redis_at = 0.0
 
@@ -127,7 +132,7 @@ class RateLimiter:
                 allowed, tokens = await self._script(
                     keys=[f"vq:rl:{key}"], args=[policy.per_second, policy.burst]
                 )
-            except (RedisError, OSError) as exc:
+            except self._failures as exc:
                 if not self._redis_failing:
                     log.warning("rate limits fall back to this process: Redis is unreachable", error=str(exc))
                     self._redis_failing = True

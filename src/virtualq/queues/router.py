@@ -124,12 +124,12 @@ async def queue_monitor(
     excludes = monitor.parse_excludes(exclude)
     cache: FeedCache = request.app.state.feed_cache
     key = ("monitor", queue_id, ctx.principal.role, tuple(excludes), limit)
-    body, token = cache.lookup(ctx.tenant_id, key)
-    if body is None:
+
+    async def compute() -> bytes:
         async with reading(request) as conn:  # a shared answer needs no connection
-            body = await monitor.monitor(conn, ctx, queue_id, excludes, limit)
-        cache.store(ctx.tenant_id, key, token, body)
-    return Response(content=body, media_type="application/json")
+            return await monitor.monitor(conn, ctx, queue_id, excludes, limit)
+
+    return Response(content=await cache.answer(ctx.tenant_id, key, compute), media_type="application/json")
 
 
 @router.get("/v1/queues/{queue_id}/stats", response_model=QueueStats, responses=READ_ERRORS)

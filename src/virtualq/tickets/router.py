@@ -359,15 +359,16 @@ async def queue_tickets(queue_id: uuid.UUID, request: Request, ctx: TenantAnyRol
     estimates when the queue's show_wait_time is false."""
     cache: FeedCache = request.app.state.feed_cache
     key = ("queue tickets", queue_id, ctx.principal.role, page.page, page.limit)
-    cached, token = cache.lookup(ctx.tenant_id, key)
-    if cached is not None:
-        return Response(cached, media_type="application/json")
-    async with reading(request) as conn:  # a shared answer needs no connection
-        rows, total, show_wait_time = await service.queue_tickets(conn, ctx, queue_id, page, TICKET_FIELDS)
-    data = [_redact(ctx, row, show_wait_time) for row in rows]
-    answer = trusted_json(page_envelope(data, total, page))
-    cache.store(ctx.tenant_id, key, token, bytes(answer.body))
-    return answer
+
+    async def compute() -> bytes:
+        async with reading(request) as conn:  # a shared answer needs no connection
+            rows, total, show_wait_time = await service.queue_tickets(
+                conn, ctx, queue_id, page, TICKET_FIELDS
+            )
+        data = [_redact(ctx, row, show_wait_time) for row in rows]
+        return bytes(trusted_json(page_envelope(data, total, page)).body)
+
+    return Response(await cache.answer(ctx.tenant_id, key, compute), media_type="application/json")
 
 
 def _redact(ctx: TenantContext, row: dict[str, Any], show_wait_time: bool) -> dict[str, Any]:

@@ -469,6 +469,8 @@ def test_serve_end_to_end_with_embedded_postgres(tmp_path: Path, serve: Any) -> 
 
     # The first start migrated the new database in a child process: the server itself never loaded
     # Alembic's SQLAlchemy (nor redis-py, with no REDIS_URL), ~40 MB of its idle memory (migrate.py).
+    # (Compiled modules are what the maps list: SQLAlchemy's Cython parts and hiredis, redis-py's parser.
+    # test_the_app_imports_neither_alembic_nor_redis checks the Python modules.)
     mapped = Path(f"/proc/{server.process.pid}/maps").read_text()
     assert "/sqlalchemy/" not in mapped
     assert "/hiredis/" not in mapped
@@ -990,11 +992,11 @@ def test_the_app_imports_neither_alembic_nor_redis() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_serve_on_a_database_from_a_newer_build_stops_with_the_migrations_error(
+def test_serve_on_a_database_from_a_newer_build_says_so_in_one_line(
     tmp_path: Path, empty_database: str, database_dsn: str
 ) -> None:
-    """The upgrade runs in a child process: its error is shown, and serve stops with status 1 before its
-    banner, instead of a traceback from inside the server. (`database_dsn`: the server has the app role.)"""
+    """A revision this build does not know (a newer build migrated the database): one line, exit 2, before
+    the banner, and the database left as it is. (`database_dsn`: the server has the app role by then.)"""
     asyncio.run(
         execute(
             empty_database,
@@ -1006,8 +1008,32 @@ def test_serve_on_a_database_from_a_newer_build_stops_with_the_migrations_error(
         tmp_path / "unused", DATABASE_URL=empty_database, PORT=str(free_port()), LOG_LEVEL="warning"
     )
     result = run_cli("serve", env=env)
-    assert result.returncode == 1, result
-    assert "Can't locate revision identified by '9999'" in result.stderr
-    assert result.stderr.strip().endswith("the migrations failed (exit status 1; see above)")
+    assert result.returncode == 2, result
+    assert result.stderr.strip() == (
+        f"the database is at revision 9999, which this build does not know (its newest is "
+        f"{migrate.head_revision()}): a newer build migrated it; run that build, or restore a backup from "
+        "before it"
+    )
     assert "VirtualQ http" not in result.stdout
     assert asyncio.run(fetch(empty_database, "SELECT version_num FROM alembic_version")) == [("9999",)]
+
+
+def test_a_migration_failing_at_start_is_one_line_and_leaves_the_last_revision(
+    tmp_path: Path, empty_database: str
+) -> None:
+    """The upgrade runs in a child process: a migration that fails there is reported in one line with the
+    database's reason, serve exits 1 before its banner, and the database stays at the revision before."""
+    before = str(int(migrate.head_revision()) - 1).zfill(4)
+    env = base_env(tmp_path / "unused", DATABASE_URL=empty_database, LOG_LEVEL="warning")
+    assert run_cli("migrate", "--revision", before, env=env).returncode == 0
+    # Every write fails from now on, the newest migration's first among them.
+    name = urlsplit(empty_database).path.lstrip("/")
+    asyncio.run(execute(empty_database, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+    result = run_cli("serve", env={**env, "PORT": str(free_port())})
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("cannot migrate: ReadOnlySQLTransactionError: "), result.stderr
+    assert "read-only transaction" in lines[0]
+    assert lines[1:] == ["the migrations failed (exit status 1; see above)"]
+    assert "VirtualQ http" not in result.stdout
+    assert asyncio.run(fetch(empty_database, "SELECT version_num FROM alembic_version")) == [(before,)]

@@ -19,6 +19,7 @@ from tests.conftest import make_settings
 from tests.helpers import Api, auth
 from tests.test_ticket_flows import coffee, ok
 from virtualq.app import create_app
+from virtualq.errors import NotFound
 from virtualq.queues.feed_cache import FeedCache
 
 
@@ -184,17 +185,21 @@ async def test_requests_asking_together_share_one_computation(
         answers = await asyncio.gather(*(http.get(path, headers=t.h) for _ in range(20)))
         await asyncio.sleep(0.01)
         bodies = [ok(answer) for answer in answers]
-        assert all(body == bodies[0] for body in bodies)  # one answer (the monitor's generated_at too)
-        bodies[0].pop("generated_at", None)
-        assert bodies[0] == alone
+        for body in bodies:
+            body.pop("generated_at", None)
+            assert body == alone
         ran = Counter(text for text in statements.texts if "set_config(" not in text)
         assert ran
-        assert max(ran.values()) == 1, (path, ran.most_common(1))
+        # Once; twice if the ticket's event reached this process's hub only now and dropped the answer
+        # mid-way (one computation each side of it). Without sharing: 20 times.
+        assert max(ran.values()) <= 2, (path, ran.most_common(1))
 
 
-async def test_refusals_are_not_shared(cached: tuple[httpx.AsyncClient, Statements], api: Api) -> None:
-    """A computation that fails is each request's own: concurrent questions about a queue another tenant
-    owns are each refused, and one that exists is still answered alongside."""
+async def test_concurrent_refusals_are_each_answered(
+    cached: tuple[httpx.AsyncClient, Statements], api: Api
+) -> None:
+    """Another tenant's queue asked about five times at once: each is refused (404, none a 500 from the
+    shared refusal), and the owner asking at the same time is answered."""
     http, _ = cached
     t, queue, _ = await coffee(http, Api(http, api.admin_key))
     other, _, _ = await coffee(http, Api(http, api.admin_key))
@@ -202,9 +207,38 @@ async def test_refusals_are_not_shared(cached: tuple[httpx.AsyncClient, Statemen
     asked += [http.get(f"/v1/queues/{queue}/tickets", headers=t.h)]
     answers = await asyncio.gather(*asked)
     assert [answer.status_code for answer in answers] == [404] * 5 + [200]
+    assert {answer.json()["error"] for answer in answers[:5]} == {"not_found"}
 
 
-async def test_a_cancelled_computation_leaves_the_waiting_requests_to_ask_on_their_own() -> None:
+async def test_a_refusal_is_shared_with_the_requests_waiting_for_it() -> None:
+    cache = FeedCache(30)
+    tenant = uuid.uuid4()
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def refused() -> bytes:
+        calls.append("refused")
+        await release.wait()
+        raise NotFound("queue not found", {"resource": "queue"})
+
+    async def never() -> bytes:
+        calls.append("never")
+        return b"never"
+
+    leader = asyncio.create_task(cache.answer(tenant, "q", refused))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(cache.answer(tenant, "q", never)) for _ in range(3)]
+    await asyncio.sleep(0)
+    release.set()
+    outcomes = await asyncio.gather(leader, *waiters, return_exceptions=True)
+    assert calls == ["refused"]
+    for outcome in outcomes:
+        assert isinstance(outcome, NotFound)
+        assert (outcome.message, outcome.details) == ("queue not found", {"resource": "queue"})
+    assert len({id(outcome) for outcome in outcomes}) == 4  # each request raises its own
+
+
+async def test_after_a_cancelled_computation_one_waiting_request_computes_for_the_others() -> None:
     cache = FeedCache(30)
     tenant = uuid.uuid4()
     release = asyncio.Event()
@@ -217,17 +251,39 @@ async def test_a_cancelled_computation_leaves_the_waiting_requests_to_ask_on_the
 
     async def quick() -> bytes:
         calls.append("quick")
+        await asyncio.sleep(0)
         return b"quick"
 
     leader = asyncio.create_task(cache.answer(tenant, "q", slow))
     await asyncio.sleep(0)
-    waiter = asyncio.create_task(cache.answer(tenant, "q", quick))
+    waiters = [asyncio.create_task(cache.answer(tenant, "q", quick)) for _ in range(3)]
     await asyncio.sleep(0)
-    assert calls == ["slow"]  # the second request waits for the first's answer
+    assert calls == ["slow"]  # the others wait for the first's answer
     leader.cancel()
-    assert await waiter == b"quick"
-    assert calls == ["slow", "quick"]
+    assert await asyncio.gather(*waiters) == [b"quick"] * 3
+    assert calls == ["slow", "quick"]  # one of them computed it, the other two waited for that
     assert cache.lookup(tenant, "q")[0] == b"quick"
+
+
+async def test_a_cancelled_waiting_request_leaves_the_computation_alone() -> None:
+    cache = FeedCache(30)
+    tenant = uuid.uuid4()
+    release = asyncio.Event()
+
+    async def slow() -> bytes:
+        await release.wait()
+        return b"slow"
+
+    leader = asyncio.create_task(cache.answer(tenant, "q", slow))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(cache.answer(tenant, "q", slow))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    assert await leader == b"slow"
+    assert cache.lookup(tenant, "q")[0] == b"slow"
 
 
 async def test_a_request_after_a_change_does_not_wait_for_an_answer_from_before_it() -> None:

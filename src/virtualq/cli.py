@@ -210,8 +210,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         if problem is not None:
             print(problem, file=sys.stderr)
             return 2
+        known, head = migrate.revisions()
+        if settings.auto_migrate and revision is not None and revision not in known:
+            print(
+                f"the database is at revision {revision}, which this build does not know (its newest is "
+                f"{head}): a newer build migrated it; run that build, or restore a backup from before it",
+                file=sys.stderr,
+            )
+            return 2
         settings, key_file = _development_admin_key(settings)  # only once the server can start
-        if settings.auto_migrate and revision != migrate.head_revision():
+        # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler it found;
+        # ours turns that into a normal exit so the embedded database is stopped on the way out (and a
+        # migration under way is stopped: upgrade_apart).
+        signal.signal(signal.SIGTERM, _exit_normally)
+        signal.signal(signal.SIGINT, _exit_normally)
+        if settings.auto_migrate and revision != head:
             try:
                 migrate.upgrade_apart(dsn)  # the server process never imports Alembic (migrate.py)
             except migrate.MigrationFailed as exc:
@@ -251,10 +264,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             log.warning(
                 "rate_limits_per_worker", workers=workers, hint="set REDIS_URL to share one bucket per key"
             )
-        # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler it found;
-        # ours turns that into a normal exit so the embedded database is stopped on the way out.
-        signal.signal(signal.SIGTERM, _exit_normally)
-        signal.signal(signal.SIGINT, _exit_normally)
         with shared_metrics(workers):
             uvicorn.run(
                 "virtualq.cli:create_app_from_env",

@@ -8,9 +8,9 @@ themselves, and `virtualq serve` runs an upgrade, when the database needs one, i
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +23,6 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 DSN_ENV = "VIRTUALQ_MIGRATE_DSN"  # how `upgrade_apart` hands the database to its child (not in its argv)
-
-# `revision = "0022"` and `down_revision = "0021"` (or None) at the top of each migration file.
-_REVISION_LINE = re.compile(
-    r'^(down_revision|revision)\s*(?::[^=]+)?=\s*(?:"([^"]+)"|None)\s*$', re.MULTILINE
-)
 
 
 class MigrationFailed(Exception):
@@ -44,22 +39,38 @@ def alembic_config(dsn: str) -> Config:
 
 
 @functools.cache
-def head_revision() -> str:
-    """The revision no other migration builds on, read from the files as Alembic reads them
-    (tests/test_cli.py checks that Alembic finds the same)."""
-    revisions: set[str] = set()
+def revisions() -> tuple[frozenset[str], str]:
+    """This build's revisions and its head (the one no other builds on), read from the migration files'
+    `revision` and `down_revision` as Alembic reads them; tests/test_cli.py checks that Alembic agrees."""
+    known: set[str] = set()
     parents: set[str] = set()
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        found = dict(_REVISION_LINE.findall(path.read_text()))
-        if not found.get("revision"):
+        found: dict[str, object] = {}
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                found[target.id] = ast.literal_eval(value)
+        revision, down = found.get("revision"), found.get("down_revision")
+        if not isinstance(revision, str):
             raise MigrationFailed(f"{path.name} names no revision")
-        revisions.add(found["revision"])
-        if found.get("down_revision"):
-            parents.add(found["down_revision"])
-    heads = revisions - parents
+        known.add(revision)
+        if isinstance(down, str):
+            parents.add(down)
+        elif isinstance(down, tuple | list):  # a merge of branches
+            parents.update(str(each) for each in down)
+    heads = known - parents
     if len(heads) != 1:
         raise MigrationFailed(f"the migrations have {len(heads)} heads: {sorted(heads)}")
-    return heads.pop()
+    return frozenset(known), heads.pop()
+
+
+def head_revision() -> str:
+    return revisions()[1]
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:
@@ -76,10 +87,20 @@ def downgrade(dsn: str, revision: str) -> None:
 
 
 def upgrade_apart(dsn: str) -> None:
-    """Upgrade to head in a child process, which prints its own errors: the caller stays free of Alembic."""
-    done = subprocess.run([sys.executable, "-m", "virtualq.migrate"], env={**os.environ, DSN_ENV: dsn})
-    if done.returncode != 0:
-        raise MigrationFailed(f"the migrations failed (exit status {done.returncode}; see above)")
+    """Upgrade to head in a child process, which prints its own error: the caller stays free of Alembic.
+    If the caller is interrupted meanwhile, the child is stopped (its migration's transaction rolls back)."""
+    # -P: the working directory does not come first on the child's import path.
+    child = subprocess.Popen(
+        [sys.executable, "-P", "-m", "virtualq.migrate"], env={**os.environ, DSN_ENV: dsn}
+    )
+    try:
+        status = child.wait()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+    if status != 0:
+        raise MigrationFailed(f"the migrations failed (exit status {status}; see above)")
 
 
 async def current_revision(conn: asyncpg.Connection) -> str | None:
@@ -90,5 +111,17 @@ async def current_revision(conn: asyncpg.Connection) -> str | None:
     return revision
 
 
-if __name__ == "__main__":  # upgrade_apart's child
-    upgrade(os.environ[DSN_ENV])
+def _child() -> int:
+    """upgrade_apart's child: one line on stderr if the upgrade fails (Alembic's or the database's reason)."""
+    try:
+        upgrade(os.environ[DSN_ENV])
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        sys.stderr.write(f"cannot migrate: {type(exc).__name__}: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child())

@@ -21,9 +21,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
 
+from virtualq.errors import AppError
 from virtualq.kit.clock import is_pinned
 
 MAX_TENANTS = 10_000
+# What a computation came to: the answer, a refusal (the same for everyone asking), or None (it failed for
+# its own reasons, or was cancelled: ask again).
+Outcome = bytes | AppError | None
 
 
 class FeedCache:
@@ -31,39 +35,50 @@ class FeedCache:
         self.seconds = seconds
         self._answers: dict[uuid.UUID, dict[Hashable, tuple[float, bytes]]] = {}
         self._generations: dict[uuid.UUID, int] = {}
-        # Answers being computed, by tenant, question and generation; None: the computation failed.
-        self._flights: dict[tuple[uuid.UUID, Hashable, int], asyncio.Future[bytes | None]] = {}
+        # Answers being computed, by tenant, question and generation: what each one came to.
+        self._flights: dict[tuple[uuid.UUID, Hashable, int], asyncio.Future[Outcome]] = {}
 
     async def answer(
         self, tenant_id: uuid.UUID, key: Hashable, compute: Callable[[], Awaitable[bytes]]
     ) -> bytes:
         """The kept answer, the one being computed for the same question since the tenant's last change, or
-        a new one from `compute` (kept, and shared with the requests that ask meanwhile). A computation that
-        fails (a refusal, a cancelled request) is not shared: each waiting request then asks on its own."""
-        body, token = self.lookup(tenant_id, key)
-        if body is not None:
-            return body
-        if token is None:
-            return await compute()
-        flight = (tenant_id, key, token)
-        pending = self._flights.get(flight)
-        if pending is not None:
+        a new one from `compute` (kept, and shared with the requests that ask meanwhile). A refusal is the
+        same for everyone asking the same question, so it is shared too; a computation that fails for its
+        own reasons (its request cancelled, the database gone) is not: one of the waiting requests then
+        computes for the others. Nothing is shared with the cache off or the clock pinned."""
+        while True:
+            body, token = self.lookup(tenant_id, key)
+            if body is not None:
+                return body
+            if token is None:
+                return await compute()
+            flight = (tenant_id, key, token)
+            pending = self._flights.get(flight)
+            if pending is None:
+                return await self._lead(flight, compute)
             # Shielded: a waiting request that is cancelled must not cancel the answer others wait for.
-            shared = await asyncio.shield(pending)
-            if shared is not None:
-                return shared
-            body = await compute()
-            self.store(tenant_id, key, token, body)
-            return body
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            outcome = await asyncio.shield(pending)
+            if isinstance(outcome, bytes):
+                return outcome
+            if isinstance(outcome, AppError):
+                raise type(outcome)(outcome.message, dict(outcome.details))
+
+    async def _lead(
+        self, flight: tuple[uuid.UUID, Hashable, int], compute: Callable[[], Awaitable[bytes]]
+    ) -> bytes:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._flights[flight] = future
         try:
             body = await compute()
+        except AppError as refusal:
+            future.set_result(refusal)
+            raise
         except BaseException:
             future.set_result(None)
             raise
         finally:
             del self._flights[flight]
+        tenant_id, key, token = flight
         self.store(tenant_id, key, token, body)
         future.set_result(body)
         return body

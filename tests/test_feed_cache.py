@@ -64,9 +64,11 @@ async def test_repeated_reads_are_answered_without_a_query(
                 break
             first = again
         statements.count = 0
+        kept = shared(http, "kept")
         for _ in range(5):
             assert ok(await http.get(path, headers=t.h)) == first
         assert statements.count == 0, path
+        assert shared(http, "kept") - kept == 5
     # Another page, limit or filter is another question.
     statements.count = 0
     ok(await http.get(f"/v1/queues/{queue}/tickets", params={"limit": 5}, headers=t.h))
@@ -182,7 +184,12 @@ async def test_requests_asking_together_share_one_computation(
         cache.forget(uuid.UUID(t.id))
         await asyncio.sleep(0.01)
         statements.texts.clear()
+        before = {outcome: shared(http, outcome) for outcome in ("kept", "computed", "waited")}
         answers = await asyncio.gather(*(http.get(path, headers=t.h) for _ in range(20)))
+        counted = {outcome: shared(http, outcome) - before[outcome] for outcome in before}
+        assert counted["kept"] == 0
+        assert counted["computed"] in (1, 2)  # see below
+        assert counted["computed"] + counted["waited"] == 20
         await asyncio.sleep(0.01)
         bodies = [ok(answer) for answer in answers]
         for body in bodies:
@@ -193,6 +200,12 @@ async def test_requests_asking_together_share_one_computation(
         # Once; twice if the ticket's event reached this process's hub only now and dropped the answer
         # mid-way (one computation each side of it). Without sharing: 20 times.
         assert max(ran.values()) <= 2, (path, ran.most_common(1))
+
+
+def shared(http: httpx.AsyncClient, outcome: str) -> float:
+    """virtualq_shared_answers_total{outcome} of the app behind `http`."""
+    registry = http._transport.app.state.metrics.registry  # type: ignore[attr-defined]
+    return float(registry.get_sample_value("virtualq_shared_answers_total", {"outcome": outcome}) or 0.0)
 
 
 async def test_concurrent_refusals_are_each_answered(
@@ -305,3 +318,19 @@ async def test_a_request_after_a_change_does_not_wait_for_an_answer_from_before_
     release.set()
     assert await first == b"before"  # its own question, asked before the change
     assert cache.lookup(tenant, "q")[0] == b"after"  # and not kept over the newer answer
+
+
+async def test_with_the_cache_off_every_request_computes_and_is_counted_so() -> None:
+    outcomes: list[str] = []
+    cache = FeedCache(0, outcomes.append)
+    tenant = uuid.uuid4()
+    computed: list[int] = []
+
+    async def compute() -> bytes:
+        computed.append(1)
+        await asyncio.sleep(0)
+        return b"fresh"
+
+    assert await asyncio.gather(*(cache.answer(tenant, "q", compute) for _ in range(3))) == [b"fresh"] * 3
+    assert len(computed) == 3
+    assert outcomes == ["uncached"] * 3

@@ -193,9 +193,9 @@ def create_app(
     # API keys for AUTH_CACHE_SECONDS (a revocation elsewhere is seen within that); tenant -> account kept.
     app.state.key_cache = TtlCache(settings.auth_cache_seconds)
     app.state.tenant_accounts = TtlCache(3600.0)
-    app.state.feed_cache = FeedCache(settings.feed_cache_seconds)
     app.state.head_revision = migrate.head_revision()
     app.state.metrics = metrics = Metrics()
+    app.state.feed_cache = FeedCache(settings.feed_cache_seconds, metrics.shared_answer)
     app.state.create_batching = Batching(settings.create_batch_max, metrics)
     app.state.read_batching = ReadBatching(settings.read_batch_max, metrics)
     metrics.track_pool(lambda: app.state.pool)

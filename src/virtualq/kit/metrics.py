@@ -257,6 +257,14 @@ class Metrics:
             "Statements that read them (reads of one tenant arriving together share one).",
             registry=self.registry,
         )
+        self.shared_answers = Counter(
+            "virtualq_shared_answers_total",
+            "Monitor-feed and queue-tickets requests (queues/feed_cache.py) by how they were answered: kept "
+            "(the stored answer), computed (by this request), waited (for the one another request was "
+            "computing), or uncached (FEED_CACHE_SECONDS=0).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.fast_paths = Counter(
             "virtualq_fast_path_requests_total",
             "Requests to an endpoint with a fast path (kit/fastpath.py), by the path that answered them: "
@@ -272,6 +280,7 @@ class Metrics:
         # (~4 µs a request for the three below). The keys are as bounded as the label values themselves.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._fast_path_children: dict[tuple[str, bool], Counter] = {}
+        self._shared_answer_children: dict[str, Counter] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -291,6 +300,12 @@ class Metrics:
         self.pool_wait.observe(seconds)
         if gave_up:
             self.pool_wait_timeouts.inc()
+
+    def shared_answer(self, outcome: str) -> None:
+        child = self._shared_answer_children.get(outcome)
+        if child is None:
+            child = self._shared_answer_children[outcome] = self.shared_answers.labels(outcome)
+        child.inc()
 
     def fast_path(self, endpoint: str, fast: bool) -> None:
         key = (endpoint, fast)

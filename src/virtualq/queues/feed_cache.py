@@ -31,8 +31,10 @@ Outcome = bytes | AppError | None
 
 
 class FeedCache:
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, counted: Callable[[str], None] = lambda outcome: None) -> None:
         self.seconds = seconds
+        # Told how each `answer` went (kept, computed, waited, uncached): kit/metrics.py counts them.
+        self._counted = counted
         self._answers: dict[uuid.UUID, dict[Hashable, tuple[float, bytes]]] = {}
         self._generations: dict[uuid.UUID, int] = {}
         # Answers being computed, by tenant, question and generation: what each one came to.
@@ -49,16 +51,20 @@ class FeedCache:
         while True:
             body, token = self.lookup(tenant_id, key)
             if body is not None:
+                self._counted("kept")
                 return body
             if token is None:
+                self._counted("uncached")
                 return await compute()
             flight = (tenant_id, key, token)
             pending = self._flights.get(flight)
             if pending is None:
+                self._counted("computed")
                 return await self._lead(flight, compute)
             # Shielded: a waiting request that is cancelled must not cancel the answer others wait for.
             outcome = await asyncio.shield(pending)
             if isinstance(outcome, bytes):
+                self._counted("waited")
                 return outcome
             if isinstance(outcome, AppError):
                 raise type(outcome)(outcome.message, dict(outcome.details))

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY, LiveServer
-from tests.helpers import Api, assert_error, auth
+from tests.helpers import Api, assert_error, auth, raw_exchange
 from tests.test_ticket_flows import coffee, ok, ticket_rows
 from virtualq.kit.routing import refuse_stray_bodies
 
@@ -264,6 +264,38 @@ async def test_a_request_target_that_is_no_path_is_not_a_500(live_server: LiveSe
         status_line = await reader.readline()
         writer.close()
         assert status_line.split()[1] == b"404", status_line
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # TLS spoken to the plain-HTTP port
+    ],
+)
+async def test_bytes_that_are_not_http_get_the_json_error_envelope(
+    live_server: LiveServer, raw: bytes
+) -> None:
+    """uvicorn answered these with a plain-text 400; every error is the JSON envelope, with a request id."""
+    received = await raw_exchange(live_server.port, raw, None)
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 400 Bad Request", received
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    answer = json.loads(body)
+    assert answer == {
+        "error": "validation_error",
+        "message": "the request is not valid HTTP/1.1",
+        "details": {},
+        "request_id": headers["x-request-id"],
+    }
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as after:
+        assert (await after.get("/healthz")).status_code == 200  # the server goes on answering
 
 
 async def test_api_key_limits_take_integers_only(client: httpx.AsyncClient, api: Api) -> None:

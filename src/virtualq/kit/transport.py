@@ -30,6 +30,9 @@ import structlog
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from virtualq.kit.middleware import request_ids
+from virtualq.kit.responses import error_body
+
 log = structlog.get_logger("virtualq.transport")
 
 
@@ -126,6 +129,14 @@ def end_on_stop(scope: MutableMapping[str, Any], end: Callable[[], None]) -> Non
         state[_END_ON_STOP] = end
 
 
+_BAD_REQUEST_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"connection", b"close"),
+]
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol writing through a `HeadHoldingTransport`, and ending the response in
     flight when a stop begins if it registered how (`end_on_stop`). `virtualq serve` uses it."""
@@ -135,6 +146,20 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport, self.loop))
+
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are not an HTTP/1.1 request: the error envelope every other answer uses (uvicorn's
+        own answer is plain text), with its request id, and the connection closed as uvicorn closes it."""
+        request_id = request_ids.next()
+        body = error_body(400, "validation_error", "the request is not valid HTTP/1.1", {}, request_id)
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in [*self.server_state.default_headers, *_BAD_REQUEST_HEADERS]:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"x-request-id: ", request_id.encode(), b"\r\n"]
+        head += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+        log.info("invalid_http_request", request_id=request_id, client=self.client and self.client[0])
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._running = cycle

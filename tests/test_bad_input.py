@@ -1303,6 +1303,43 @@ async def test_unknown_routes_are_404_in_the_envelope(
     assert body["details"] == {}
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "without"),
+    [
+        ("GET", "/v1/accounts/", "/v1/accounts"),
+        ("POST", "/v1/accounts/", "/v1/accounts"),
+        ("GET", "/v1/accounts/{account}/", "/v1/accounts/{account}"),
+        ("DELETE", "/v1/customers/{customer}/", "/v1/customers/{customer}"),
+    ],
+)
+@pytest.mark.parametrize("key", ["platform", "none"])
+async def test_a_trailing_slash_is_a_404_naming_the_path_without_it(
+    client: httpx.AsyncClient,
+    ctx: Ctx,
+    db: asyncpg.Connection,
+    method: str,
+    path: str,
+    without: str,
+    key: str,
+) -> None:
+    """No 307 before authentication (an empty answer, and a POST's body lost by clients that follow it):
+    the envelope, saying where the route is, and nothing done."""
+    accounts = await db.fetchval("SELECT count(*) FROM accounts")
+    response = await send(client, ctx, Case(method, path, key=key, body={"name": "Slash"}))
+    body = assert_error(response, 404, "not_found")
+    expected = without.format(**ctx.ids)
+    assert body["message"] == f"No route matches {method} {path.format(**ctx.ids)}: did you mean {expected}?"
+    assert body["details"] == {"path": expected}
+    assert await db.fetchval("SELECT count(*) FROM accounts") == accounts
+
+
+async def test_a_page_asked_for_with_a_trailing_slash_is_still_taken_there(client: httpx.AsyncClient) -> None:
+    response = await client.get("/docs/", params={"x": "1"})
+    assert response.status_code == 307
+    assert response.headers["location"] == "/docs?x=1"
+    assert (await client.get("/nowhere/")).status_code == 404
+
+
 async def test_the_servers_address_says_where_things_are(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 200, response.text

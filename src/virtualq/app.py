@@ -222,6 +222,7 @@ def create_app(
         # The routes themselves, not a wrapper per router: FastAPI's included-router matching costs
         # about 0.4 ms per request with this many routes (docs/performance.md).
         app.router.routes.extend(router.routes)
+    app.router.redirect_slashes = False  # a trailing slash is a 404 naming the path without it
     refuse_stray_bodies(app.router.routes)
     refuse_unknown_query(app.router.routes)
     index_routes(app.router)

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
@@ -180,8 +180,16 @@ def _http_error(caller_first: _CallerFirst) -> Handler:
     async def handler(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code, message = ERROR_CODES.get(exc.status_code, ("error", "Request failed."))
+        details: dict[str, Any] | None = None
         if exc.status_code == 404:
             message = f"No route matches {request.method} {request.url.path}."
+            if (without := _without_trailing_slash(request)) is not None:
+                if request.method in ("GET", "HEAD") and not without.startswith(("/v1/", "//")):
+                    # A page typed with a slash in a browser: taken there, as before.
+                    query = request.url.query
+                    return RedirectResponse(without + ("?" + query if query else ""), status_code=307)
+                message = f"No route matches {request.method} {request.url.path}: did you mean {without}?"
+                details = {"path": without}
         elif exc.status_code == 400:
             refused = await caller_first.refusal(request)  # FastAPI's "error parsing the body"
             if refused is not None:
@@ -202,9 +210,23 @@ def _http_error(caller_first: _CallerFirst) -> Handler:
         if exc.status_code == 405:
             # Starlette names only the first matching route's methods; the resource may have several routes.
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return _respond(request, exc.status_code, code, message, None, headers=headers or None)
+        return _respond(request, exc.status_code, code, message, details, headers=headers or None)
 
     return handler
+
+
+def _without_trailing_slash(request: Request) -> str | None:
+    """The request's path without its trailing slash, when a route takes that. The router does not
+    redirect to it: for the API a 307 answered before authentication, with no error body, and clients that
+    follow it by GET lose a POST's body; pages are still redirected (above)."""
+    path = request.url.path
+    if len(path) < 2 or not path.endswith("/"):
+        return None
+    scope = {**request.scope, "path": path.rstrip("/") or "/"}
+    for route in _leaf_routes(request.app.router.routes):
+        if route.matches(scope)[0] is not Match.NONE:
+            return str(scope["path"])
+    return None
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -3,6 +3,7 @@ against a real PostgreSQL.
 
     .venv/bin/python bench/inprocess.py [--only get_ticket,transition] [--requests 20000] [--concurrency 16]
     .venv/bin/python bench/inprocess.py --only transition --profile [--top 40]
+    .venv/bin/python bench/inprocess.py --only get_ticket --instructions [--requests 2000]
 
 bench/run.py measures the whole served request, shared with PostgreSQL and the load generator on the same
 cores. This script answers the narrower question behind its "srv µs" column: how much of it is the
@@ -10,6 +11,14 @@ application (middleware, routing, auth, validation, the asyncpg calls, the answe
 which functions (cProfile, sorted by their own time; it roughly doubles every cost, so read it for shares,
 not for absolute figures). The requests are bench/run.py's, on the same kind of database; a real server is
 started only to set that data up. Uses an embedded PostgreSQL unless BENCH_DATABASE_URL is set.
+
+`--instructions` counts instead of timing: the measuring process runs under valgrind's callgrind, with the
+instrumentation switched on only while an endpoint's requests run (set-up and warm-up run outside it, and
+PostgreSQL is another process), and prints the machine instructions this process executed per request.
+CPU time on this shared machine moves by ±30 % from one run to the next; the instruction count of the
+same code moves by about a percent (docs/performance.md), so an A/B of a small change reads in one run
+instead of several alternated ones. Under callgrind the app runs ~50 times slower: 2,000 requests take
+about a minute per endpoint.
 """
 
 from __future__ import annotations
@@ -17,9 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
+import json
 import os
 import pstats
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -137,6 +152,74 @@ async def drive(driver: Driver, setup: Setup, name: str, requests: int, concurre
     }
 
 
+def callgrind(*command: str) -> None:
+    """Send this process's callgrind a command (`-i on`, `-i off`, `-d`) and wait until it is done."""
+    subprocess.run(["callgrind_control", *command, str(os.getpid())], check=True, capture_output=True)
+
+
+async def count_instructions(driver: Driver, setup: Setup, args: argparse.Namespace) -> None:
+    """Under callgrind (the child of `instructions`): each endpoint's requests with the instrumentation on,
+    its counts dumped to a file of their own; prints `endpoint requests` per line for the parent."""
+    for name in args.names:
+        callgrind("-i", "on")
+        result = await drive(driver, setup, name, args.requests, args.concurrency)
+        callgrind("-i", "off")
+        callgrind("-d")
+        print(f"counted {name} {result['requests']} {json.dumps(result['statuses'])}", flush=True)
+
+
+def instructions(setup: Setup, dsn: str, args: argparse.Namespace) -> None:
+    """Run the measuring half of this script under callgrind and print instructions per request."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="vq-callgrind-") as scratch:
+        if args.callgrind_dir:  # the counts stay there, one file per endpoint, for callgrind_annotate
+            scratch = args.callgrind_dir
+            Path(scratch).mkdir(parents=True, exist_ok=True)
+        setup_file = Path(scratch) / "setup.json"
+        setup_file.write_text(json.dumps(dataclasses.asdict(setup)))
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={scratch}/callgrind.out",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--only",
+            ",".join(args.names),
+            "--requests",
+            str(args.requests),
+            "--concurrency",
+            str(args.concurrency),
+            "--counted-child",
+            str(setup_file),
+        ]
+        done = subprocess.run(
+            command, env={**os.environ, "BENCH_CHILD_DSN": dsn}, capture_output=True, text=True
+        )
+        counted = [
+            line.split(maxsplit=3)[1:] for line in done.stdout.splitlines() if line.startswith("counted ")
+        ]
+        if done.returncode != 0 or len(counted) != len(args.names):
+            sys.stderr.write(done.stdout + done.stderr)
+            raise SystemExit(f"the counted run failed (exit {done.returncode})")
+        dumps = sorted(
+            Path(scratch).glob("callgrind.out.*"), key=lambda path: int(path.name.rsplit(".", 1)[1])
+        )
+        print(f"in process under callgrind: {args.concurrency} tasks, {args.requests} requests per endpoint")
+        print(f"{'endpoint':<22}{'instructions per request':>26}  statuses")
+        for (name, requests, statuses), dump in zip(counted, dumps, strict=True):
+            totals = re.search(r"^totals:\s+(\d+)", dump.read_text(), re.MULTILINE)
+            if totals is None:
+                raise SystemExit(f"no totals in {dump.name}")
+            per_request = int(totals.group(1)) / int(requests)
+            print(f"{name:<22}{per_request:>26,.0f}  {statuses}")
+            if args.callgrind_dir:
+                kept = dump.with_name(f"callgrind.{name}")
+                dump.rename(kept)
+                print(f"{'':<22}callgrind_annotate {kept}")
+
+
 async def measure(setup: Setup, dsn: str, args: argparse.Namespace) -> None:
     os.environ.update(
         {
@@ -156,6 +239,9 @@ async def measure(setup: Setup, dsn: str, args: argparse.Namespace) -> None:
     async with app.router.lifespan_context(app):
         for name in names:  # warm up: caches, prepared statements, compiled types
             await drive(driver, setup, name, min(2000, args.requests), args.concurrency)
+        if args.counted_child:
+            await count_instructions(driver, setup, args)
+            return
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
@@ -184,14 +270,28 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent tasks (call_next: 8)")
     parser.add_argument("--profile", action="store_true", help="cProfile the first endpoint named")
     parser.add_argument("--top", type=int, default=40, help="functions printed with --profile")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per request under callgrind"
+    )
+    parser.add_argument(
+        "--callgrind-dir", metavar="DIR", help="with --instructions: keep callgrind's counts here"
+    )
+    parser.add_argument("--counted-child", metavar="SETUP", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.names = selected_endpoints(parser, args.only)
+    if args.counted_child:  # the measuring half of --instructions, under callgrind; set-up done already
+        setup = Setup(**json.loads(Path(args.counted_child).read_text()))
+        uvloop.run(measure(setup, os.environ["BENCH_CHILD_DSN"], args))
+        return 0
     with database() as (dsn, _):
         migrate.upgrade(dsn)
         port = free_port()
         with server(dsn, port, 1):
             setup = asyncio.run(prepare(f"http://127.0.0.1:{port}", dsn))
-        uvloop.run(measure(setup, dsn, args))
+        if args.instructions:
+            instructions(setup, dsn, args)
+        else:
+            uvloop.run(measure(setup, dsn, args))
     return 0
 
 

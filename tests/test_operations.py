@@ -25,7 +25,9 @@ from tests.conftest import make_settings
 from tests.helpers import Api, auth
 from virtualq import migrate
 from virtualq.app import create_app
+from virtualq.auth.principal import TenantStaff
 from virtualq.health import router as health
+from virtualq.logging import get_logger
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT_ROUTE = "/v1/accounts/{account_id}"
@@ -270,6 +272,51 @@ async def test_access_log_has_one_line_per_request_with_route_template(
     assert isinstance(line["duration_ms"], int | float)
     assert line["duration_ms"] >= 0
     assert world.tenant_id not in line["route"]
+
+
+async def test_lines_logged_inside_a_request_carry_its_ids_and_none_leak_to_the_next(
+    database_dsn: str, api: Api, json_logs: io.StringIO
+) -> None:
+    """What a request binds (its id; the API key and tenant once authenticated) reaches every line logged
+    while it is served, a line's own keys win, and the next request starts with only its own id."""
+    world = await api.world()
+    application = create_app(make_settings(), dsn=database_dsn)
+    probe = get_logger("virtualq.test")
+
+    @application.get("/v1/log-probe")
+    async def logged(ctx: TenantStaff) -> dict[str, str]:
+        probe.info("inside", tenant_id_seen=str(ctx.tenant_id))
+        probe.info("overridden", tenant_id="its-own")
+        return {}
+
+    @application.get("/log-probe-open")
+    async def logged_open() -> dict[str, str]:
+        probe.info("open")
+        return {}
+
+    transport = httpx.ASGITransport(app=application)
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as http,
+    ):
+        first = await http.get("/v1/log-probe", headers=auth(world.tenant_admin))
+        second = await http.get("/log-probe-open")
+    assert first.status_code == 200, first.text
+    assert second.status_code == 200, second.text
+    lines = {
+        entry["event"]: entry
+        for entry in map(json.loads, filter(None, json_logs.getvalue().splitlines()))
+        if entry.get("event") in ("inside", "overridden", "open")
+    }
+    inside, overridden, open_line = lines["inside"], lines["overridden"], lines["open"]
+    assert inside["request_id"] == first.headers["x-request-id"]
+    assert inside["tenant_id"] == inside["tenant_id_seen"] == world.tenant_id
+    assert inside["api_key_id"] not in (None, "", "env-admin")
+    assert overridden["tenant_id"] == "its-own"
+    assert overridden["request_id"] == first.headers["x-request-id"]
+    assert open_line["request_id"] == second.headers["x-request-id"] != first.headers["x-request-id"]
+    assert "tenant_id" not in open_line
+    assert "api_key_id" not in open_line
 
 
 async def test_probes_and_scrapes_that_succeed_stay_out_of_the_access_log(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
 import orjson
@@ -14,6 +15,39 @@ import structlog
 SECRET_KEYS = frozenset(
     {"authorization", "x-api-key", "api_key", "key", "secret", "password", "admin_api_key"}
 )
+
+
+# What every line logged while a request is served carries (request_id, then tenant_id and api_key_id once
+# known): one dict per request, opened by the request-context middleware. structlog's own contextvars
+# (one variable per key, all searched to clear them) cost a request ~10 µs of binding and clearing where
+# this costs ~1 (docs/performance.md). A task started during the request shares the dict, so what the
+# request binds later reaches its lines too.
+_REQUEST_CONTEXT: ContextVar[dict[str, Any] | None] = ContextVar("virtualq_request_log", default=None)
+
+
+def open_request_context(**values: Any) -> Token[dict[str, Any] | None]:
+    """Start a request's log context with `values`; `close_request_context(token)` when it is answered."""
+    return _REQUEST_CONTEXT.set(values)
+
+
+def close_request_context(token: Token[dict[str, Any] | None]) -> None:
+    _REQUEST_CONTEXT.reset(token)
+
+
+def bind_request(**values: Any) -> None:
+    """Add `values` to every later line of the request being served (nothing outside a request)."""
+    context = _REQUEST_CONTEXT.get()
+    if context is not None:
+        context.update(values)
+
+
+def _merge_request_context(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    context = _REQUEST_CONTEXT.get()
+    if context:
+        return {**context, **event_dict}  # a line's own keys win
+    return event_dict
 
 
 def _redact_secrets(
@@ -49,7 +83,7 @@ def configure_logging(
     out in the same JSON shape."""
     out = stream or sys.stderr
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        _merge_request_context,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_secrets,

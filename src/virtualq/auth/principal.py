@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-import structlog
 from fastapi import Depends, Header, Query, Request
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
@@ -17,6 +16,7 @@ from virtualq.db import DB_SCOPE, Record, acquire, after_commit, get_pool, reque
 from virtualq.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 from virtualq.kit.cache import MISSING, TtlCache
 from virtualq.kit.ratelimit import Policy
+from virtualq.logging import bind_request
 
 
 class Scope(StrEnum):
@@ -127,7 +127,7 @@ async def authenticate(request: Request) -> Principal:
     state["principal"] = principal
     if principal.tenant_id is not None:
         _set_tenant(request, principal.tenant_id)
-    structlog.contextvars.bind_contextvars(api_key_id=caller.label)
+    bind_request(api_key_id=caller.label)
     policy = rate_policy(settings.rate_limit_per_minute, settings.rate_limit_burst, *caller.limits)
     if policy is not None:
         decision = await request.app.state.rate_limiter.take(caller.label, policy)
@@ -285,7 +285,7 @@ async def resolve_tenant(
         raise Forbidden("this API key may not act on that tenant")
     _set_tenant(request, tenant_id)
     DB_SCOPE.set(str(tenant_id))  # row-level security: this request's connections see this tenant only
-    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
+    bind_request(tenant_id=str(tenant_id))
     return TenantContext(tenant_id=tenant_id, account_id=account_id, principal=principal)
 
 
@@ -295,7 +295,7 @@ def act_by_link(request: Request, tenant_id: uuid.UUID, account_id: uuid.UUID) -
     employee."""
     _set_tenant(request, tenant_id)
     DB_SCOPE.set(str(tenant_id))  # row-level security: the link's tenant only
-    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
+    bind_request(tenant_id=str(tenant_id))
     principal = Principal(None, Scope.TENANT, Role.STAFF, account_id, tenant_id, None)
     return TenantContext(tenant_id=tenant_id, account_id=account_id, principal=principal)
 

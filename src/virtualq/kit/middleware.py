@@ -11,14 +11,13 @@ import re
 import time
 from typing import Any
 
-import structlog
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtualq.db import DB_SCOPE
 from virtualq.kit.metrics import Metrics
 from virtualq.kit.responses import error_body
-from virtualq.logging import get_logger
+from virtualq.logging import close_request_context, get_logger, open_request_context
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -179,8 +178,7 @@ class RequestContextMiddleware:
         request_id = supplied if supplied and _VALID_REQUEST_ID.fullmatch(supplied) else request_ids.next()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        log_context = open_request_context(request_id=request_id)
         DB_SCOPE.set("")  # no tenant's rows until the request's tenant is resolved
 
         status = 500
@@ -278,4 +276,4 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(duration * 1000, 2),
                 )
-            structlog.contextvars.clear_contextvars()
+            close_request_context(log_context)

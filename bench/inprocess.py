@@ -16,8 +16,8 @@ started only to set that data up. Uses an embedded PostgreSQL unless BENCH_DATAB
 instrumentation switched on only while an endpoint's requests run (set-up and warm-up run outside it, and
 PostgreSQL is another process), and prints the machine instructions this process executed per request.
 CPU time on this shared machine moves by ±30 % from one run to the next; the instruction count of the
-same code moves by about a percent (docs/performance.md), so an A/B of a small change reads in one run
-instead of several alternated ones. Under callgrind the app runs ~50 times slower: 2,000 requests take
+same code by under a percent when nothing else runs (bench/README.md), so an A/B of a small change reads in
+one run instead of several alternated ones. Under callgrind the app runs ~50 times slower: 2,000 requests take
 about a minute per endpoint.
 """
 

@@ -18,7 +18,7 @@ from starlette.routing import Match, Route
 
 from tests.helpers import Api, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, coffee, ok
-from virtualq.kit.fastpath import FastDispatch, RouteIndex
+from virtualq.kit.fastpath import FastDispatch, RouteIndex, _FastRoute
 from virtualq.tickets.schemas import Ticket, TransitionedTicket
 
 Send = Callable[[], Awaitable[httpx.Response]]
@@ -96,6 +96,56 @@ async def test_route_index_picks_the_route_the_router_would(app: Any) -> None:
     assert len(index.candidates("/v1/tickets/x")) < 8 < 20 < len(routes)
     transition = index.candidates(f"/v1/tickets/{uuid.uuid4()}/transition")
     assert [route.path for route in transition] == ["/v1/tickets/{ticket_id}/transition"]
+
+
+async def test_fast_routes_match_exactly_as_their_routes_do(app: Any) -> None:
+    """FastDispatch compares a path's segments with its routes' instead of running each route's regular
+    expression: a match, and its parameters, must be the route's own, for every method and odd path."""
+    fast = [_FastRoute(route) for route in app.router.routes if hasattr(route, "vq_fast_path")]
+    assert len(fast) == 4
+    assert all(route.fixed is not None for route in fast)
+    ticket, queue = str(uuid.uuid4()), str(uuid.uuid4())
+    paths = [
+        f"/v1/tickets/{ticket}",
+        f"/v1/tickets/{ticket}/transition",
+        f"/v1/queues/{queue}/call-next",
+        "/v1/tickets",
+        "/v1/tickets/",
+        "/v1/tickets//transition",
+        f"/v1/tickets/{ticket}/",
+        f"/v1/tickets/{ticket}/transition/",
+        f"/v1//{ticket}",
+        f"/v2/tickets/{ticket}",
+        f"v1/tickets/{ticket}",
+        f"//v1/tickets/{ticket}",
+        f"/v1/tickets/{ticket}/x/transition",
+        "/v1/tickets/not a uuid, any text",
+        "/v1/queues//call-next",
+        "/v1/tickets/%2F/transition",
+        "/v1/tickets/x\n",
+        "",
+        "/",
+    ]
+    matched = []
+    for path in paths:
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+            scope = {"type": "http", "path": path, "method": method, "root_path": "", "headers": []}
+            for route in fast:
+                match, child = route.route.matches(scope)
+                expected = child["path_params"] if match is Match.FULL else None
+                assert route.match(path.split("/"), scope) == expected, (method, path, route.route.path)
+                if expected is not None:
+                    matched.append((method, path))
+    # HEAD reaches the app as a GET (the request-context middleware), so no route lists it.
+    assert matched == [
+        ("GET", f"/v1/tickets/{ticket}"),
+        ("POST", f"/v1/tickets/{ticket}/transition"),
+        ("POST", f"/v1/queues/{queue}/call-next"),
+        ("POST", "/v1/tickets"),
+        ("GET", "/v1/tickets/not a uuid, any text"),  # the fast path hands these to the route
+        ("POST", "/v1/tickets/%2F/transition"),
+        ("GET", "/v1/tickets/x\n"),
+    ]
 
 
 async def test_get_ticket_answers_as_fastapi_does(

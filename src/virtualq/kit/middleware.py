@@ -88,15 +88,16 @@ def _has_body(scope: Scope) -> bool:
     return header(scope, b"transfer-encoding") is not None
 
 
+SECURITY_HEADER_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
+
+
 def _security_headers(headers: list[tuple[bytes, bytes]], production: bool) -> None:
-    present = set()
-    content_type = b""
-    for name, value in headers:
-        name = name.lower()
-        present.add(name)
-        if name == b"content-type":
-            content_type = value
-    headers.extend(header for header in SECURITY_HEADERS if header[0] not in present)
+    present = dict(headers)  # ASGI response header names are lowercase (the spec requires it)
+    if present.keys().isdisjoint(SECURITY_HEADER_NAMES):
+        headers.extend(SECURITY_HEADERS)
+    else:
+        headers.extend(header for header in SECURITY_HEADERS if header[0] not in present)
+    content_type = present.get(b"content-type", b"")
     if content_type.startswith(b"text/html") and b"content-security-policy" not in present:
         headers.append((b"content-security-policy", PAGE_POLICY))
     elif content_type.startswith(b"application/json") and b"cache-control" not in present:

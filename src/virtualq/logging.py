@@ -19,8 +19,8 @@ SECRET_KEYS = frozenset(
 
 # What every line logged while a request is served carries (request_id, then tenant_id and api_key_id once
 # known): one dict per request, opened by the request-context middleware. structlog's own contextvars
-# (one variable per key, all searched to clear them) cost a request ~10 µs of binding and clearing where
-# this costs ~1 (docs/performance.md). A task started during the request shares the dict, so what the
+# (one variable per key, and clearing them copies and searches the whole context) were ~6 % of a get's
+# instructions (docs/performance.md). A task started during the request shares the dict, so what the
 # request binds later reaches its lines too.
 _REQUEST_CONTEXT: ContextVar[dict[str, Any] | None] = ContextVar("virtualq_request_log", default=None)
 

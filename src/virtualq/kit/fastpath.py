@@ -65,6 +65,7 @@ def fast_path(router: APIRouter, endpoint: Callable[..., Any]) -> Callable[[Hand
         for route in routes:
             route.app = _serving(endpoint.__name__, handler, route.app)
             route.vq_fast_path = (endpoint.__name__, handler)  # type: ignore[attr-defined]
+            _FastRoute(route)  # a route FastDispatch cannot match by its segments is refused here, at import
         return handler
 
     return register
@@ -170,29 +171,25 @@ class _FastRoute:
     """A fast path's route, matched as its own `matches` would give Match.FULL: a path whose segments are the
     route's, each parameter a whole non-empty segment (what Starlette's `[^/]+` takes), and a method the
     route has. Found by comparing segments, without the route's regular expression and the two `matches`
-    that wrap it (FastAPI's and Starlette's), which build their answer in three dictionaries. A route with
-    a parameter of another kind (`{n:int}`, `{rest:path}`) or one that is part of a segment is matched by
-    its `matches`."""
+    that wrap it (FastAPI's and Starlette's), which build their answer in three dictionaries. Only routes
+    whose parameters are plain whole segments (`{ticket_id}`; not `{n:int}`, `{rest:path}` or `x{y}`) can
+    have a fast path."""
 
     def __init__(self, route: BaseRoute) -> None:
         self.route = route
         self.name, self.handler = route.vq_fast_path  # type: ignore[attr-defined]
         segments = _segments(route)
-        self.methods: set[str] | None = getattr(route, "methods", None)
-        self.fixed: list[tuple[int, str]] | None = None
-        self.params: list[tuple[int, str]] = []
-        if segments is not None and all(
+        if segments is None or not all(
             "{" not in segment or (segment[0] == "{" and segment[-1] == "}") for segment in segments
         ):
-            self.size = len(segments) + 1  # `path.split("/")` starts with the empty text before the first /
-            self.fixed = [(at, segment) for at, segment in enumerate(segments, 1) if "{" not in segment]
-            self.params = [(at, segment[1:-1]) for at, segment in enumerate(segments, 1) if "{" in segment]
+            raise ValueError(f"a fast path needs whole-segment text parameters: {route}")
+        self.methods: set[str] | None = getattr(route, "methods", None)
+        self.size = len(segments) + 1  # `path.split("/")` starts with the empty text before the first /
+        self.fixed = [(at, segment) for at, segment in enumerate(segments, 1) if "{" not in segment]
+        self.params = [(at, segment[1:-1]) for at, segment in enumerate(segments, 1) if "{" in segment]
 
     def match(self, segments: list[str], scope: Scope) -> dict[str, str] | None:
         """The path parameters when the request fully matches this route, else None."""
-        if self.fixed is None:
-            match, child_scope = self.route.matches(scope)
-            return child_scope["path_params"] if match is Match.FULL else None
         if len(segments) != self.size or segments[0]:
             return None
         for at, segment in self.fixed:

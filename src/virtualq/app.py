@@ -26,7 +26,7 @@ from virtualq.employees.router import router as employees_router
 from virtualq.events.hub import CHANNEL, KEYS_CHANGED, EventHub, publish
 from virtualq.events.router import router as events_router
 from virtualq.health.router import router as health_router
-from virtualq.kit.appstate import AppState
+from virtualq.kit.application import Application
 from virtualq.kit.cache import TtlCache
 from virtualq.kit.exception_handlers import install_exception_handlers
 from virtualq.kit.fastpath import FastDispatch, index_routes
@@ -174,7 +174,7 @@ def create_app(
             app.state.metrics.process_ended()
             log.info("stopped")
 
-    app = FastAPI(
+    app = Application(
         title="VirtualQ API",
         version=__version__,
         description=DESCRIPTION,
@@ -185,7 +185,6 @@ def create_app(
         # only ask, on every request, whether a provider has been configured.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state = AppState()  # before anything is stored in it: see kit/appstate.py
     app.state.settings = settings
     app.state.pool = None
     app.state.redis = None

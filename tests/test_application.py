@@ -1,13 +1,16 @@
-"""`kit.appstate.AppState`: Starlette's `State` whose values an ordinary attribute lookup finds."""
+"""`kit.application.Application` and `kit.appstate.AppState`: the app object with a shorter way in."""
 
 from __future__ import annotations
 
 import pytest
 from starlette.datastructures import State
+from starlette.middleware.errors import ServerErrorMiddleware
 
 from tests.conftest import make_settings
 from virtualq.app import create_app
+from virtualq.kit.application import Application
 from virtualq.kit.appstate import AppState
+from virtualq.kit.middleware import RequestContextMiddleware
 
 
 def test_every_write_and_delete_is_seen_by_attribute_item_and_iteration() -> None:
@@ -47,3 +50,13 @@ def test_the_app_state_is_an_app_state_holding_what_the_app_stored() -> None:
     assert isinstance(app.state, State)
     assert vars(app.state)["settings"] is app.state.settings is app.state["settings"]
     assert {"settings", "metrics", "key_cache", "tenant_accounts", "read_batching"} <= set(app.state)
+
+
+def test_the_stack_starts_with_the_500_layer_then_our_request_context() -> None:
+    """FastAPI's exception-telemetry layer (a no-op with telemetry off) is not on the path; Starlette's
+    last-resort 500 still wraps everything. If a FastAPI upgrade reshapes its stack, this says so."""
+    app = create_app(make_settings(), dsn="postgresql://unused")
+    assert isinstance(app, Application)
+    stack = app.build_middleware_stack()
+    assert isinstance(stack, ServerErrorMiddleware)
+    assert isinstance(stack.app, RequestContextMiddleware)

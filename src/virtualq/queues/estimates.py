@@ -25,7 +25,7 @@ from typing import Any
 from virtualq.db import Connection, Record
 from virtualq.kit import clock
 from virtualq.kit.cache import MISSING, TtlCache
-from virtualq.kit.responses import project_rows
+from virtualq.kit.responses import project_rows, record_dict
 
 # With fewer busy intervals than this, the history is too thin to trust: fall back (docs/estimates.md).
 MIN_SAMPLES = 3
@@ -263,7 +263,7 @@ class Estimator:
 
         A staff override (estimated_wait_minutes stored on the ticket) wins; tickets not waiting have none.
         """
-        result = [dict(row) for row in rows] if fields is None else project_rows(rows, fields)
+        result = [record_dict(row) for row in rows] if fields is None else project_rows(rows, fields)
         waiting = []
         for row in result:
             if row["state_category"] == "waiting":

@@ -23,6 +23,7 @@ from virtualq.errors import (
 from virtualq.fsm import Category, Machine, TransitionRejected
 from virtualq.kit.ids import new_id
 from virtualq.kit.pagination import PageParams
+from virtualq.kit.responses import record_dict
 from virtualq.pool import Pool
 from virtualq.queues import repository as queues
 from virtualq.queues.estimates import Estimator, minutes_for
@@ -169,7 +170,7 @@ async def _create_ticket(
         },
     )
     remember_written(conn, ctx.tenant_id, row, compiled_type.version)
-    ticket = dict(row)
+    ticket = record_dict(row)
     if category is Category.WAITING:
         if ticket["estimated_wait_minutes"] is None:
             ticket["estimated_wait_minutes"] = minutes_for(ticket["position"], pace)

@@ -19,7 +19,7 @@ from starlette.routing import Match, Route
 
 from tests.helpers import Api, auth
 from tests.test_ticket_flows import FOOD_ORDER_FSM, Tenant, coffee, ok
-from virtualq.kit.fastpath import FastDispatch, RouteIndex, _FastRoute, fast_path
+from virtualq.kit.fastpath import FastDispatch, RouteIndex, _FastRoute, _parse_uuid, fast_path
 from virtualq.tickets.schemas import Ticket, TransitionedTicket
 
 Send = Callable[[], Awaitable[httpx.Response]]
@@ -169,6 +169,18 @@ async def test_fast_routes_match_exactly_as_their_routes_do(app: Any) -> None:
         ("POST", "/v1/tickets/%2F/transition"),
         ("GET", "/v1/tickets/x\n"),
     ]
+
+
+def test_a_fast_path_parses_a_canonical_uuid_as_the_standard_library_does() -> None:
+    for _ in range(200):
+        standard = uuid.uuid4()
+        for text in (str(standard), str(standard).upper()):
+            parsed = _parse_uuid(text)
+            assert isinstance(parsed, uuid.UUID)
+            assert parsed == standard
+            assert hash(parsed) == hash(standard)
+            assert str(parsed) == str(standard)
+            assert {standard: "found"}[parsed] == "found"
 
 
 async def test_get_ticket_answers_as_fastapi_does(
